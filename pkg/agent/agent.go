@@ -1,0 +1,286 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/comfyclient"
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Version is reported in heartbeats.
+var Version = "dev"
+
+// Agent is a running GPU agent. Create it with New, then Start and Stop.
+type Agent struct {
+	cfg  Config
+	log  zerolog.Logger
+	boot string
+
+	nc *nats.Conn
+	js jetstream.JetStream
+
+	slots     []*slot
+	files     atomic.Pointer[uploadInputs] // learnt from the catalog
+	startedAt time.Time
+	spoolDir  string
+	ownSpool  bool
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	started atomic.Bool
+}
+
+// New validates the configuration and returns an agent ready to Start.
+func New(cfg Config) (*Agent, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg:  cfg,
+		log:  cfg.Logger.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
+		boot: uuid.NewString(),
+	}, nil
+}
+
+// Start connects to NATS, brings up the runtime and starts one loop per
+// slot, the heartbeat and the catalog report.
+func (a *Agent) Start(ctx context.Context) (err error) {
+	if !a.started.CompareAndSwap(false, true) {
+		return errors.New("agent: already started")
+	}
+	a.startedAt = time.Now().UTC()
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel = cancel
+	defer func() {
+		if err != nil {
+			cancel()
+			a.wg.Wait()
+			if a.nc != nil {
+				a.nc.Close()
+			}
+		}
+	}()
+
+	a.spoolDir = a.cfg.SpoolDir
+	if a.spoolDir == "" {
+		if a.spoolDir, err = os.MkdirTemp("", "atelier-agent-spool-"); err != nil {
+			return fmt.Errorf("agent: spool dir: %w", err)
+		}
+		a.ownSpool = true
+	} else if err := os.MkdirAll(a.spoolDir, 0o750); err != nil {
+		return fmt.Errorf("agent: spool dir: %w", err)
+	}
+
+	opts := []nats.Option{
+		nats.Name("atelier-agent " + a.cfg.ID),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+	}
+	if a.cfg.NATSUser != "" {
+		opts = append(opts, nats.UserInfo(a.cfg.NATSUser, a.cfg.NATSPassword))
+	}
+	if a.nc, err = nats.Connect(a.cfg.NATSURL, opts...); err != nil {
+		return fmt.Errorf("agent: connect to NATS %s: %w", a.cfg.NATSURL, err)
+	}
+	if a.js, err = jetstream.New(a.nc); err != nil {
+		return fmt.Errorf("agent: jetstream: %w", err)
+	}
+
+	endpoints, err := a.cfg.Runtime.Start(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: runtime: %w", err)
+	}
+	for _, ep := range endpoints {
+		a.slots = append(a.slots, newSlot(a, ep))
+	}
+
+	a.wg.Add(2 + len(a.slots))
+	go a.heartbeatLoop(runCtx)
+	go a.catalogLoop(runCtx)
+	for _, s := range a.slots {
+		go s.run(runCtx)
+	}
+	a.log.Info().Int("slots", len(a.slots)).Str("pool", a.cfg.Pool).Str("nats", a.cfg.NATSURL).Msg("agent started")
+	return nil
+}
+
+// Stop stops pulling, interrupts running jobs' relays, stops the runtime
+// and closes the connection. Tickets of unfinished jobs come back to the
+// queue after their AckWait.
+func (a *Agent) Stop(ctx context.Context) error {
+	if !a.started.Load() {
+		return nil
+	}
+	a.cancel()
+	a.wg.Wait()
+	err := a.cfg.Runtime.Stop(ctx)
+	if a.nc != nil {
+		_ = a.nc.Drain()
+	}
+	if a.ownSpool {
+		_ = os.RemoveAll(a.spoolDir)
+	}
+	a.log.Info().Msg("agent stopped")
+	return err
+}
+
+// Run starts an agent and blocks until ctx is done, then stops it.
+func Run(ctx context.Context, cfg Config) error {
+	a, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return a.Stop(stopCtx)
+}
+
+func (a *Agent) heartbeatLoop(ctx context.Context) {
+	defer a.wg.Done()
+	t := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		a.sendHeartbeat()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) sendHeartbeat() {
+	hb := wire.Heartbeat{
+		Agent: a.cfg.ID, Pool: a.cfg.Pool, Version: Version, Boot: a.boot,
+		StartedAt: a.startedAt, At: time.Now().UTC(),
+	}
+	for _, s := range a.slots {
+		hb.Slots = append(hb.Slots, s.status())
+	}
+	data, _ := json.Marshal(hb)
+	if err := a.nc.Publish(wire.HeartbeatSubject(a.cfg.ID), data); err != nil {
+		a.log.Warn().Err(err).Msg("heartbeat")
+	}
+}
+
+// catalogLoop reports the ComfyUI catalog once a slot is healthy, and
+// again whenever a slot's ComfyUI restarts (its nodes may have changed).
+func (a *Agent) catalogLoop(ctx context.Context) {
+	defer a.wg.Done()
+	var reported uint64
+	for {
+		gen := a.healthGeneration()
+		if gen != reported {
+			if err := a.reportCatalog(ctx); err != nil {
+				a.log.Warn().Err(err).Msg("report catalog; retrying")
+			} else {
+				reported = gen
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// healthGeneration changes whenever a slot becomes healthy.
+func (a *Agent) healthGeneration() uint64 {
+	var g uint64
+	for _, s := range a.slots {
+		g += s.healthy.Load()
+	}
+	return g
+}
+
+func (a *Agent) reportCatalog(ctx context.Context) error {
+	var src *slot
+	for _, s := range a.slots {
+		if s.healthy.Load() > 0 {
+			src = s
+			break
+		}
+	}
+	if src == nil {
+		return errors.New("no healthy slot")
+	}
+	c, err := collectCatalog(ctx, src.comfy)
+	if err != nil {
+		return err
+	}
+	c.Agent, c.Pool = a.cfg.ID, a.cfg.Pool
+	files := uploadInputsFrom(c.ObjectInfo)
+	a.files.Store(&files)
+	data, err := wire.EncodeCatalog(c)
+	if err != nil {
+		return err
+	}
+	msg, err := a.nc.RequestWithContext(ctx, wire.CatalogSubject(a.cfg.ID), data)
+	if err != nil {
+		return fmt.Errorf("send catalog: %w", err)
+	}
+	var ack wire.CatalogAck
+	if err := json.Unmarshal(msg.Data, &ack); err != nil {
+		return fmt.Errorf("catalog answer: %w", err)
+	}
+	if ack.Error != "" {
+		return fmt.Errorf("broker refused catalog: %s", ack.Error)
+	}
+	a.log.Info().Msg("catalog reported")
+	return nil
+}
+
+func collectCatalog(ctx context.Context, c *comfyclient.Client) (wire.Catalog, error) {
+	var cat wire.Catalog
+	var err error
+	if cat.ObjectInfo, err = c.ObjectInfo(ctx); err != nil {
+		return cat, fmt.Errorf("object_info: %w", err)
+	}
+	folders, err := c.Models(ctx)
+	if err != nil {
+		return cat, fmt.Errorf("models: %w", err)
+	}
+	cat.Models = map[string][]string{}
+	for _, f := range folders {
+		files, err := c.ModelFiles(ctx, f)
+		if err != nil {
+			continue // a folder ComfyUI lists but cannot read: leave it out
+		}
+		cat.Models[f] = files
+	}
+	if cat.Embeddings, err = c.Embeddings(ctx); err != nil {
+		return cat, fmt.Errorf("embeddings: %w", err)
+	}
+	stats, err := c.SystemStats(ctx)
+	if err != nil {
+		return cat, fmt.Errorf("system_stats: %w", err)
+	}
+	cat.SystemStats, _ = json.Marshal(stats)
+	cat.At = time.Now().UTC()
+	return cat, nil
+}
+
+// fileInputs names the inputs that refer to uploaded files, per node class.
+func (a *Agent) fileInputs() uploadInputs {
+	if f := a.files.Load(); f != nil {
+		return *f
+	}
+	return defaultUploadInputs()
+}

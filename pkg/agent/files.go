@@ -1,0 +1,116 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filetransfer"
+	"github.com/atelier-run/atelier/pkg/wire"
+)
+
+// fileKey names a file as ComfyUI on this box knows it.
+type fileKey struct{ kind, subfolder, name string }
+
+// outputFile is where a shipped file landed in the participant's store.
+type outputFile struct{ subfolder, name string }
+
+// shipOutput ships every file a node's UI output names ("images", "gifs",
+// "video", "audio" … any list of {filename, subfolder, type}) and returns
+// the output with the names the participant sees.
+func (r *run) shipOutput(ctx context.Context, output json.RawMessage) (json.RawMessage, error) {
+	var lists map[string]json.RawMessage
+	if err := json.Unmarshal(output, &lists); err != nil || lists == nil {
+		return output, nil // null or not an object: nothing to ship
+	}
+	for key, raw := range lists {
+		var items []map[string]json.RawMessage
+		if json.Unmarshal(raw, &items) != nil {
+			continue // text, animated flags …
+		}
+		changed := false
+		for _, item := range items {
+			var name, sub, kind string
+			if json.Unmarshal(item["filename"], &name) != nil || name == "" {
+				continue
+			}
+			_ = json.Unmarshal(item["subfolder"], &sub)
+			_ = json.Unmarshal(item["type"], &kind)
+			if kind == "" {
+				kind = "output"
+			}
+			stored, err := r.shipFile(ctx, fileKey{kind: kind, subfolder: sub, name: name})
+			if err != nil {
+				return nil, err
+			}
+			item["filename"], _ = json.Marshal(stored.name)
+			item["subfolder"], _ = json.Marshal(stored.subfolder)
+			changed = true
+		}
+		if changed {
+			lists[key], _ = json.Marshal(items)
+		}
+	}
+	return json.Marshal(lists)
+}
+
+// shipFile copies one file from ComfyUI to a spool file (hashing it on the
+// way) and sends it to mello's file store. A file is shipped once per run.
+func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
+	if done, ok := r.shipped[k]; ok {
+		return done, nil
+	}
+	kind, err := filestore.ParseKind(k.kind)
+	if err != nil {
+		return outputFile{}, fmt.Errorf("output %s: %w", k.name, err)
+	}
+	body, _, err := r.s.comfy.View(ctx, k.name, k.subfolder, k.kind)
+	if err != nil {
+		return outputFile{}, fmt.Errorf("read %s/%s from ComfyUI: %w", k.subfolder, k.name, err)
+	}
+	spool, err := os.CreateTemp(r.s.a.spoolDir, "out-*")
+	if err != nil {
+		body.Close()
+		return outputFile{}, fmt.Errorf("spool: %w", err)
+	}
+	defer os.Remove(spool.Name())
+	h := sha256.New()
+	size, err := io.Copy(io.MultiWriter(spool, h), body)
+	body.Close()
+	if cerr := spool.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return outputFile{}, fmt.Errorf("spool %s: %w", k.name, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	ref := filestore.Ref{User: r.job.User, Kind: kind, Subfolder: stripUser(r.job.User, k.subfolder), Name: k.name}
+	// The transfer id is stable across retries and agent restarts, so an
+	// interrupted upload resumes where it stopped.
+	tid := sha256.Sum256(fmt.Appendf(nil, "%s/%d/%s/%s/%s/%s", r.job.ID, r.attempt, k.kind, k.subfolder, k.name, sum))
+	stored, err := filetransfer.Send(ctx, r.s.a.nc, filetransfer.SendConfig{
+		Prefix: wire.FilePutPrefix, Agent: r.s.a.cfg.ID,
+	}, filetransfer.Meta{TransferID: hex.EncodeToString(tid[:16]), Ref: ref, Size: size, SHA256: sum}, spool.Name())
+	if err != nil {
+		return outputFile{}, fmt.Errorf("send %s to mello: %w", k.name, err)
+	}
+	out := outputFile{subfolder: stored.Subfolder, name: stored.Name}
+	r.shipped[k] = out
+	return out, nil
+}
+
+// stageInputs makes the job's uploaded inputs available to ComfyUI under
+// inputs/<user>/, fetching from mello only what ComfyUI lacks.
+func (r *run) stageInputs(ctx context.Context) error {
+	for _, in := range r.job.Inputs {
+		if err := r.s.stageInput(ctx, r.job.User, in); err != nil {
+			return fmt.Errorf("input %s: %w", in.Name, err)
+		}
+	}
+	return nil
+}

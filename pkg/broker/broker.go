@@ -1,0 +1,295 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/natsembed"
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// Broker is a running broker. Create it with New, then Start and Stop.
+type Broker struct {
+	cfg    Config
+	log    zerolog.Logger
+	layout datalayout.Layout
+
+	embedded *natsembed.Server
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	res      *wire.Resources
+
+	// core runs every state change on one goroutine, so the dispatcher's
+	// queues, the job index and the agents table need no locks. NATS
+	// callbacks hand their work to it with do.
+	core   chan func()
+	state  *state
+	subs   []*nats.Subscription
+	consum []jetstream.ConsumeContext
+
+	files *fileService
+
+	httpSrv *http.Server
+	httpLn  net.Listener
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	started atomic.Bool
+	ready   atomic.Bool
+}
+
+// New validates the configuration and returns a broker ready to Start.
+func New(cfg Config) (*Broker, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Broker{
+		cfg:    cfg,
+		log:    cfg.Logger.With().Str("component", "broker").Logger(),
+		layout: datalayout.New(cfg.DataDir),
+		core:   make(chan func()),
+		state:  newState(),
+	}, nil
+}
+
+// Start connects to (or embeds) NATS, provisions the wire contract, starts
+// the core loop and the subscriptions, and serves HTTP. It returns once the
+// broker takes jobs.
+func (b *Broker) Start(ctx context.Context) (err error) {
+	if !b.started.CompareAndSwap(false, true) {
+		return errors.New("broker: already started")
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	b.cancel = cancel
+	defer func() {
+		if err != nil {
+			b.shutdown()
+		}
+	}()
+
+	if err := b.layout.Ensure(); err != nil {
+		return fmt.Errorf("broker: data dir: %w", err)
+	}
+	if err := b.connect(ctx); err != nil {
+		return err
+	}
+	b.res, err = wire.Provision(ctx, b.js, b.cfg.Limits)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	b.files, err = newFileService(b)
+	if err != nil {
+		return err
+	}
+
+	b.wg.Add(1)
+	go b.runCore(runCtx)
+
+	if err := b.subscribe(runCtx); err != nil {
+		return err
+	}
+	if err := b.serveHTTP(); err != nil {
+		return err
+	}
+	b.ready.Store(true)
+	b.log.Info().Str("nats", b.ClientURL()).Str("http", b.HTTPURL()).Msg("broker started")
+	return nil
+}
+
+func (b *Broker) connect(ctx context.Context) error {
+	var err error
+	if b.cfg.NATSURL == "" {
+		b.embedded, err = natsembed.Start(ctx, natsembed.Config{
+			StoreDir:   b.layout.NATSStoreDir(),
+			Host:       b.cfg.NATSHost,
+			Port:       b.cfg.NATSPort,
+			MaxMemory:  b.cfg.NATSMaxMemory,
+			MaxStore:   b.cfg.NATSMaxStore,
+			SyncAlways: b.cfg.NATSSyncAlways,
+			User:       b.cfg.NATSUser,
+			Password:   b.cfg.NATSPassword,
+			Logger:     b.log,
+		})
+		if err != nil {
+			return fmt.Errorf("broker: %w", err)
+		}
+		b.nc, err = b.embedded.Connect(nats.MaxReconnects(-1))
+	} else {
+		opts := []nats.Option{nats.Name("atelier-broker"), nats.MaxReconnects(-1)}
+		if b.cfg.NATSUser != "" {
+			opts = append(opts, nats.UserInfo(b.cfg.NATSUser, b.cfg.NATSPassword))
+		}
+		b.nc, err = nats.Connect(b.cfg.NATSURL, opts...)
+	}
+	if err != nil {
+		return fmt.Errorf("broker: connect to NATS: %w", err)
+	}
+	b.js, err = jetstream.New(b.nc)
+	if err != nil {
+		return fmt.Errorf("broker: jetstream: %w", err)
+	}
+	return nil
+}
+
+// ClientURL is the NATS URL agents and proxies connect to.
+func (b *Broker) ClientURL() string {
+	if b.embedded != nil {
+		return b.embedded.ClientURL()
+	}
+	return b.cfg.NATSURL
+}
+
+// HTTPURL is the base URL of the broker's HTTP server.
+func (b *Broker) HTTPURL() string {
+	if b.httpLn == nil {
+		return ""
+	}
+	return "http://" + b.httpLn.Addr().String()
+}
+
+// Stop stops taking work, closes the connection and the embedded server.
+// State is durable in JetStream; a restarted broker carries on.
+func (b *Broker) Stop(ctx context.Context) error {
+	if !b.started.Load() {
+		return nil
+	}
+	b.ready.Store(false)
+	if b.httpSrv != nil {
+		_ = b.httpSrv.Shutdown(ctx)
+	}
+	b.shutdown()
+	b.log.Info().Msg("broker stopped")
+	return nil
+}
+
+func (b *Broker) shutdown() {
+	for _, s := range b.subs {
+		_ = s.Unsubscribe()
+	}
+	for _, c := range b.consum {
+		c.Stop()
+	}
+	if b.files != nil {
+		b.files.stop()
+	}
+	if b.cancel != nil {
+		b.cancel()
+	}
+	b.wg.Wait()
+	if b.nc != nil {
+		b.nc.Close()
+	}
+	if b.embedded != nil {
+		b.embedded.Shutdown()
+	}
+}
+
+// Run starts a broker and blocks until ctx is done, then stops it.
+func Run(ctx context.Context, cfg Config) error {
+	b, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return b.Stop(stopCtx)
+}
+
+// runCore executes state changes one at a time and does housekeeping.
+func (b *Broker) runCore(ctx context.Context) {
+	defer b.wg.Done()
+	tick := time.NewTicker(b.cfg.TickInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case fn := <-b.core:
+			fn()
+		case <-tick.C:
+			b.housekeep(ctx)
+		}
+	}
+}
+
+// errStopped is returned by do when the broker stops first.
+var errStopped = errors.New("broker: stopped")
+
+// do runs fn on the core goroutine and waits for it.
+func (b *Broker) do(ctx context.Context, fn func()) error {
+	done := make(chan struct{})
+	select {
+	case b.core <- func() { defer close(done); fn() }:
+	case <-ctx.Done():
+		return errStopped
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return errStopped
+	}
+}
+
+// subscribe starts the intake of SUBMIT, the REPORTS consumer and the
+// claim, heartbeat and catalog subscriptions.
+func (b *Broker) subscribe(ctx context.Context) error {
+	intake, err := b.js.OrderedConsumer(ctx, wire.StreamSubmit, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("broker: intake consumer: %w", err)
+	}
+	cc, err := intake.Consume(func(msg jetstream.Msg) {
+		_ = b.do(ctx, func() { b.intake(ctx, msg) })
+	})
+	if err != nil {
+		return fmt.Errorf("broker: intake: %w", err)
+	}
+	b.consum = append(b.consum, cc)
+
+	reports, err := wire.EnsureReportsConsumer(ctx, b.res.Reports)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	cc, err = reports.Consume(func(msg jetstream.Msg) {
+		if err := b.do(ctx, func() { b.applyReportMsg(ctx, msg) }); err != nil {
+			return // stopping: the report is redelivered to the next broker
+		}
+		if err := msg.Ack(); err != nil {
+			b.log.Warn().Err(err).Msg("ack report")
+		}
+	}, jetstream.PullMaxMessages(64))
+	if err != nil {
+		return fmt.Errorf("broker: reports: %w", err)
+	}
+	b.consum = append(b.consum, cc)
+
+	for subj, h := range map[string]nats.MsgHandler{
+		wire.ClaimSubjects:     func(m *nats.Msg) { b.handleClaim(ctx, m) },
+		wire.HeartbeatSubjects: func(m *nats.Msg) { b.handleHeartbeat(ctx, m) },
+		wire.CatalogSubjects:   func(m *nats.Msg) { b.handleCatalog(ctx, m) },
+	} {
+		s, err := b.nc.QueueSubscribe(subj, "atelier-broker", h)
+		if err != nil {
+			return fmt.Errorf("broker: subscribe %s: %w", subj, err)
+		}
+		b.subs = append(b.subs, s)
+	}
+	return b.nc.FlushTimeout(5 * time.Second)
+}

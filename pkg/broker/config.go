@@ -1,0 +1,104 @@
+// Package broker is the heart of Atelier on mello: it runs (or connects to)
+// NATS JetStream, provisions the wire contract, takes in submitted jobs,
+// releases tickets to GPU pools in fair order, answers agents' claims,
+// applies their reports to the job state, keeps the agents' heartbeats and
+// catalogs, receives output files into the file store, and serves its HTTP
+// endpoints (health now, the instructor dashboard later).
+//
+// The broker is the only writer of JOBS and AGENTS. Every transition is a
+// compare-and-set on the job's key, so a stale writer fails loudly instead
+// of overwriting newer state.
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/rs/zerolog"
+)
+
+// Config configures a Broker.
+type Config struct {
+	// DataDir is mello's data directory (DESIGN.md "Data layout"). The
+	// embedded server stores JetStream under DataDir/nats and output
+	// files land under DataDir/instances/<user>/.
+	DataDir string
+
+	// NATSURL, when set, connects to an external NATS (a real cluster)
+	// instead of embedding a server.
+	NATSURL string
+	// NATSUser and NATSPassword authenticate to NATS: for the embedded
+	// server they are also the credentials it requires.
+	NATSUser, NATSPassword string
+	// NATSHost and NATSPort are the embedded server's client listener for
+	// agents and proxies. Default 127.0.0.1:4222; port -1 picks a free one.
+	NATSHost string
+	NATSPort int
+	// NATSMaxMemory and NATSMaxStore bound the embedded JetStream.
+	NATSMaxMemory, NATSMaxStore int64
+	// NATSSyncAlways fsyncs every JetStream write (see nats-notes.md).
+	NATSSyncAlways bool
+
+	// HTTPAddr serves health and, later, the dashboard. Default
+	// 127.0.0.1:8191; "" after defaults means disabled is not allowed.
+	HTTPAddr string
+
+	// Limits bound the streams and buckets.
+	Limits wire.Limits
+	// Prefetch is how many tickets beyond the free slots each pool may
+	// have waiting in DISPATCH, so a slot that frees finds work at once.
+	Prefetch int
+	// AgentTimeout is how long after its last heartbeat an agent is taken
+	// for dead: its slots stop counting and its jobs may be re-claimed.
+	AgentTimeout time.Duration
+	// TickInterval paces housekeeping (dead agents, dispatch retries).
+	TickInterval time.Duration
+
+	Logger zerolog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.NATSHost == "" {
+		c.NATSHost = "127.0.0.1"
+	}
+	if c.NATSPort == 0 {
+		c.NATSPort = 4222
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = "127.0.0.1:8191"
+	}
+	if c.Limits == (wire.Limits{}) {
+		c.Limits = wire.DefaultLimits()
+	}
+	if c.Prefetch == 0 {
+		c.Prefetch = 1
+	}
+	if c.AgentTimeout == 0 {
+		c.AgentTimeout = 15 * time.Second
+	}
+	if c.TickInterval == 0 {
+		c.TickInterval = time.Second
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("DataDir is required"))
+	}
+	if c.Prefetch < 0 {
+		errs = append(errs, fmt.Errorf("Prefetch must not be negative, got %d", c.Prefetch))
+	}
+	if c.AgentTimeout <= 0 || c.TickInterval <= 0 {
+		errs = append(errs, errors.New("AgentTimeout and TickInterval must be positive"))
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("broker config: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,72 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// capacity is the number of slots a pool's live, non-draining agents have.
+func (b *Broker) capacity(pool string) int {
+	n := 0
+	for _, a := range b.state.agents {
+		if a.hb.Pool != pool || a.hb.Draining {
+			continue
+		}
+		for _, s := range a.hb.Slots {
+			if s.State == wire.SlotIdle || s.State == wire.SlotBusy {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// dispatch releases tickets for a pool while it has free slots (plus the
+// prefetch), taking jobs in the scheduler's order. Deciding at slot time,
+// not at submit time, is what makes the order fair.
+func (b *Broker) dispatch(ctx context.Context, pool string) {
+	slots := b.capacity(pool)
+	if slots == 0 {
+		return
+	}
+	for b.state.inflight[pool] < slots+b.cfg.Prefetch {
+		it, ok := b.state.queue.Next(pool)
+		if !ok {
+			return
+		}
+		e := b.state.jobs[wire.JobKey(it.User, it.JobID)]
+		if e == nil || e.rec.State != wire.StateQueued {
+			continue
+		}
+		t := wire.Ticket{JobID: e.rec.ID, User: e.rec.User, Pool: pool, Release: e.rec.Releases + 1}
+		data, _ := json.Marshal(t)
+		// Publish first, then record: a crash in between leaves a queued
+		// job with a ticket out, which a claim handles; the reverse order
+		// could leave a dispatched job with no ticket at all.
+		if _, err := b.js.Publish(ctx, wire.DispatchSubject(pool), data, jetstream.WithMsgID(t.MsgID())); err != nil {
+			b.log.Error().Err(err).Str("pool", pool).Str("job", t.JobID).Msg("release ticket; will retry")
+			b.state.queue.Push(it)
+			return
+		}
+		err := b.transition(ctx, e, func(r *wire.JobRecord) {
+			r.State = wire.StateDispatched
+			r.Releases = t.Release
+			r.DispatchedAt = now()
+		})
+		if err != nil {
+			b.log.Error().Err(err).Str("job", t.JobID).Msg("record dispatch")
+			continue
+		}
+		b.log.Debug().Str("job", t.JobID).Str("user", t.User).Str("pool", pool).Msg("ticket released")
+	}
+}
+
+// dispatchAll gives every pool with queued jobs a chance.
+func (b *Broker) dispatchAll(ctx context.Context) {
+	for _, pool := range b.state.queue.Pools() {
+		b.dispatch(ctx, pool)
+	}
+}

@@ -1,0 +1,98 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/wire"
+)
+
+func (b *Broker) serveHTTP() error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", b.handleHealth)
+	mux.HandleFunc("GET /api/status", b.handleStatus)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "Atelier broker\n\nGET /healthz      health\nGET /api/status   queues, agents and job counts (JSON)\n")
+	})
+	ln, err := net.Listen("tcp", b.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("broker: listen %s: %w", b.cfg.HTTPAddr, err)
+	}
+	b.httpLn = ln
+	b.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := b.httpSrv.Serve(ln); err != nil && err != http.ErrServerClosed {
+			b.log.Error().Err(err).Msg("http server")
+		}
+	}()
+	return nil
+}
+
+func (b *Broker) handleHealth(w http.ResponseWriter, r *http.Request) {
+	if !b.ready.Load() || !b.nc.IsConnected() {
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintln(w, "ok")
+}
+
+// Status is the broker's picture of the workshop, as GET /api/status
+// answers it.
+type Status struct {
+	Queued   map[string]int         `json:"queued"`   // pool → queued jobs
+	InFlight map[string]int         `json:"inflight"` // pool → dispatched or running
+	Finished map[wire.JobState]int  `json:"finished"` // since the broker started
+	Agents   []wire.Heartbeat       `json:"agents"`
+	Users    map[string]UserSummary `json:"users"`
+	Catalogs int                    `json:"catalogs"` // agents whose catalog is known
+}
+
+// UserSummary is one participant's unfinished jobs.
+type UserSummary struct {
+	Queued  int `json:"queued"`
+	Running int `json:"running"`
+}
+
+// Status returns the current picture.
+func (b *Broker) Status(ctx context.Context) (Status, error) {
+	var st Status
+	err := b.do(ctx, func() {
+		st = Status{Queued: map[string]int{}, InFlight: map[string]int{}, Finished: map[wire.JobState]int{}, Users: map[string]UserSummary{}}
+		for _, e := range b.state.jobs {
+			u := st.Users[e.rec.User]
+			switch e.rec.State {
+			case wire.StateQueued:
+				st.Queued[e.rec.Pool]++
+				u.Queued++
+			case wire.StateDispatched, wire.StateRunning:
+				st.InFlight[e.rec.Pool]++
+				u.Running++
+			}
+			st.Users[e.rec.User] = u
+		}
+		for k, v := range b.state.counts {
+			st.Finished[k] = v
+		}
+		st.Catalogs = len(b.state.catalogs)
+		for _, a := range b.state.agents {
+			st.Agents = append(st.Agents, a.hb)
+		}
+	})
+	return st, err
+}
+
+func (b *Broker) handleStatus(w http.ResponseWriter, r *http.Request) {
+	st, err := b.Status(r.Context())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(st)
+}

@@ -1,0 +1,100 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// applyReportMsg applies one REPORTS message. Reports that cannot apply
+// (stale attempt, finished job, malformed) are logged and dropped: they are
+// acknowledged either way, so a bad report cannot wedge the consumer.
+func (b *Broker) applyReportMsg(ctx context.Context, msg jetstream.Msg) {
+	var r wire.Report
+	if err := json.Unmarshal(msg.Data(), &r); err != nil {
+		b.log.Error().Err(err).Str("subject", msg.Subject()).Msg("drop undecodable report")
+		return
+	}
+	if parts := strings.Split(msg.Subject(), "."); len(parts) != 3 || parts[1] != r.Agent || parts[2] != r.JobID {
+		b.log.Error().Str("subject", msg.Subject()).Str("agent", r.Agent).Msg("drop report whose subject does not match it")
+		return
+	}
+	b.applyReport(ctx, r)
+}
+
+func (b *Broker) applyReport(ctx context.Context, r wire.Report) {
+	log := b.log.With().Str("job", r.JobID).Str("kind", string(r.Kind)).Int("attempt", r.Attempt).Logger()
+	e := b.state.jobs[wire.JobKey(r.User, r.JobID)]
+	if e == nil {
+		log.Debug().Msg("report for a finished or unknown job ignored")
+		return
+	}
+	if e.rec.State != wire.StateRunning || e.rec.Attempt != r.Attempt || e.rec.Agent != r.Agent {
+		log.Info().Str("state", string(e.rec.State)).Int("current_attempt", e.rec.Attempt).
+			Msg("report of a stale attempt ignored")
+		return
+	}
+	var mutate func(rec *wire.JobRecord)
+	switch r.Kind {
+	case wire.ReportStarted:
+		return // the claim already recorded the start
+	case wire.ReportOutput:
+		if r.Node == "" || len(r.Output) == 0 {
+			return
+		}
+		mutate = func(rec *wire.JobRecord) {
+			if rec.Outputs == nil {
+				rec.Outputs = map[string]json.RawMessage{}
+			}
+			rec.Outputs[r.Node] = r.Output
+		}
+	case wire.ReportSucceeded, wire.ReportFailed, wire.ReportInterrupted:
+		final := map[wire.ReportKind]wire.JobState{
+			wire.ReportSucceeded:   wire.StateSucceeded,
+			wire.ReportFailed:      wire.StateFailed,
+			wire.ReportInterrupted: wire.StateInterrupted,
+		}[r.Kind]
+		mutate = func(rec *wire.JobRecord) {
+			rec.State = final
+			rec.FinishedAt = r.At
+			if rec.FinishedAt.IsZero() {
+				rec.FinishedAt = now()
+			}
+			if len(r.Outputs) > 0 {
+				if rec.Outputs == nil {
+					rec.Outputs = map[string]json.RawMessage{}
+				}
+				for k, v := range r.Outputs {
+					rec.Outputs[k] = v
+				}
+			}
+			rec.Meta = r.Meta
+			rec.Messages = r.Messages
+			rec.Error = r.Error
+			rec.Reason = r.Reason
+		}
+	case wire.ReportReleased:
+		mutate = func(rec *wire.JobRecord) {
+			rec.State = wire.StateDispatched
+			rec.Reason = r.Reason
+		}
+	default:
+		log.Warn().Msg("unknown report kind ignored")
+		return
+	}
+	if err := b.transition(ctx, e, mutate); err != nil {
+		log.Error().Err(err).Msg("apply report")
+		return
+	}
+	rec := e.rec
+	if rec.State.Final() {
+		b.finish(ctx, rec)
+		log.Info().Str("user", rec.User).Str("state", string(rec.State)).
+			Dur("wait", rec.StartedAt.Sub(rec.CreatedAt)).Dur("run", rec.FinishedAt.Sub(rec.StartedAt)).
+			Msg("job finished")
+		b.dispatch(ctx, rec.Pool)
+	}
+}

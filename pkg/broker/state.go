@@ -1,0 +1,137 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/scheduler"
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// state is what the core goroutine owns: the unfinished jobs, the queues
+// and the live agents. It is rebuilt from SUBMIT, JOBS and heartbeats after
+// a restart.
+type state struct {
+	jobs     map[string]*jobEntry // JOBS key → unfinished job
+	queue    *scheduler.RoundRobin
+	inflight map[string]int // pool → jobs dispatched or running
+	agents   map[string]*agentEntry
+	pools    map[string]bool // pools whose DISPATCH consumer exists
+	catalogs map[string]wire.Catalog
+	counts   map[wire.JobState]int // jobs that reached each final state since start
+}
+
+type jobEntry struct {
+	rec wire.JobRecord
+	rev uint64
+}
+
+func newState() *state {
+	return &state{
+		jobs:     map[string]*jobEntry{},
+		queue:    scheduler.NewRoundRobin(),
+		inflight: map[string]int{},
+		agents:   map[string]*agentEntry{},
+		pools:    map[string]bool{},
+		catalogs: map[string]wire.Catalog{},
+		counts:   map[wire.JobState]int{},
+	}
+}
+
+func occupiesSlot(s wire.JobState) bool { return s == wire.StateDispatched || s == wire.StateRunning }
+
+// errConflict means JOBS changed under the broker: another writer exists.
+var errConflict = errors.New("broker: job changed concurrently")
+
+// transition applies mutate to a copy of the job's record and writes it to
+// JOBS by compare-and-set. Only on success does the in-memory entry change,
+// so memory never runs ahead of the durable state.
+func (b *Broker) transition(ctx context.Context, e *jobEntry, mutate func(r *wire.JobRecord)) error {
+	next := e.rec
+	// Maps are shared by the copy: clone the one mutators touch.
+	if e.rec.Outputs != nil {
+		next.Outputs = make(map[string]json.RawMessage, len(e.rec.Outputs))
+		for k, v := range e.rec.Outputs {
+			next.Outputs[k] = v
+		}
+	}
+	mutate(&next)
+	if next.State != e.rec.State && !wire.CanTransition(e.rec.State, next.State) {
+		return fmt.Errorf("broker: job %s: illegal transition %s → %s", next.ID, e.rec.State, next.State)
+	}
+	data, err := json.Marshal(next)
+	if err != nil {
+		return fmt.Errorf("broker: encode job %s: %w", next.ID, err)
+	}
+	rev, err := b.res.Jobs.Update(ctx, next.Key(), data, e.rev)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			b.log.Error().Str("job", next.ID).Msg("JOBS entry changed by another writer; reloading")
+			_ = b.reload(ctx, e)
+			return fmt.Errorf("%w: %s", errConflict, next.ID)
+		}
+		return fmt.Errorf("broker: write job %s: %w", next.ID, err)
+	}
+	prev := e.rec.State
+	e.rec, e.rev = next, rev
+	b.accountState(e, prev)
+	return nil
+}
+
+// accountState keeps the in-memory indexes in step with a job's new state.
+func (b *Broker) accountState(e *jobEntry, prev wire.JobState) {
+	st := b.state
+	cur := e.rec.State
+	if occupiesSlot(prev) && !occupiesSlot(cur) {
+		st.inflight[e.rec.Pool]--
+	}
+	if !occupiesSlot(prev) && occupiesSlot(cur) {
+		st.inflight[e.rec.Pool]++
+	}
+	if prev == wire.StateQueued && cur != wire.StateQueued {
+		st.queue.Remove(e.rec.ID, e.rec.Pool, e.rec.User)
+	}
+	if cur == wire.StateQueued && prev != wire.StateQueued {
+		st.queue.Push(scheduler.Item{JobID: e.rec.ID, User: e.rec.User, Pool: e.rec.Pool, Seq: e.rec.SubmitSeq})
+	}
+	if cur.Final() {
+		st.counts[cur]++
+		delete(st.jobs, e.rec.Key())
+		b.files.forget(e.rec)
+	} else if cur == wire.StateRunning {
+		b.files.allow(e.rec)
+	}
+}
+
+// reload replaces the entry with what JOBS holds.
+func (b *Broker) reload(ctx context.Context, e *jobEntry) error {
+	kve, err := b.res.Jobs.Get(ctx, e.rec.Key())
+	if err != nil {
+		return fmt.Errorf("broker: reload job %s: %w", e.rec.ID, err)
+	}
+	var rec wire.JobRecord
+	if err := json.Unmarshal(kve.Value(), &rec); err != nil {
+		return fmt.Errorf("broker: decode job %s: %w", e.rec.ID, err)
+	}
+	prev := e.rec.State
+	e.rec, e.rev = rec, kve.Revision()
+	b.accountState(e, prev)
+	return nil
+}
+
+// finish removes a final job's submission from SUBMIT, which frees the
+// user's backlog slot.
+func (b *Broker) finish(ctx context.Context, rec wire.JobRecord) {
+	if rec.SubmitSeq == 0 {
+		return
+	}
+	if err := b.res.Submit.DeleteMsg(ctx, rec.SubmitSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		b.log.Warn().Err(err).Str("job", rec.ID).Uint64("seq", rec.SubmitSeq).Msg("remove finished job from SUBMIT")
+	}
+}
+
+func now() time.Time { return time.Now().UTC() }

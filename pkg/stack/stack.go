@@ -1,0 +1,174 @@
+// Package stack runs a whole Atelier in one process — broker with embedded
+// NATS, proxy, one agent with simulated GPUs, and participants — on
+// loopback ports. Benchmarks and integration tests use it; the end-to-end
+// tests run the real binaries instead (see test/e2e).
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/agent"
+	"github.com/atelier-run/atelier/pkg/broker"
+	"github.com/atelier-run/atelier/pkg/comfysim"
+	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/proxy"
+	"github.com/atelier-run/atelier/pkg/registry"
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// Config configures a Stack.
+type Config struct {
+	// Dir holds the data directory and the simulators' folders.
+	Dir string
+	// Users are created as participants with Password.
+	Users    []string
+	Password string
+	// GPUs is the number of simulated GPUs of the agent (default 2).
+	GPUs int
+	// StepDelay is the simulators' time per sampler step.
+	StepDelay time.Duration
+	// ConfigureSim adjusts each simulator (hooks, faults).
+	ConfigureSim func(slot int, cfg *comfysim.Config)
+	// Limits of the streams (default: wire defaults with memory storage).
+	Limits wire.Limits
+	Logger zerolog.Logger
+}
+
+// Stack is a running system.
+type Stack struct {
+	Broker   *broker.Broker
+	Proxy    *proxy.Proxy
+	Agent    *agent.Agent
+	Runtime  *agent.Simulated
+	Registry *registry.Registry
+	Layout   datalayout.Layout
+
+	proxyConn *nats.Conn
+}
+
+// Start starts the broker, the proxy and the agent, and waits until the
+// agent's catalog reached the broker (prompts can be validated).
+func Start(ctx context.Context, cfg Config) (*Stack, error) {
+	if cfg.GPUs == 0 {
+		cfg.GPUs = 2
+	}
+	if cfg.Limits == (wire.Limits{}) {
+		cfg.Limits = wire.DefaultLimits()
+		cfg.Limits.Storage = jetstream.MemoryStorage
+	}
+	s := &Stack{Layout: datalayout.New(cfg.Dir + "/data")}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Stop(context.Background())
+		}
+	}()
+
+	var err error
+	s.Broker, err = broker.New(broker.Config{
+		DataDir: s.Layout.Root, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
+		Limits: cfg.Limits, TickInterval: 200 * time.Millisecond, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Broker.Start(ctx); err != nil {
+		return nil, err
+	}
+
+	s.Registry, err = registry.Open(registry.Config{Path: s.Layout.RegistryPath(), BcryptCost: bcrypt.MinCost})
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range cfg.Users {
+		if _, err := s.Registry.Create(ctx, registry.User{ID: u, Role: registry.RoleParticipant}, cfg.Password); err != nil {
+			return nil, fmt.Errorf("stack: create user %s: %w", u, err)
+		}
+		if err := s.Layout.EnsureInstance(u); err != nil {
+			return nil, err
+		}
+	}
+
+	s.proxyConn, err = nats.Connect(s.Broker.ClientURL())
+	if err != nil {
+		return nil, err
+	}
+	s.Proxy, err = proxy.New(proxy.Config{
+		Addr: "127.0.0.1:0", Conn: s.proxyConn, Registry: s.Registry,
+		Store: filestore.NewDisk(s.Layout), Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Proxy.Start(ctx); err != nil {
+		return nil, err
+	}
+
+	s.Runtime = &agent.Simulated{
+		GPUs: cfg.GPUs, Dir: cfg.Dir + "/sim", StepDelay: cfg.StepDelay,
+		Configure: cfg.ConfigureSim, Logger: cfg.Logger,
+	}
+	s.Agent, err = agent.New(agent.Config{
+		ID: "stack-agent", NATSURL: s.Broker.ClientURL(), Runtime: s.Runtime,
+		HeartbeatInterval: 200 * time.Millisecond, RetryDelay: 500 * time.Millisecond, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Agent.Start(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.awaitCatalog(ctx); err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
+
+func (s *Stack) awaitCatalog(ctx context.Context) error {
+	nc, err := nats.Connect(s.Broker.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		st, err := s.Broker.Status(ctx)
+		if err == nil && len(st.Agents) > 0 && st.Catalogs > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.New("stack: the agent did not report its catalog in 30s")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// ProxyURL is the proxy's base URL.
+func (s *Stack) ProxyURL() string { return s.Proxy.URL() }
+
+// Stop stops the agent, the proxy and the broker.
+func (s *Stack) Stop(ctx context.Context) {
+	if s.Agent != nil {
+		_ = s.Agent.Stop(ctx)
+	}
+	if s.Proxy != nil {
+		_ = s.Proxy.Stop(ctx)
+	}
+	if s.proxyConn != nil {
+		s.proxyConn.Close()
+	}
+	if s.Broker != nil {
+		_ = s.Broker.Stop(ctx)
+	}
+}

@@ -1,0 +1,39 @@
+package wire
+
+import "time"
+
+// SlotState is what a GPU slot is doing.
+type SlotState string
+
+const (
+	SlotStarting SlotState = "starting" // ComfyUI not healthy yet
+	SlotIdle     SlotState = "idle"     // waiting for a ticket
+	SlotBusy     SlotState = "busy"     // running a job
+	SlotDown     SlotState = "down"     // ComfyUI unreachable
+)
+
+// SlotStatus is one GPU slot in a heartbeat.
+type SlotStatus struct {
+	ID          string    `json:"id"`
+	GPU         string    `json:"gpu,omitempty"`
+	State       SlotState `json:"state"`
+	JobID       string    `json:"job_id,omitempty"`
+	User        string    `json:"user,omitempty"`
+	VRAMTotal   int64     `json:"vram_total,omitempty"`
+	VRAMFree    int64     `json:"vram_free,omitempty"`
+	Utilization float64   `json:"utilization,omitempty"`
+}
+
+// Heartbeat is what an agent publishes on hb.<agent> every few seconds.
+type Heartbeat struct {
+	Agent     string       `json:"agent"`
+	Pool      string       `json:"pool"`
+	Version   string       `json:"version,omitempty"`
+	Boot      string       `json:"boot"` // changes each time the agent starts
+	StartedAt time.Time    `json:"started_at"`
+	At        time.Time    `json:"at"`
+	Draining  bool         `json:"draining,omitempty"`
+	Slots     []SlotStatus `json:"slots"`
+	// ScratchBytes is the disk used under the agent's scratch root.
+	ScratchBytes int64 `json:"scratch_bytes,omitempty"`
+}

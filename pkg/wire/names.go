@@ -1,0 +1,134 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+)
+
+// Streams, buckets and consumers.
+const (
+	// StreamSubmit holds accepted jobs that have not reached a final state,
+	// one subject per user (submit.<user>). Per-subject limits cap each
+	// user's backlog.
+	StreamSubmit = "SUBMIT"
+	// StreamDispatch is the work queue of tickets the dispatcher releases in
+	// fair order, one subject and one durable pull consumer per pool.
+	StreamDispatch = "DISPATCH"
+	// StreamReports is the durable log of agents' reports on a job's life;
+	// the broker consumes it and applies the reports to JOBS.
+	StreamReports = "REPORTS"
+
+	// BucketJobs holds every job's state, key <user>.<job>.
+	BucketJobs = "JOBS"
+	// BucketAgents holds the last heartbeat of each live agent, key <agent>.
+	BucketAgents = "AGENTS"
+	// BucketCatalog holds each agent's ComfyUI catalog (key agent.<agent>)
+	// and the merged catalog of each pool (key pool.<pool>).
+	BucketCatalog = "CATALOG"
+
+	// ConsumerReports is the broker's durable consumer on REPORTS.
+	ConsumerReports = "broker"
+)
+
+// Subject prefixes. Use the functions below to build full subjects.
+const (
+	prefixSubmit    = "submit"
+	prefixDispatch  = "dispatch"
+	prefixReport    = "report"
+	prefixClaim     = "claim"
+	prefixHeartbeat = "hb"
+	prefixCatalog   = "catalog"
+	prefixEvent     = "evt"
+	prefixControl   = "ctl.agent"
+	prefixBrokerAPI = "api.broker"
+
+	// FilePutPrefix is the subject prefix of output uploads (agent → broker).
+	FilePutPrefix = "file.put"
+	// FileGetPrefix is the subject prefix of input downloads (broker → agent).
+	FileGetPrefix = "file.get"
+)
+
+// DefaultPool is the pool of agents and participants that name none.
+const DefaultPool = "default"
+
+// SubmitSubject is where the proxy publishes user's accepted jobs.
+func SubmitSubject(user string) string { return prefixSubmit + "." + user }
+
+// SubmitSubjects matches every user's submissions.
+const SubmitSubjects = prefixSubmit + ".>"
+
+// DispatchSubject is where the dispatcher releases tickets for a pool.
+func DispatchSubject(pool string) string { return prefixDispatch + "." + pool }
+
+// DispatchSubjects matches every pool's tickets.
+const DispatchSubjects = prefixDispatch + ".>"
+
+// DispatchConsumer is the durable pull consumer name of a pool.
+func DispatchConsumer(pool string) string { return "pool-" + pool }
+
+// ReportSubject is where an agent reports on a job.
+func ReportSubject(agent, job string) string { return prefixReport + "." + agent + "." + job }
+
+// ReportSubjects matches every report.
+const ReportSubjects = prefixReport + ".>"
+
+// ClaimSubject is the request subject on which an agent claims a ticket.
+func ClaimSubject(agent string) string { return prefixClaim + "." + agent }
+
+// ClaimSubjects matches every agent's claims.
+const ClaimSubjects = prefixClaim + ".*"
+
+// HeartbeatSubject is where an agent publishes its heartbeat.
+func HeartbeatSubject(agent string) string { return prefixHeartbeat + "." + agent }
+
+// HeartbeatSubjects matches every agent's heartbeats.
+const HeartbeatSubjects = prefixHeartbeat + ".*"
+
+// CatalogSubject is the request subject on which an agent sends its catalog.
+func CatalogSubject(agent string) string { return prefixCatalog + "." + agent }
+
+// CatalogSubjects matches every agent's catalog.
+const CatalogSubjects = prefixCatalog + ".*"
+
+// EventSubject carries the lossy live events of one job (core NATS).
+func EventSubject(agent, user, job string) string {
+	return prefixEvent + "." + agent + "." + user + "." + job
+}
+
+// UserEventSubjects matches the live events of all of a user's jobs.
+func UserEventSubjects(user string) string { return prefixEvent + ".*." + user + ".*" }
+
+// ControlSubject is the request subject the broker uses to command an agent.
+func ControlSubject(agent string) string { return prefixControl + "." + agent }
+
+// BrokerAPISubject is the request subject of a broker API operation.
+func BrokerAPISubject(op string) string { return prefixBrokerAPI + "." + op }
+
+// JobKey is the JOBS key of a job.
+func JobKey(user, job string) string { return user + "." + job }
+
+// UserJobKeys matches all JOBS keys of a user.
+func UserJobKeys(user string) string { return user + ".>" }
+
+// AgentCatalogKey is the CATALOG key of one agent's catalog.
+func AgentCatalogKey(agent string) string { return "agent." + agent }
+
+// PoolCatalogKey is the CATALOG key of a pool's merged catalog.
+func PoolCatalogKey(pool string) string { return "pool." + pool }
+
+// ErrInvalidName is returned when a user, agent, pool or job name cannot be
+// used as a subject token.
+var ErrInvalidName = errors.New("wire: invalid name")
+
+// tokenRE is what a user, agent, pool or job id may look like: it must be a
+// single NATS subject token and a safe file-name component.
+var tokenRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$`)
+
+// ValidateToken checks that s can be used as a user, agent, pool or job id.
+func ValidateToken(kind, s string) error {
+	if !tokenRE.MatchString(s) {
+		return fmt.Errorf("%w: %s %q (want 1-64 of letters, digits, '-', '_', starting with a letter or digit)", ErrInvalidName, kind, s)
+	}
+	return nil
+}
