@@ -88,7 +88,7 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
-	b.files, err = newFileService(b)
+	b.files, err = newFileService(ctx, b)
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,14 @@
 package broker
 
 import (
+	"context"
+	"fmt"
+	"path/filepath"
 	"sync"
+	"time"
 
+	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filetransfer"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -10,7 +16,11 @@ import (
 // agent may write only into the folders of users whose job it is running:
 // holders tracks which.
 type fileService struct {
-	b       *Broker
+	b        *Broker
+	store    filestore.Store
+	receiver *filetransfer.Receiver
+	server   *filetransfer.Server
+
 	mu      sync.Mutex
 	holders map[string]map[string]int // agent → user → running jobs
 	running map[string]holder         // JOBS key → who holds it
@@ -18,8 +28,58 @@ type fileService struct {
 
 type holder struct{ agent, user string }
 
-func newFileService(b *Broker) (*fileService, error) {
-	return &fileService{b: b, holders: map[string]map[string]int{}, running: map[string]holder{}}, nil
+func newFileService(ctx context.Context, b *Broker) (*fileService, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	f := &fileService{
+		b: b, store: filestore.NewDisk(b.layout),
+		holders: map[string]map[string]int{}, running: map[string]holder{},
+	}
+	var err error
+	f.receiver, err = filetransfer.NewReceiver(filetransfer.ReceiverConfig{
+		Conn: b.nc, SubjectPrefix: wire.FilePutPrefix, Store: f.store,
+		StagingDir: filepath.Join(b.layout.Root, "staging", "uploads"),
+		Authorize:  f.authorize(filestore.KindOutput, filestore.KindTemp),
+		Logger:     &b.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: file receiver: %w", err)
+	}
+	if err := f.receiver.Start(ctx); err != nil {
+		return nil, fmt.Errorf("broker: file receiver: %w", err)
+	}
+	f.server, err = filetransfer.NewServer(filetransfer.ServerConfig{
+		Conn: b.nc, SubjectPrefix: wire.FileGetPrefix, Store: f.store,
+		Authorize: f.authorize(filestore.KindInput),
+		Logger:    &b.log,
+	})
+	if err != nil {
+		f.receiver.Stop()
+		return nil, fmt.Errorf("broker: file server: %w", err)
+	}
+	if err := f.server.Start(ctx); err != nil {
+		f.receiver.Stop()
+		return nil, fmt.Errorf("broker: file server: %w", err)
+	}
+	return f, nil
+}
+
+// authorize lets an agent move files of the given kinds for users whose
+// job it runs, and nothing else.
+func (f *fileService) authorize(kinds ...filestore.Kind) func(string, filestore.Ref) error {
+	return func(agent string, ref filestore.Ref) error {
+		allowed := false
+		for _, k := range kinds {
+			allowed = allowed || ref.Kind == k
+		}
+		if !allowed {
+			return fmt.Errorf("%w: %s files are not for agents to move this way", filetransfer.ErrForbidden, ref.Kind)
+		}
+		if !f.mayWrite(agent, ref.User) {
+			return fmt.Errorf("%w: agent %s runs no job of %s", filetransfer.ErrForbidden, agent, ref.User)
+		}
+		return nil
+	}
 }
 
 // allow records that rec's agent runs a job of rec's user.
@@ -59,4 +119,7 @@ func (f *fileService) mayWrite(agent, user string) bool {
 	return f.holders[agent][user] > 0
 }
 
-func (f *fileService) stop() {}
+func (f *fileService) stop() {
+	f.server.Stop()
+	f.receiver.Stop()
+}

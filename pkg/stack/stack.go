@@ -19,7 +19,6 @@ import (
 	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -61,8 +60,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		cfg.GPUs = 2
 	}
 	if cfg.Limits == (wire.Limits{}) {
-		cfg.Limits = wire.DefaultLimits()
-		cfg.Limits.Storage = jetstream.MemoryStorage
+		cfg.Limits = wire.SmallLimits()
 	}
 	s := &Stack{Layout: datalayout.New(cfg.Dir + "/data")}
 	ok := false

@@ -30,6 +30,8 @@ type Limits struct {
 	HistoryTTL time.Duration
 	// MaxJobsBytes caps JOBS' storage.
 	MaxJobsBytes int64
+	// MaxCatalogBytes caps CATALOG's storage.
+	MaxCatalogBytes int64
 	// AgentTTL is how long an agent's entry outlives its last heartbeat.
 	AgentTTL time.Duration
 	// AckWait is how long an agent may hold a ticket without InProgress.
@@ -42,17 +44,20 @@ type Limits struct {
 	Storage jetstream.StorageType
 }
 
-// DefaultLimits returns the limits used when none are configured.
+// DefaultLimits returns the limits used when none are configured. JetStream
+// reserves each stream's MaxBytes up front: the storage caps add up to about
+// 6.3 GiB, within the embedded server's default 10 GiB store.
 func DefaultLimits() Limits {
 	return Limits{
 		MaxBacklogPerUser: 100,
 		MaxUnfinishedJobs: 100_000,
-		MaxSubmitBytes:    4 << 30,
+		MaxSubmitBytes:    1 << 30,
 		MaxTickets:        100_000,
 		MaxReports:        1_000_000,
-		MaxReportBytes:    4 << 30,
+		MaxReportBytes:    1 << 30,
 		HistoryTTL:        14 * 24 * time.Hour,
-		MaxJobsBytes:      8 << 30,
+		MaxJobsBytes:      4 << 30,
+		MaxCatalogBytes:   256 << 20,
 		AgentTTL:          30 * time.Second,
 		AckWait:           60 * time.Second,
 		MaxDeliver:        5,
@@ -76,6 +81,7 @@ func (l Limits) Validate() error {
 	pos("MaxReports", l.MaxReports)
 	pos("MaxReportBytes", l.MaxReportBytes)
 	pos("MaxJobsBytes", l.MaxJobsBytes)
+	pos("MaxCatalogBytes", l.MaxCatalogBytes)
 	pos("HistoryTTL", int64(l.HistoryTTL))
 	pos("AgentTTL", int64(l.AgentTTL))
 	pos("AckWait", int64(l.AckWait))
@@ -164,7 +170,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, l Limits) (*Resource
 		Description: "Atelier: last heartbeat of each live agent",
 		History:     1,
 		TTL:         l.AgentTTL,
-		MaxBytes:    64 << 20,
+		MaxBytes:    16 << 20,
 		Storage:     l.Storage,
 	})
 	if err != nil {
@@ -174,7 +180,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, l Limits) (*Resource
 		Bucket:      BucketCatalog,
 		Description: "Atelier: ComfyUI catalogs per agent and merged per pool (gzip JSON)",
 		History:     1,
-		MaxBytes:    1 << 30,
+		MaxBytes:    l.MaxCatalogBytes,
 		Storage:     l.Storage,
 	})
 	if err != nil {
@@ -219,4 +225,16 @@ func EnsureReportsConsumer(ctx context.Context, reports jetstream.Stream) (jetst
 		return nil, fmt.Errorf("ensure reports consumer: %w", err)
 	}
 	return c, nil
+}
+
+// SmallLimits are DefaultLimits scaled down for memory storage: tests,
+// benchmarks and the in-process stack.
+func SmallLimits() Limits {
+	l := DefaultLimits()
+	l.Storage = jetstream.MemoryStorage
+	l.MaxSubmitBytes = 64 << 20
+	l.MaxReportBytes = 64 << 20
+	l.MaxJobsBytes = 128 << 20
+	l.MaxCatalogBytes = 32 << 20
+	return l
 }

@@ -1,0 +1,256 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+)
+
+// testBundle is a running broker and a client playing proxy and agent.
+type testBundle struct {
+	broker *Broker
+	dir    string
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	jobs   jetstream.KeyValue
+	ctx    context.Context
+}
+
+func setup(t *testing.T) *testBundle {
+	t.Helper()
+	dir := t.TempDir()
+	tb := &testBundle{dir: dir, ctx: context.Background()}
+	tb.start(t)
+	return tb
+}
+
+func (tb *testBundle) start(t *testing.T) {
+	t.Helper()
+	b, err := New(Config{
+		DataDir: tb.dir, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
+		TickInterval: 50 * time.Millisecond, Prefetch: 0, Logger: zerolog.Nop(),
+	})
+	require.NoError(t, err)
+	require.NoError(t, b.Start(tb.ctx))
+	tb.broker = b
+	tb.nc, err = nats.Connect(b.ClientURL())
+	require.NoError(t, err)
+	tb.js, err = jetstream.New(tb.nc)
+	require.NoError(t, err)
+	tb.jobs, err = tb.js.KeyValue(tb.ctx, wire.BucketJobs)
+	require.NoError(t, err)
+	t.Cleanup(tb.stop)
+}
+
+func (tb *testBundle) stop() {
+	if tb.nc != nil {
+		tb.nc.Close()
+		tb.nc = nil
+	}
+	if tb.broker != nil {
+		_ = tb.broker.Stop(context.Background())
+		tb.broker = nil
+	}
+}
+
+// submit publishes a job the way the proxy does.
+func (tb *testBundle) submit(t *testing.T, user string) string {
+	t.Helper()
+	id := uuid.NewString()
+	data, _ := json.Marshal(wire.Job{
+		ID: id, User: user, Pool: wire.DefaultPool,
+		Prompt: json.RawMessage(`{"1":{"class_type":"EmptyImage","inputs":{}}}`), OutputsToExecute: []string{"1"},
+		SubmittedAt: time.Now(),
+	})
+	_, err := tb.js.Publish(tb.ctx, wire.SubmitSubject(user), data, jetstream.WithMsgID(id))
+	require.NoError(t, err)
+	return id
+}
+
+func (tb *testBundle) record(t *testing.T, user, id string) wire.JobRecord {
+	t.Helper()
+	e, err := tb.jobs.Get(tb.ctx, wire.JobKey(user, id))
+	require.NoError(t, err)
+	var r wire.JobRecord
+	require.NoError(t, json.Unmarshal(e.Value(), &r))
+	return r
+}
+
+func (tb *testBundle) awaitState(t *testing.T, user, id string, want wire.JobState) wire.JobRecord {
+	t.Helper()
+	var r wire.JobRecord
+	require.Eventually(t, func() bool {
+		e, err := tb.jobs.Get(tb.ctx, wire.JobKey(user, id))
+		if err != nil {
+			return false
+		}
+		_ = json.Unmarshal(e.Value(), &r)
+		return r.State == want
+	}, 10*time.Second, 10*time.Millisecond, "job %s never reached %s (last: %s)", id, want, r.State)
+	return r
+}
+
+func (tb *testBundle) heartbeat(t *testing.T, agent, boot string, slots int) {
+	t.Helper()
+	hb := wire.Heartbeat{Agent: agent, Pool: wire.DefaultPool, Boot: boot, At: time.Now()}
+	for range slots {
+		hb.Slots = append(hb.Slots, wire.SlotStatus{ID: "gpu", State: wire.SlotIdle})
+	}
+	data, _ := json.Marshal(hb)
+	require.NoError(t, tb.nc.Publish(wire.HeartbeatSubject(agent), data))
+	require.NoError(t, tb.nc.Flush())
+}
+
+func (tb *testBundle) claim(t *testing.T, req wire.ClaimRequest) wire.ClaimReply {
+	t.Helper()
+	data, _ := json.Marshal(req)
+	m, err := tb.nc.Request(wire.ClaimSubject(req.Agent), data, 5*time.Second)
+	require.NoError(t, err)
+	var reply wire.ClaimReply
+	require.NoError(t, json.Unmarshal(m.Data, &reply))
+	return reply
+}
+
+func (tb *testBundle) report(t *testing.T, r wire.Report) {
+	t.Helper()
+	r.At = time.Now()
+	data, _ := json.Marshal(r)
+	_, err := tb.js.Publish(tb.ctx, wire.ReportSubject(r.Agent, r.JobID), data)
+	require.NoError(t, err)
+}
+
+// fetchTicket pulls one ticket of the default pool.
+func (tb *testBundle) fetchTicket(t *testing.T) (wire.Ticket, jetstream.Msg) {
+	t.Helper()
+	var cons jetstream.Consumer
+	require.Eventually(t, func() bool {
+		c, err := tb.js.Consumer(tb.ctx, wire.StreamDispatch, wire.DispatchConsumer(wire.DefaultPool))
+		cons = c
+		return err == nil
+	}, 5*time.Second, 10*time.Millisecond)
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	require.NoError(t, err)
+	for m := range batch.Messages() {
+		var tk wire.Ticket
+		require.NoError(t, json.Unmarshal(m.Data(), &tk))
+		return tk, m
+	}
+	t.Fatal("no ticket")
+	return wire.Ticket{}, nil
+}
+
+func TestJobLifecycle(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	id := tb.submit(t, "user001")
+	r := tb.awaitState(t, "user001", id, wire.StateQueued)
+	require.NotZero(t, r.Number)
+	require.Equal(t, r.Number, r.SubmitSeq)
+
+	// No agent, no ticket: the job waits queued.
+	time.Sleep(100 * time.Millisecond)
+	require.Equal(t, wire.StateQueued, tb.record(t, "user001", id).State)
+
+	tb.heartbeat(t, "a1", "boot1", 1)
+	tb.awaitState(t, "user001", id, wire.StateDispatched)
+	tk, msg := tb.fetchTicket(t)
+	require.Equal(t, id, tk.JobID)
+
+	reply := tb.claim(t, wire.ClaimRequest{JobID: id, User: "user001", Agent: "a1", Slot: "gpu0", Boot: "boot1"})
+	require.Equal(t, wire.ClaimGo, reply.Action)
+	require.Equal(t, 1, reply.Attempt)
+	require.Equal(t, id, reply.Job.ID)
+	require.JSONEq(t, `{"1":{"class_type":"EmptyImage","inputs":{}}}`, string(reply.Job.Prompt))
+	r = tb.awaitState(t, "user001", id, wire.StateRunning)
+	require.Equal(t, "a1", r.Agent)
+
+	// A second agent's claim of the same job is deferred while a1 lives.
+	tb.heartbeat(t, "a2", "boot2", 1)
+	later := tb.claim(t, wire.ClaimRequest{JobID: id, User: "user001", Agent: "a2", Slot: "gpu0", Boot: "boot2"})
+	require.Equal(t, wire.ClaimLater, later.Action)
+
+	// A stale attempt's report is ignored.
+	tb.report(t, wire.Report{Kind: wire.ReportSucceeded, JobID: id, User: "user001", Agent: "a1", Attempt: 7})
+	tb.report(t, wire.Report{Kind: wire.ReportOutput, JobID: id, User: "user001", Agent: "a1", Attempt: 1,
+		Node: "9", Output: json.RawMessage(`{"images":[{"filename":"a.png","subfolder":"","type":"output"}]}`)})
+	tb.report(t, wire.Report{Kind: wire.ReportSucceeded, JobID: id, User: "user001", Agent: "a1", Attempt: 1,
+		Messages: []json.RawMessage{json.RawMessage(`["execution_start",{"prompt_id":"x","timestamp":1}]`)}})
+	r = tb.awaitState(t, "user001", id, wire.StateSucceeded)
+	require.Contains(t, r.Outputs, "9")
+	require.Len(t, r.Messages, 1)
+	require.NoError(t, msg.DoubleAck(tb.ctx))
+
+	// The finished job left SUBMIT, and its tickets are skipped.
+	submit, err := tb.js.Stream(tb.ctx, wire.StreamSubmit)
+	require.NoError(t, err)
+	_, err = submit.GetMsg(tb.ctx, r.SubmitSeq)
+	require.ErrorIs(t, err, jetstream.ErrMsgNotFound)
+	skip := tb.claim(t, wire.ClaimRequest{JobID: id, User: "user001", Agent: "a2", Slot: "gpu0", Boot: "boot2"})
+	require.Equal(t, wire.ClaimSkip, skip.Action)
+
+	st, err := tb.broker.Status(tb.ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, st.Finished[wire.StateSucceeded])
+}
+
+func TestRoundRobinAcrossUsersAtSlotTime(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	var a []string
+	for range 3 {
+		a = append(a, tb.submit(t, "alice"))
+	}
+	b := tb.submit(t, "bob")
+	tb.awaitState(t, "bob", b, wire.StateQueued)
+	for _, id := range a {
+		tb.awaitState(t, "alice", id, wire.StateQueued)
+	}
+	tb.heartbeat(t, "a1", "boot", 1) // one slot, no prefetch: one ticket at a time
+
+	var order []string
+	for range 4 {
+		tk, msg := tb.fetchTicket(t)
+		order = append(order, tk.User)
+		reply := tb.claim(t, wire.ClaimRequest{JobID: tk.JobID, User: tk.User, Agent: "a1", Slot: "gpu0", Boot: "boot"})
+		require.Equal(t, wire.ClaimGo, reply.Action)
+		tb.report(t, wire.Report{Kind: wire.ReportSucceeded, JobID: tk.JobID, User: tk.User, Agent: "a1", Attempt: 1})
+		tb.awaitState(t, tk.User, tk.JobID, wire.StateSucceeded)
+		require.NoError(t, msg.DoubleAck(tb.ctx))
+	}
+	require.Equal(t, []string{"alice", "bob", "alice", "alice"}, order)
+}
+
+func TestRestartKeepsQueuedAndRunningJobs(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	queued := tb.submit(t, "user001")
+	running := tb.submit(t, "user002")
+	tb.awaitState(t, "user001", queued, wire.StateQueued)
+	tb.awaitState(t, "user002", running, wire.StateQueued)
+	tb.heartbeat(t, "a1", "boot1", 1)
+	// One slot: the first released ticket runs, the other job stays queued.
+	tk, _ := tb.fetchTicket(t)
+	require.Equal(t, wire.ClaimGo, tb.claim(t, wire.ClaimRequest{JobID: tk.JobID, User: tk.User, Agent: "a1", Slot: "gpu0", Boot: "boot1"}).Action)
+	other, otherUser := queued, "user001"
+	if tk.JobID == queued {
+		other, otherUser = running, "user002"
+	}
+
+	tb.stop()
+	tb.start(t) // same data directory: file storage survives
+
+	// The running job can still report; the queued one is dispatched once
+	// an agent heartbeats again.
+	tb.heartbeat(t, "a1", "boot1", 1)
+	tb.report(t, wire.Report{Kind: wire.ReportSucceeded, JobID: tk.JobID, User: tk.User, Agent: "a1", Attempt: 1})
+	tb.awaitState(t, tk.User, tk.JobID, wire.StateSucceeded)
+	tb.awaitState(t, otherUser, other, wire.StateDispatched)
+}
