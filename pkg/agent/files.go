@@ -93,9 +93,8 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	// The transfer id is stable across retries and agent restarts, so an
 	// interrupted upload resumes where it stopped.
 	tid := sha256.Sum256(fmt.Appendf(nil, "%s/%d/%s/%s/%s/%s", r.job.ID, r.attempt, k.kind, k.subfolder, k.name, sum))
-	stored, err := filetransfer.Send(ctx, r.s.a.nc, filetransfer.SendConfig{
-		Prefix: wire.FilePutPrefix, Agent: r.s.a.cfg.ID,
-	}, filetransfer.Meta{TransferID: hex.EncodeToString(tid[:16]), Ref: ref, Size: size, SHA256: sum}, spool.Name())
+	stored, err := filetransfer.SendFile(ctx, r.s.a.nc, wire.FilePutPrefix, r.s.a.cfg.ID,
+		filetransfer.Meta{TransferID: hex.EncodeToString(tid[:16]), Ref: ref, Size: size, SHA256: sum}, spool.Name())
 	if err != nil {
 		return outputFile{}, fmt.Errorf("send %s to mello: %w", k.name, err)
 	}
@@ -112,5 +111,49 @@ func (r *run) stageInputs(ctx context.Context) error {
 			return fmt.Errorf("input %s: %w", in.Name, err)
 		}
 	}
+	return nil
+}
+
+// stageInput puts one input file into ComfyUI's input folder under
+// <user>/[subfolder/], through ComfyUI's own upload route (so the external
+// runtime needs no shared disk). A slot remembers what it staged, by
+// content, and skips files its ComfyUI already has.
+func (s *slot) stageInput(ctx context.Context, user string, in wire.InputFile) error {
+	subfolder := user
+	if in.Subfolder != "" {
+		sub, err := underUser(user, in.Subfolder)
+		if err != nil {
+			return err
+		}
+		subfolder = sub
+	}
+	key := subfolder + "/" + in.Name + "@" + in.SHA256
+	s.mu.Lock()
+	done := s.staged[key]
+	s.mu.Unlock()
+	if done {
+		return nil
+	}
+	spool, err := os.CreateTemp(s.a.spoolDir, "in-*")
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	spool.Close()
+	defer os.Remove(spool.Name())
+	ref := filestore.Ref{User: user, Kind: filestore.KindInput, Subfolder: in.Subfolder, Name: in.Name}
+	if _, err := filetransfer.FetchFile(ctx, s.a.nc, wire.FileGetPrefix, s.a.cfg.ID, ref, spool.Name(), in.SHA256); err != nil {
+		return fmt.Errorf("fetch from mello: %w", err)
+	}
+	f, err := os.Open(spool.Name())
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := s.comfy.UploadImage(ctx, in.Name, subfolder, f, true); err != nil {
+		return fmt.Errorf("upload to ComfyUI: %w", err)
+	}
+	s.mu.Lock()
+	s.staged[key] = true
+	s.mu.Unlock()
 	return nil
 }

@@ -36,16 +36,19 @@ type slot struct {
 	job   string
 	user  string
 	vram  [2]int64 // total, free
+	// staged remembers the inputs this slot's ComfyUI has, by content.
+	staged map[string]bool
 }
 
 func newSlot(a *Agent, ep Endpoint) *slot {
 	return &slot{
-		a:     a,
-		ep:    ep,
-		log:   a.log.With().Str("slot", ep.Slot).Logger(),
-		comfy: comfyclient.New(ep.URL, nil),
-		sid:   uuid.New().String(),
-		state: wire.SlotStarting,
+		a:      a,
+		ep:     ep,
+		log:    a.log.With().Str("slot", ep.Slot).Logger(),
+		comfy:  comfyclient.New(ep.URL, nil),
+		sid:    uuid.New().String(),
+		state:  wire.SlotStarting,
+		staged: map[string]bool{},
 	}
 }
 

@@ -232,9 +232,11 @@ func EnsureReportsConsumer(ctx context.Context, reports jetstream.Stream) (jetst
 func SmallLimits() Limits {
 	l := DefaultLimits()
 	l.Storage = jetstream.MemoryStorage
-	l.MaxSubmitBytes = 64 << 20
-	l.MaxReportBytes = 64 << 20
-	l.MaxJobsBytes = 128 << 20
+	// 32+32+64+32 MiB, plus 16 MiB of AGENTS: within the embedded
+	// server's default 256 MiB of memory.
+	l.MaxSubmitBytes = 32 << 20
+	l.MaxReportBytes = 32 << 20
+	l.MaxJobsBytes = 64 << 20
 	l.MaxCatalogBytes = 32 << 20
 	return l
 }
