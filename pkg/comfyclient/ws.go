@@ -1,0 +1,95 @@
+package comfyclient
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/coder/websocket"
+)
+
+// Message is one WebSocket frame. JSON frames have Type and Data; binary
+// frames (previews, progress text) have Binary set to the whole frame,
+// including its 4-byte big-endian event type, and Type "".
+type Message struct {
+	Type   string
+	Data   json.RawMessage
+	Binary []byte
+}
+
+// BinaryEvent returns the event number of a binary frame (1 preview,
+// 3 text, 4 preview with metadata) and its payload.
+func (m Message) BinaryEvent() (uint32, []byte, bool) {
+	if len(m.Binary) < 4 {
+		return 0, nil, false
+	}
+	b := m.Binary
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]), b[4:], true
+}
+
+// Conn is a WebSocket to /ws.
+type Conn struct {
+	conn *websocket.Conn
+}
+
+// Dial opens /ws?clientId=clientID ("" lets the server choose the sid,
+// announced in the first "status" message).
+func (c *Client) Dial(ctx context.Context, clientID string) (*Conn, error) {
+	u := *c.base
+	switch u.Scheme {
+	case "https":
+		u.Scheme = "wss"
+	default:
+		u.Scheme = "ws"
+	}
+	u.Path = strings.TrimRight(u.Path, "/") + "/ws"
+	if clientID != "" {
+		u.RawQuery = url.Values{"clientId": {clientID}}.Encode()
+	}
+	conn, _, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{HTTPClient: c.hc})
+	if err != nil {
+		return nil, fmt.Errorf("comfyclient: dial %s: %w", u.Redacted(), err)
+	}
+	// executed messages and previews can be large.
+	conn.SetReadLimit(256 << 20)
+	return &Conn{conn: conn}, nil
+}
+
+// Next reads the next message.
+func (c *Conn) Next(ctx context.Context) (Message, error) {
+	typ, data, err := c.conn.Read(ctx)
+	if err != nil {
+		return Message{}, fmt.Errorf("comfyclient: websocket read: %w", err)
+	}
+	if typ == websocket.MessageBinary {
+		return Message{Binary: data}, nil
+	}
+	var m struct {
+		Type string          `json:"type"`
+		Data json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return Message{}, fmt.Errorf("comfyclient: websocket message: %w", err)
+	}
+	return Message{Type: m.Type, Data: m.Data}, nil
+}
+
+// SendFeatureFlags sends the client's feature flags; ComfyUI only honours
+// them as the first message and answers with its own feature_flags.
+func (c *Conn) SendFeatureFlags(ctx context.Context, flags map[string]any) error {
+	data, err := json.Marshal(map[string]any{"type": "feature_flags", "data": flags})
+	if err != nil {
+		return err
+	}
+	if err := c.conn.Write(ctx, websocket.MessageText, data); err != nil {
+		return fmt.Errorf("comfyclient: websocket write: %w", err)
+	}
+	return nil
+}
+
+// Close closes the socket.
+func (c *Conn) Close() error {
+	return c.conn.Close(websocket.StatusNormalClosure, "")
+}

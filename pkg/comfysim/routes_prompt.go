@@ -1,0 +1,200 @@
+package comfysim
+
+import (
+	"fmt"
+	"math"
+	"net/http"
+
+	"github.com/google/uuid"
+)
+
+// sensitiveExtraKeys are stripped from extra_data before it is stored, so
+// they never appear in /queue or /history.
+var sensitiveExtraKeys = []string{"auth_token_comfy_org", "api_key_comfy_org"}
+
+func (s *Server) handleGetPrompt(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	remaining := s.remainingLocked()
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, object{{"exec_info", object{{"queue_remaining", remaining}}}})
+}
+
+func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
+	body, err := readJSONObject(r)
+	if err != nil {
+		s.writeServerError(w, r, err)
+		return
+	}
+
+	// The priority is computed (and the counter advanced) before the
+	// prompt is even looked at, exactly as in server.py: rejected prompts
+	// consume numbers too.
+	var number float64
+	var numberJSON any
+	if v, ok := body.get("number"); ok {
+		f, msg := pyFloatOf(v)
+		if msg != "" || math.IsNaN(f) || math.IsInf(f, 0) {
+			s.writeServerError(w, r, fmt.Errorf("number: %s", msg))
+			return
+		}
+		number, numberJSON = f, pyFloat(f)
+	} else {
+		s.mu.Lock()
+		n := s.number
+		s.number++
+		s.mu.Unlock()
+		if front, ok := body.get("front"); ok && pyTruthy(front) {
+			n = -n
+		}
+		number, numberJSON = float64(n), n
+	}
+
+	promptV, ok := body.get("prompt")
+	if !ok {
+		writeJSON(w, http.StatusBadRequest, object{
+			{"error", topErr("no_prompt", "No prompt provided", "No prompt provided")},
+			{"node_errors", object{}},
+		})
+		return
+	}
+	prompt, ok := promptV.(object)
+	if !ok {
+		s.writeServerError(w, r, fmt.Errorf("prompt is a %s", pyTypeName(promptV)))
+		return
+	}
+	promptID := uuid.NewString()
+	if v, ok := body.get("prompt_id"); ok {
+		promptID = pyStr(v)
+	}
+	var partial []string
+	if v, ok := body.get("partial_execution_targets"); ok && v != nil {
+		list, isList := v.([]any)
+		if !isList {
+			s.writeServerError(w, r, fmt.Errorf("partial_execution_targets is a %s", pyTypeName(v)))
+			return
+		}
+		partial = []string{}
+		for _, e := range list {
+			if id, isStr := e.(string); isStr {
+				partial = append(partial, id)
+			}
+		}
+	}
+
+	res := s.validatePrompt(prompt, partial)
+
+	extra := object{}
+	if v, ok := body.get("extra_data"); ok {
+		eo, isObj := v.(object)
+		if !isObj {
+			s.writeServerError(w, r, fmt.Errorf("extra_data is a %s", pyTypeName(v)))
+			return
+		}
+		extra = eo
+	}
+	if v, ok := body.get("client_id"); ok {
+		extra.set("client_id", v)
+	}
+	for _, k := range sensitiveExtraKeys {
+		extra.del(k)
+	}
+
+	if !res.ok {
+		errJSON, _ := pyJSON(res.err)
+		s.log.Warn().RawJSON("error", errJSON).Msg("invalid prompt")
+		writeJSON(w, http.StatusBadRequest, object{{"error", res.err}, {"node_errors", res.nodeErrors}})
+		return
+	}
+
+	it := &queueItem{
+		number: number, numberJSON: numberJSON, id: promptID,
+		prompt: prompt, extra: extra, outputs: res.outputs,
+	}
+	s.mu.Lock()
+	s.enqueueLocked(it)
+	s.mu.Unlock()
+	s.log.Info().Str("prompt_id", promptID).Msg("got prompt")
+	if s.cfg.OnPrompt != nil {
+		s.cfg.OnPrompt(promptID)
+	}
+	writeJSON(w, http.StatusOK, object{{"prompt_id", promptID}, {"number", numberJSON}, {"node_errors", res.nodeErrors}})
+}
+
+func (s *Server) handleGetQueue(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	running := []any{}
+	if s.running != nil {
+		running = append(running, s.running.tuple())
+	}
+	pending := make([]any, 0, len(s.pending))
+	for _, it := range s.pending {
+		pending = append(pending, it.tuple())
+	}
+	// Encode under the lock: the tuples share the stored prompt objects.
+	body := object{{"queue_running", running}, {"queue_pending", pending}}
+	data := mustPyJSON(body)
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	_, _ = w.Write(data)
+}
+
+func (s *Server) handlePostQueue(w http.ResponseWriter, r *http.Request) {
+	body, err := readJSONObject(r)
+	if err != nil {
+		s.writeServerError(w, r, err)
+		return
+	}
+	var toDelete []any
+	if v, ok := body.get("delete"); ok {
+		list, isList := v.([]any)
+		if !isList {
+			s.writeServerError(w, r, fmt.Errorf("delete is a %s", pyTypeName(v)))
+			return
+		}
+		toDelete = list
+	}
+	s.mu.Lock()
+	if v, ok := body.get("clear"); ok && pyTruthy(v) {
+		s.pending = nil
+		s.broadcastStatusLocked()
+	}
+	for _, e := range toDelete {
+		s.deletePendingLocked(pyStr(e))
+	}
+	s.mu.Unlock()
+	writeEmpty(w, http.StatusOK)
+}
+
+func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request) {
+	// An empty or invalid body means {}.
+	body, _ := readJSONObject(r)
+	target, _ := body.get("prompt_id")
+	s.mu.Lock()
+	if pyTruthy(target) {
+		if s.running != nil && s.running.id == pyStr(target) && s.interrupt != nil {
+			s.log.Info().Str("prompt_id", s.running.id).Msg("interrupting prompt")
+			s.interrupt(errInterrupted)
+		}
+	} else if s.interrupt != nil {
+		// Global interrupt. ComfyUI sets a flag that the next prompt
+		// resets at its start, so an idle interrupt has no effect.
+		s.interrupt(errInterrupted)
+	}
+	s.mu.Unlock()
+	writeEmpty(w, http.StatusOK)
+}
+
+// handleFree accepts the flags of POST /free. Models are not real, so only
+// free_memory has an effect: it drops the execution cache, as ComfyUI does
+// after the current prompt.
+func (s *Server) handleFree(w http.ResponseWriter, r *http.Request) {
+	body, err := readJSONObject(r)
+	if err != nil {
+		s.writeServerError(w, r, err)
+		return
+	}
+	if v, ok := body.get("free_memory"); ok && pyTruthy(v) {
+		s.cache.requestReset()
+	}
+	writeEmpty(w, http.StatusOK)
+}

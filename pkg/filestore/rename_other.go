@@ -1,0 +1,16 @@
+//go:build !linux
+
+package filestore
+
+import (
+	"errors"
+	"os"
+)
+
+func renameInto(string, *os.Root, string) error {
+	return errors.New("renameat not available")
+}
+
+func renameOut(*os.Root, string, string) error {
+	return errors.New("renameat not available")
+}

@@ -1,0 +1,13 @@
+//go:build !linux
+
+package filestore
+
+import (
+	"errors"
+	"os"
+)
+
+var errNoXattr = errors.New("extended attributes not supported")
+
+func fsetxattr(*os.File, string, []byte) error        { return errNoXattr }
+func fgetxattr(*os.File, string, []byte) (int, error) { return 0, errNoXattr }

@@ -1,0 +1,103 @@
+package filetransfer
+
+import (
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Option tunes Send and Fetch.
+type Option func(*options)
+
+type options struct {
+	chunkSize      int
+	window         int
+	requestTimeout time.Duration
+	commitTimeout  time.Duration
+	maxRetries     int
+	backoffMin     time.Duration
+	backoffMax     time.Duration
+	logger         zerolog.Logger
+	stats          *Stats
+	progress       func(done, total int64)
+
+	// testCorrupt, when set, may alter a chunk after its checksum was
+	// computed (tests inject corruption on the wire with it).
+	testCorrupt func(offset int64, data []byte)
+}
+
+func newOptions(opts []Option) options {
+	o := options{
+		chunkSize:      DefaultChunkSize,
+		window:         8,
+		requestTimeout: 10 * time.Second,
+		commitTimeout:  2 * time.Minute,
+		maxRetries:     8,
+		backoffMin:     100 * time.Millisecond,
+		backoffMax:     10 * time.Second,
+		logger:         zerolog.Nop(),
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// WithChunkSize sets the chunk size (bytes). The effective size is the
+// smallest of this, the peer's limit and the connection's max payload minus
+// room for headers. Default DefaultChunkSize.
+func WithChunkSize(n int) Option { return func(o *options) { o.chunkSize = n } }
+
+// WithWindow sets how many chunks may be in flight. The receiver's advertised
+// window caps it on uploads. Default 8.
+func WithWindow(n int) Option { return func(o *options) { o.window = n } }
+
+// WithRequestTimeout bounds the wait for each reply (open, stat, a chunk
+// acknowledgement). Default 10 s.
+func WithRequestTimeout(d time.Duration) Option { return func(o *options) { o.requestTimeout = d } }
+
+// WithCommitTimeout bounds the wait for the commit reply, which includes
+// moving the file into the store. Default 2 min.
+func WithCommitTimeout(d time.Duration) Option { return func(o *options) { o.commitTimeout = d } }
+
+// WithRetries sets how many consecutive failed attempts (timeouts, no
+// responders, busy) are retried before giving up. Progress resets the count.
+// Default 8.
+func WithRetries(n int) Option { return func(o *options) { o.maxRetries = n } }
+
+// WithBackoff sets the first and the largest pause between retries; pauses
+// double in between. Default 100 ms to 10 s.
+func WithBackoff(minDelay, maxDelay time.Duration) Option {
+	return func(o *options) { o.backoffMin, o.backoffMax = minDelay, maxDelay }
+}
+
+// WithLogger logs retries and resumes.
+func WithLogger(l zerolog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithStats collects counters of the transfer into s.
+func WithStats(s *Stats) Option { return func(o *options) { o.stats = s } }
+
+// WithProgress calls fn with the bytes confirmed so far and the total. It is
+// called from the transferring goroutine; keep it short.
+func WithProgress(fn func(done, total int64)) Option { return func(o *options) { o.progress = fn } }
+
+// Stats counts what a Send or Fetch did.
+type Stats struct {
+	// StartOffset is where the (last) attempt resumed.
+	StartOffset int64
+	// BytesSent counts chunk payload bytes put on the wire (uploads) or
+	// received (downloads), resends included.
+	BytesSent int64
+	// Resends counts chunks sent again (after a go-back or a checksum error).
+	Resends int64
+	// Attempts counts opens (uploads) or chunk request retries (downloads).
+	Attempts int
+}
+
+func (o *options) backoff(attempt int) time.Duration {
+	d := o.backoffMin
+	for i := 1; i < attempt && d < o.backoffMax; i++ {
+		d *= 2
+	}
+	return min(d, o.backoffMax)
+}

@@ -1,0 +1,324 @@
+package filetransfer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/atelier-run/atelier/pkg/filestore"
+)
+
+// Send uploads meta.Size bytes read from r to the Receiver listening under
+// subjectPrefix, as agentID, and returns where the file was stored.
+//
+// It resumes from the offset the receiver already has for meta.TransferID
+// (after a dropped connection, a broker restart or an agent restart), keeps
+// a window of chunks in flight, goes back to the receiver's offset when a
+// chunk was lost or corrupted, and retries timeouts, "no responders" and
+// busy answers with backoff. Memory use is one chunk plus what the NATS
+// client buffers for the window, whatever the file size.
+func Send(ctx context.Context, nc *nats.Conn, subjectPrefix, agentID string, meta Meta, r io.ReaderAt, opts ...Option) (filestore.Ref, error) {
+	o := newOptions(opts)
+	if err := ValidAgentID(agentID); err != nil {
+		return filestore.Ref{}, err
+	}
+	if !validID(meta.TransferID) {
+		return filestore.Ref{}, fmt.Errorf("filetransfer: send: %w: transfer id %q", ErrBadRequest, meta.TransferID)
+	}
+	ref, err := meta.Ref.Validate()
+	if err != nil {
+		return filestore.Ref{}, fmt.Errorf("filetransfer: send: %w", err)
+	}
+	meta.Ref = ref
+	if !validSHA256(meta.SHA256) || meta.Size < 0 {
+		return filestore.Ref{}, fmt.Errorf("filetransfer: send: %w: size %d sha256 %q", ErrBadRequest, meta.Size, meta.SHA256)
+	}
+	s := &sender{
+		nc: nc, o: o, meta: meta, r: r,
+		subj:  subjectPrefix + "." + agentID + ".",
+		stats: o.stats,
+	}
+	if s.stats == nil {
+		s.stats = &Stats{}
+	}
+	s.log = o.logger.With().Str("transfer", meta.TransferID).Stringer("ref", meta.Ref).Logger()
+	return s.run(ctx)
+}
+
+// SendFile uploads the file at path. A zero meta.Size and empty meta.SHA256
+// are filled in by reading the file first.
+func SendFile(ctx context.Context, nc *nats.Conn, subjectPrefix, agentID string, meta Meta, path string, opts ...Option) (filestore.Ref, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return filestore.Ref{}, fmt.Errorf("filetransfer: send: %w", err)
+	}
+	defer f.Close()
+	if meta.SHA256 == "" {
+		h := sha256.New()
+		n, err := io.Copy(h, f)
+		if err != nil {
+			return filestore.Ref{}, fmt.Errorf("filetransfer: send: hash %s: %w", path, err)
+		}
+		meta.Size, meta.SHA256 = n, hex.EncodeToString(h.Sum(nil))
+	}
+	return Send(ctx, nc, subjectPrefix, agentID, meta, f, opts...)
+}
+
+type sender struct {
+	nc    *nats.Conn
+	o     options
+	meta  Meta
+	r     io.ReaderAt
+	subj  string
+	stats *Stats
+	log   zerolog.Logger
+	gen   uint64
+}
+
+func (s *sender) run(ctx context.Context) (filestore.Ref, error) {
+	failures := 0
+	checksumFailures := 0
+	var lastErr error
+	for {
+		if err := ctx.Err(); err != nil {
+			return filestore.Ref{}, err
+		}
+		if failures > 0 {
+			if failures > s.o.maxRetries {
+				return filestore.Ref{}, fmt.Errorf("filetransfer: send %s: giving up after %d attempts: %w", s.meta.Ref, failures, lastErr)
+			}
+			d := s.o.backoff(failures)
+			s.log.Debug().Err(lastErr).Dur("backoff", d).Msg("retrying upload")
+			select {
+			case <-ctx.Done():
+				return filestore.Ref{}, ctx.Err()
+			case <-time.After(d):
+			}
+		}
+		ref, progressed, err := s.attempt(ctx)
+		if err == nil {
+			return ref, nil
+		}
+		if ctx.Err() != nil {
+			return filestore.Ref{}, ctx.Err()
+		}
+		if errors.Is(err, filestore.ErrChecksumMismatch) {
+			// The receiver discarded the staged data; one full resend is
+			// worth a try (the corruption may have been on its disk).
+			checksumFailures++
+			if checksumFailures > 1 {
+				return filestore.Ref{}, fmt.Errorf("filetransfer: send %s: %w", s.meta.Ref, err)
+			}
+		} else if !retryable(err) {
+			return filestore.Ref{}, fmt.Errorf("filetransfer: send %s: %w", s.meta.Ref, err)
+		}
+		if progressed {
+			failures = 0
+		}
+		failures++
+		lastErr = err
+	}
+}
+
+// attempt opens (or resumes) the transfer, streams what is missing and
+// commits. progressed reports whether any chunk was acknowledged.
+func (s *sender) attempt(ctx context.Context) (filestore.Ref, bool, error) {
+	s.stats.Attempts++
+	var open OpenReply
+	req := OpenRequest{TransferID: s.meta.TransferID, Ref: s.meta.Ref, Size: s.meta.Size, SHA256: s.meta.SHA256}
+	if err := s.request(ctx, "open", req, &open, s.o.requestTimeout); err != nil {
+		return filestore.Ref{}, false, err
+	}
+	if err := open.Error.err(); err != nil {
+		return filestore.Ref{}, false, err
+	}
+	if open.Offset < 0 || open.Offset > s.meta.Size {
+		return filestore.Ref{}, false, fmt.Errorf("%w: receiver offset %d", ErrBadRequest, open.Offset)
+	}
+	s.stats.StartOffset = open.Offset
+	if open.Offset > 0 {
+		s.log.Debug().Int64("offset", open.Offset).Msg("resuming upload")
+	}
+	chunk := min(s.o.chunkSize, maxChunkFor(s.nc))
+	if open.ChunkSize > 0 {
+		chunk = min(chunk, open.ChunkSize)
+	}
+	window := max(s.o.window, 1)
+	if open.Window > 0 {
+		window = min(window, open.Window)
+	}
+	acked, err := s.stream(ctx, open.Offset, chunk, window)
+	progressed := acked > open.Offset
+	if err != nil {
+		return filestore.Ref{}, progressed, err
+	}
+	var done CommitReply
+	if err := s.request(ctx, "commit", TransferRequest{TransferID: s.meta.TransferID}, &done, s.o.commitTimeout); err != nil {
+		return filestore.Ref{}, true, err
+	}
+	if err := done.Error.err(); err != nil {
+		return filestore.Ref{}, true, err
+	}
+	return done.Ref, true, nil
+}
+
+func (s *sender) request(ctx context.Context, verb string, req, reply any, timeout time.Duration) error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	m, err := s.nc.RequestWithContext(rctx, s.subj+verb, data)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return fmt.Errorf("%s: %w", verb, ErrTimeout)
+		}
+		return fmt.Errorf("%s: %w", verb, err)
+	}
+	if err := json.Unmarshal(m.Data, reply); err != nil {
+		return fmt.Errorf("%s: %w: reply: %v", verb, ErrBadRequest, err)
+	}
+	return nil
+}
+
+// stream sends the chunks from offset start on, with up to window chunks
+// awaiting acknowledgement, until the receiver has everything. It returns the
+// highest acknowledged offset.
+//
+// Each go-back (a lost, refused or corrupted chunk) starts a new generation;
+// replies carry the generation of the chunk they answer, so the flood of
+// "offset mismatch" replies to chunks sent before the go-back is recognised
+// as stale instead of triggering go-backs of its own.
+func (s *sender) stream(ctx context.Context, start int64, chunkSize, window int) (int64, error) {
+	size := s.meta.Size
+	if start >= size {
+		return start, nil
+	}
+	replies := make(chan *nats.Msg, window*4)
+	inbox := s.nc.NewInbox()
+	sub, err := s.nc.ChanSubscribe(inbox, replies)
+	if err != nil {
+		return start, fmt.Errorf("subscribe replies: %w", err)
+	}
+	defer sub.Unsubscribe()
+
+	buf := make([]byte, chunkSize)
+	next, acked := start, start
+	inflight := 0
+	s.gen++
+	timer := time.NewTimer(s.o.requestTimeout)
+	defer timer.Stop()
+	resetTimer := func() {
+		timer.Stop()
+		select {
+		case <-timer.C:
+		default:
+		}
+		timer.Reset(s.o.requestTimeout)
+	}
+	sentMax := start // highest offset ever sent, to count resends
+
+	for acked < size {
+		for inflight < window && next < size {
+			n := int(min(int64(chunkSize), size-next))
+			if _, err := s.r.ReadAt(buf[:n], next); err != nil && !(errors.Is(err, io.EOF) && n > 0) {
+				return acked, fmt.Errorf("read at %d: %w", next, err)
+			}
+			msg := nats.NewMsg(s.subj + "chunk")
+			msg.Reply = inbox
+			msg.Header.Set(HeaderTransfer, s.meta.TransferID)
+			msg.Header.Set(HeaderOffset, strconv.FormatInt(next, 10))
+			msg.Header.Set(HeaderCRC32C, strconv.FormatUint(uint64(crc32c(buf[:n])), 16))
+			msg.Header.Set(HeaderGen, strconv.FormatUint(s.gen, 10))
+			msg.Data = buf[:n]
+			if s.o.testCorrupt != nil {
+				// Corrupt a copy: buf is re-read for the resend anyway.
+				cp := append([]byte(nil), buf[:n]...)
+				s.o.testCorrupt(next, cp)
+				msg.Data = cp
+			}
+			// PublishMsg copies the payload into the client's buffer, so buf
+			// is free for the next chunk when it returns.
+			if err := s.nc.PublishMsg(msg); err != nil {
+				return acked, fmt.Errorf("publish chunk: %w", err)
+			}
+			s.stats.BytesSent += int64(n)
+			if next < sentMax {
+				s.stats.Resends++
+			}
+			next += int64(n)
+			sentMax = max(sentMax, next)
+			inflight++
+		}
+
+		select {
+		case <-ctx.Done():
+			return acked, ctx.Err()
+		case <-timer.C:
+			return acked, fmt.Errorf("chunk acknowledgement: %w", ErrTimeout)
+		case m, ok := <-replies:
+			if !ok {
+				return acked, nats.ErrConnectionClosed
+			}
+			if isNoResponders(m) {
+				return acked, nats.ErrNoResponders
+			}
+			var rep ChunkReply
+			if err := json.Unmarshal(m.Data, &rep); err != nil {
+				return acked, fmt.Errorf("%w: chunk reply: %v", ErrBadRequest, err)
+			}
+			if rep.Error == nil && rep.Offset > acked {
+				acked = min(rep.Offset, size)
+				if s.o.progress != nil {
+					s.o.progress(acked, size)
+				}
+			}
+			if rep.Gen != s.gen {
+				continue // answers a chunk from before the last go-back
+			}
+			resetTimer()
+			if rep.Error == nil {
+				inflight--
+				continue
+			}
+			err := rep.Error.err()
+			switch {
+			case errors.Is(err, ErrOffsetMismatch), errors.Is(err, ErrChunkChecksum), errors.Is(err, ErrBusy):
+				// Go back to where the receiver is and start a new generation.
+				if rep.Offset >= 0 {
+					acked = max(acked, rep.Offset)
+					next = rep.Offset
+				} else {
+					next = acked
+				}
+				s.gen++
+				inflight = 0
+				if errors.Is(err, ErrBusy) {
+					select {
+					case <-ctx.Done():
+						return acked, ctx.Err()
+					case <-time.After(s.o.backoffMin):
+					}
+				}
+				s.log.Debug().Err(err).Int64("offset", next).Msg("going back")
+			default:
+				return acked, err
+			}
+		}
+		if s.nc.IsClosed() {
+			return acked, nats.ErrConnectionClosed
+		}
+	}
+	return acked, nil
+}
