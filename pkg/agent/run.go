@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/comfyclient"
@@ -27,6 +28,11 @@ type run struct {
 	// attempt keeps a retried job clear of the earlier attempt's history;
 	// events and history are translated back to the job id.
 	comfyID string
+	// sid is this attempt's ComfyUI client id. A fresh one per attempt: a
+	// socket reusing an id is unregistered by ComfyUI when the previous
+	// socket with that id finishes closing, after which the new socket
+	// would silently get no events.
+	sid     string
 	shipped map[fileKey]outputFile
 }
 
@@ -40,6 +46,7 @@ type outcome struct {
 func (r *run) execute(ctx context.Context) {
 	r.log = r.s.log.With().Str("job", r.job.ID).Str("user", r.job.User).Int("attempt", r.attempt).Logger()
 	r.comfyID = uuid.NewString()
+	r.sid = strings.ReplaceAll(uuid.NewString(), "-", "")
 	r.shipped = map[fileKey]outputFile{}
 	r.log.Info().Msg("running job")
 
@@ -59,7 +66,7 @@ func (r *run) execute(ctx context.Context) {
 
 	// Connect before queueing: ComfyUI sends a prompt's events only to a
 	// socket that is open when they happen.
-	conn, err := r.s.comfy.Dial(ctx, r.s.sid)
+	conn, err := r.s.comfy.Dial(ctx, r.sid)
 	if err != nil {
 		r.release(ctx, "ComfyUI WebSocket: "+err.Error())
 		return
@@ -68,7 +75,7 @@ func (r *run) execute(ctx context.Context) {
 
 	_, err = r.s.comfy.QueuePrompt(ctx, comfyclient.PromptRequest{
 		Prompt:    prompt,
-		ClientID:  r.s.sid,
+		ClientID:  r.sid,
 		PromptID:  r.comfyID,
 		ExtraData: r.extraData(),
 	})
@@ -87,7 +94,8 @@ func (r *run) execute(ctx context.Context) {
 	out, err := r.follow(ctx, conn)
 	if err != nil {
 		if ctx.Err() != nil {
-			return // stopping: the ticket comes back after AckWait
+			r.abandon()
+			return
 		}
 		r.log.Warn().Err(err).Msg("lost ComfyUI's events; reading the result from history")
 		out, err = r.awaitHistory(ctx)
@@ -110,7 +118,7 @@ func (r *run) extraData() json.RawMessage {
 	if len(r.job.ExtraData) > 0 {
 		_ = json.Unmarshal(r.job.ExtraData, &m)
 	}
-	m["client_id"], _ = json.Marshal(r.s.sid)
+	m["client_id"], _ = json.Marshal(r.sid)
 	data, _ := json.Marshal(m)
 	return data
 }
@@ -136,16 +144,58 @@ func (r *run) keepLease(ctx context.Context) {
 	}
 }
 
+// historyCheckInterval is how long follow waits for a message before it
+// asks ComfyUI's history whether the prompt ended without it seeing the
+// end (a lost message must not hold a GPU slot forever).
+const historyCheckInterval = 10 * time.Second
+
 // follow relays ComfyUI's messages for this prompt until it ends.
 func (r *run) follow(ctx context.Context, conn *comfyclient.Conn) (outcome, error) {
+	type next struct {
+		m   comfyclient.Message
+		err error
+	}
+	msgs := make(chan next)
+	readCtx, stopReading := context.WithCancel(ctx)
+	defer stopReading()
+	go func() {
+		for {
+			m, err := conn.Next(readCtx)
+			select {
+			case msgs <- next{m, err}:
+			case <-readCtx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	quiet := time.NewTimer(historyCheckInterval)
+	defer quiet.Stop()
+
 	var out *outcome
 	for {
-		m, err := conn.Next(ctx)
-		if err != nil {
-			if out != nil {
-				return *out, nil // the end was seen; only the trailer is lost
+		var m comfyclient.Message
+		select {
+		case <-ctx.Done():
+			return outcome{}, ctx.Err()
+		case <-quiet.C:
+			if _, err := r.history(ctx); err == nil {
+				r.log.Warn().Msg("prompt ended without its closing message; taking the result from history")
+				return r.outcomeFromHistory(ctx)
 			}
-			return outcome{}, err
+			quiet.Reset(historyCheckInterval)
+			continue
+		case n := <-msgs:
+			if n.err != nil {
+				if out != nil {
+					return *out, nil // the end was seen; only the trailer is lost
+				}
+				return outcome{}, n.err
+			}
+			m = n.m
+			quiet.Reset(historyCheckInterval)
 		}
 		if m.Type == "" {
 			r.relay("", nil, bytes.ReplaceAll(m.Binary, []byte(r.comfyID), []byte(r.job.ID)))
@@ -171,6 +221,7 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn) (outcome, erro
 			}
 			r.relay(m.Type, data, nil)
 		case "executed":
+			var err error
 			data, err = r.handleExecuted(ctx, data)
 			if err != nil {
 				return outcome{}, err
@@ -231,6 +282,9 @@ func (r *run) relay(typ string, data json.RawMessage, binary []byte) {
 	}
 }
 
+// errNotInHistory: ComfyUI has no history entry for the prompt (yet).
+var errNotInHistory = errors.New("prompt not in ComfyUI's history")
+
 // historyEntry is the part of ComfyUI's history entry the report carries.
 type historyEntry struct {
 	Outputs map[string]json.RawMessage `json:"outputs"`
@@ -247,7 +301,7 @@ func (r *run) history(ctx context.Context) (*historyEntry, error) {
 		return nil, err
 	}
 	if !found {
-		return nil, errors.New("prompt not in ComfyUI's history")
+		return nil, errNotInHistory
 	}
 	var h historyEntry
 	if err := json.Unmarshal(r.translate(raw), &h); err != nil {
@@ -261,28 +315,13 @@ func (r *run) awaitHistory(ctx context.Context) (outcome, error) {
 	deadline := time.Now().Add(10 * time.Minute)
 	fails := 0
 	for time.Now().Before(deadline) {
-		h, err := r.history(ctx)
+		_, err := r.history(ctx)
 		switch {
 		case err == nil:
-			for _, m := range h.Status.Messages {
-				var pair []json.RawMessage
-				if json.Unmarshal(m, &pair) == nil && len(pair) == 2 {
-					var ev string
-					_ = json.Unmarshal(pair[0], &ev)
-					switch ev {
-					case "execution_error":
-						return outcome{kind: wire.ReportFailed, payload: pair[1]}, nil
-					case "execution_interrupted":
-						return outcome{kind: wire.ReportInterrupted, payload: pair[1]}, nil
-					}
-				}
-			}
-			return outcome{kind: wire.ReportSucceeded}, nil
+			return r.outcomeFromHistory(ctx)
 		case ctx.Err() != nil:
 			return outcome{}, ctx.Err()
-		}
-		var cerr *comfyclient.StatusError
-		if !errors.As(err, &cerr) && err.Error() != "prompt not in ComfyUI's history" {
+		case !errors.Is(err, errNotInHistory):
 			if fails++; fails > 20 {
 				return outcome{}, err
 			}
@@ -292,6 +331,29 @@ func (r *run) awaitHistory(ctx context.Context) (outcome, error) {
 		}
 	}
 	return outcome{}, errors.New("prompt did not finish")
+}
+
+// outcomeFromHistory reads how the prompt ended from its history entry.
+func (r *run) outcomeFromHistory(ctx context.Context) (outcome, error) {
+	h, err := r.history(ctx)
+	if err != nil {
+		return outcome{}, err
+	}
+	for _, m := range h.Status.Messages {
+		var pair []json.RawMessage
+		if json.Unmarshal(m, &pair) != nil || len(pair) != 2 {
+			continue
+		}
+		var ev string
+		_ = json.Unmarshal(pair[0], &ev)
+		switch ev {
+		case "execution_error":
+			return outcome{kind: wire.ReportFailed, payload: pair[1]}, nil
+		case "execution_interrupted":
+			return outcome{kind: wire.ReportInterrupted, payload: pair[1]}, nil
+		}
+	}
+	return outcome{kind: wire.ReportSucceeded}, nil
 }
 
 // finish ships whatever the history names that was not shipped yet,
@@ -331,6 +393,18 @@ func (r *run) finish(ctx context.Context, out outcome, h *historyEntry) {
 		r.log.Warn().Err(err).Msg("ack ticket")
 	}
 	r.log.Info().Str("result", string(out.kind)).Msg("job done")
+}
+
+// abandon gives the job back when the agent stops mid-run: ComfyUI stops
+// the prompt and the ticket is redelivered at once rather than after
+// AckWait.
+func (r *run) abandon() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.s.comfy.Interrupt(ctx, r.comfyID); err != nil {
+		r.log.Debug().Err(err).Msg("interrupt on stop")
+	}
+	r.release(ctx, "the agent stopped")
 }
 
 // release gives the job back for another attempt.

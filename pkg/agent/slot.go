@@ -10,7 +10,6 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/atelier-run/atelier/pkg/wire"
-	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -21,9 +20,6 @@ type slot struct {
 	ep    Endpoint
 	log   zerolog.Logger
 	comfy *comfyclient.Client
-	// sid is the ComfyUI client id of this slot's WebSocket: ComfyUI
-	// sends a prompt's events only to the socket named in the prompt.
-	sid string
 
 	// ackWait is the pool consumer's AckWait: the lease to keep extending.
 	ackWait time.Duration
@@ -46,7 +42,6 @@ func newSlot(a *Agent, ep Endpoint) *slot {
 		ep:     ep,
 		log:    a.log.With().Str("slot", ep.Slot).Logger(),
 		comfy:  comfyclient.New(ep.URL, nil),
-		sid:    uuid.New().String(),
 		state:  wire.SlotStarting,
 		staged: map[string]bool{},
 	}
@@ -88,15 +83,22 @@ func (s *slot) run(ctx context.Context) {
 			cons = c
 			s.ackWait = c.CachedInfo().Config.AckWait
 		}
-		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(s.a.cfg.FetchWait))
+		// The pull is bound to ctx so that stopping the agent does not
+		// wait out FetchWait.
+		fctx, cancel := context.WithTimeout(ctx, s.a.cfg.FetchWait)
+		batch, err := cons.Fetch(1, jetstream.FetchContext(fctx))
 		if err != nil {
-			s.log.Warn().Err(err).Msg("fetch ticket")
-			sleep(ctx, time.Second)
+			cancel()
+			if ctx.Err() == nil {
+				s.log.Warn().Err(err).Msg("fetch ticket")
+				sleep(ctx, time.Second)
+			}
 			continue
 		}
 		for msg := range batch.Messages() {
 			s.handleTicket(ctx, msg)
 		}
+		cancel()
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
 			s.log.Debug().Err(err).Msg("fetch ended")
 			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {

@@ -300,6 +300,9 @@ type transfer struct {
 
 	offset     atomic.Int64
 	lastActive atomic.Int64 // unix nanos
+	// committed is set once the file is in the store: the transfer then
+	// only answers repeated commits and may be evicted to make room.
+	committed atomic.Bool
 
 	f    *os.File
 	h    hash.Hash
@@ -383,6 +386,9 @@ func (r *Receiver) open(agent string, req OpenRequest) (*transfer, error) {
 		return t, nil // opened concurrently
 	}
 	if len(r.transfers) >= r.cfg.MaxTransfers {
+		r.evictCommittedLocked()
+	}
+	if len(r.transfers) >= r.cfg.MaxTransfers {
 		return nil, fmt.Errorf("%w: %d transfers open", ErrBusy, len(r.transfers))
 	}
 	t, err := r.load(agent, req)
@@ -393,6 +399,19 @@ func (r *Receiver) open(agent string, req OpenRequest) (*transfer, error) {
 	r.wg.Add(1)
 	go t.run()
 	return t, nil
+}
+
+// evictCommittedLocked drops transfers whose file is already stored. A
+// sender that retries a commit after that reopens the transfer, sends the
+// file again and gets the same stored file back (same content, same name),
+// so eviction costs a retransmission at worst, never a wrong answer.
+func (r *Receiver) evictCommittedLocked() {
+	for k, t := range r.transfers {
+		if t.committed.Load() {
+			delete(r.transfers, k)
+			go t.close() // the worker may need r.mu to finish
+		}
+	}
 }
 
 // load opens the staging file of a transfer, resuming from what is there if
@@ -663,6 +682,7 @@ func (t *transfer) commit(m *nats.Msg) {
 		_ = os.Remove(t.base + ext)
 	}
 	t.done = &CommitReply{Ref: info.Ref, Size: info.Size, SHA256: sum}
+	t.committed.Store(true)
 	log.Info().Stringer("stored", info.Ref).Int64("size", info.Size).Msg("file received")
 	_ = respondJSON(m, *t.done)
 }

@@ -2,6 +2,7 @@ package filetransfer
 
 import (
 	"bytes"
+	"fmt"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -523,4 +524,18 @@ func requireSame(t testing.TB, want, got []byte) {
 	t.Helper()
 	require.Equal(t, len(want), len(got), "size")
 	require.Equal(t, hexSum(want), hexSum(got), "sha256")
+}
+
+// Committed transfers do not count against MaxTransfers: a long workshop
+// ships far more files than the receiver holds open at once.
+func TestCommittedTransfersMakeRoom(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *ReceiverConfig) { c.MaxTransfers = 2 })
+	for i := range 5 {
+		data := []byte(fmt.Sprintf("file %d", i))
+		name := fmt.Sprintf("f%d.png", i)
+		ref, err := Send(b.ctx, b.agent, DefaultPutPrefix, agent, meta(name, outRef(name), data), bytes.NewReader(data))
+		require.NoError(t, err, "file %d", i)
+		requireSame(t, data, readStored(t, b, ref))
+	}
 }

@@ -156,6 +156,9 @@ func TestFourParticipantsTwentyPromptsEach(t *testing.T) {
 				// Vary the prompt so ComfyUI's cache does not answer it.
 				wf := bytes.Replace(workflow(t, "noweights.json"), []byte(`"sigma": 1.5`), fmt.Appendf(nil, `"sigma": %d.5`, 1+i%5), 1)
 				wf = bytes.Replace(wf, []byte(`"width": 128`), fmt.Appendf(nil, `"width": %d`, 100+i), 1)
+				// Names of one's own, so that reading another's file by
+				// name can only succeed by crossing into their folder.
+				wf = bytes.Replace(wf, []byte(`"sim/noweights"`), fmt.Appendf(nil, `"sim/%s-noweights"`, u), 1)
 				mine = append(mine, p.queue(wf, sid))
 			}
 			want := map[string]bool{}

@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/pkg/wire"
+)
+
+func TestViewEviction(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withConfig(func(c *Config) { c.ViewIdleTimeout = 50 * time.Millisecond }))
+	views := func() int {
+		b.proxy.views.mu.Lock()
+		defer b.proxy.views.mu.Unlock()
+		return len(b.proxy.views.views)
+	}
+	require.Equal(t, http.StatusOK, b.do(http.MethodGet, "/user001/queue", alice, "").status)
+	require.Eventually(t, func() bool { return views() == 0 }, 5*time.Second, 10*time.Millisecond)
+
+	// A view with a socket stays; a new request after eviction rebuilds it.
+	b.putRecord(record(alice, 1, wire.StateQueued))
+	ws := b.dial(alice, "?clientId=x")
+	require.JSONEq(t, `{"status": {"exec_info": {"queue_remaining": 1}}, "sid": "x"}`, string(ws.expect("status").Data))
+	require.JSONEq(t, `{"exec_info": {"queue_remaining": 1}}`, string(b.do(http.MethodGet, "/user001/prompt", alice, "").body))
+	require.Never(t, func() bool { return views() == 0 }, 200*time.Millisecond, 10*time.Millisecond)
+}
+
+func TestStopClosesSockets(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ws := b.dial(alice, "?clientId=x")
+	ws.expect("status")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, b.proxy.Stop(ctx))
+	_, _, err := ws.c.Read(ctx)
+	require.Error(t, err)
+	require.NotEqual(t, context.DeadlineExceeded, ctx.Err())
+	// Stop is idempotent; Start after Stop is refused.
+	require.NoError(t, b.proxy.Stop(ctx))
+	require.ErrorIs(t, b.proxy.Start(ctx), ErrAlreadyStarted)
+}
+
+// A socket whose queue is full is dropped rather than blocking the loop.
+func TestSlowSocketDropped(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	v, err := b.proxy.views.get(context.Background(), alice)
+	require.NoError(t, err)
+	require.True(t, v.reserveSocket(10))
+	s := &socket{sid: "slow", out: make(chan frame, 1), gone: make(chan struct{}), jobs: map[string]*sentState{}}
+	require.True(t, v.addSocket(s)) // queues the first status: the queue is full now
+	v.mu.Lock()
+	v.sendLocked(s, statusFrame(1, ""))
+	_, still := v.sockets[s]
+	v.mu.Unlock()
+	require.False(t, still)
+	select {
+	case <-s.gone:
+	default:
+		t.Fatal("slow socket not dropped")
+	}
+	require.Equal(t, websocket.StatusPolicyViolation, s.goneCode)
+}
+
+func TestAdaptBinary(t *testing.T) {
+	t.Parallel()
+	plain := []byte{0, 0, 0, 1, 0, 0, 0, 1, 0xff, 0xd8}
+	require.Equal(t, plain, adaptBinary(plain, false))
+	meta := []byte(`{"image_type": "image/jpeg"}`)
+	withMeta := append([]byte{0, 0, 0, 4, 0, 0, 0, byte(len(meta))}, meta...)
+	withMeta = append(withMeta, 0xff, 0xd8)
+	require.Equal(t, withMeta, adaptBinary(withMeta, true))
+	require.Equal(t, plain, adaptBinary(withMeta, false))
+	require.Nil(t, adaptBinary([]byte{0, 0, 0, 4, 0, 0, 1, 0}, false)) // length past the end
+	require.Nil(t, adaptBinary([]byte{0, 0}, false))
+}
+
+func TestCheckJSONDepth(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, checkJSONDepth([]byte(`{"a": [[["x"]]], "s": "[[[[[[[["}`), 4))
+	require.Error(t, checkJSONDepth([]byte(`{"a": [[[["x"]]]]}`), 4))
+	require.NoError(t, checkJSONDepth([]byte(`{"s": "\"[[[[[["}`), 1))
+}
+
+func TestCompareNodeIDs(t *testing.T) {
+	t.Parallel()
+	ids := []string{"10", "b", "9", "a", "100", "2"}
+	slicesSort(ids)
+	require.Equal(t, []string{"2", "9", "10", "100", "a", "b"}, ids)
+}
+
+func slicesSort(ids []string) {
+	for i := 1; i < len(ids); i++ {
+		for j := i; j > 0 && compareNodeIDs(ids[j-1], ids[j]) > 0; j-- {
+			ids[j-1], ids[j] = ids[j], ids[j-1]
+		}
+	}
+}

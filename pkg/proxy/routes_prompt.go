@@ -1,0 +1,208 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/atelier-run/atelier/pkg/wire"
+)
+
+// errCodeStoreFailed is JetStream's "store failed" API error (10077); its
+// description says which limit refused the message.
+const errCodeStoreFailed jetstream.ErrorCode = 10077
+
+// handlePostPrompt accepts a prompt (comfyui-api.md §2.1) and publishes it
+// as a job on SUBMIT; the broker takes it from there.
+func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
+	sess := sessionFrom(r.Context())
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.cfg.MaxPromptBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writePlain(w, http.StatusRequestEntityTooLarge,
+				fmt.Sprintf("prompt too large: the limit is %d bytes", p.cfg.MaxPromptBytes))
+			return
+		}
+		writePlain(w, http.StatusBadRequest, "read body: "+err.Error())
+		return
+	}
+	ctx, cancel := p.reqCtx(r)
+	defer cancel()
+
+	cat, err := p.catalogs.get(ctx, sess.Pool)
+	if err != nil {
+		// Without the catalog bucket the broker is not there either; the
+		// publish below would tell. Validate what we can.
+		p.log.Warn().Err(err).Str("pool", sess.Pool).Msg("pool catalog unavailable")
+	}
+	req, rerr := parsePromptRequest(body, cat)
+	if rerr != nil {
+		rerr.write(w)
+		return
+	}
+	if !req.Validated {
+		p.log.Warn().Str("user", sess.User).Str("pool", sess.Pool).
+			Msg("no catalog for pool yet: prompt accepted without checking its node classes")
+	}
+
+	job := wire.Job{
+		ID:               req.PromptID,
+		User:             sess.User,
+		Pool:             sess.Pool,
+		Prompt:           req.Prompt,
+		ExtraData:        req.ExtraData,
+		ClientID:         req.ClientID,
+		OutputsToExecute: req.Outputs,
+		SubmittedAt:      time.Now().UTC(),
+	}
+	if job.ID == "" {
+		job.ID = uuid.NewString()
+	}
+	data, err := json.Marshal(job)
+	if err != nil {
+		writePlain(w, http.StatusInternalServerError, "encode job: "+err.Error())
+		return
+	}
+	// The server refuses messages over its max payload; say so like the
+	// body limit does rather than as an opaque publish failure.
+	if limit := p.cfg.Conn.MaxPayload(); limit > 0 && int64(len(data)) > limit {
+		writePlain(w, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("prompt too large: the job is %d bytes, the queue takes at most %d", len(data), limit))
+		return
+	}
+	ack, err := p.js.Publish(ctx, wire.SubmitSubject(sess.User), data,
+		jetstream.WithMsgID(job.ID), jetstream.WithExpectStream(wire.StreamSubmit))
+	if err != nil {
+		p.publishError(ctx, w, r, err)
+		return
+	}
+	if ack.Duplicate {
+		p.log.Info().Str("user", sess.User).Str("job", job.ID).Msg("prompt_id submitted again within the duplicate window")
+	}
+	p.log.Info().Str("user", sess.User).Str("job", job.ID).Uint64("number", ack.Sequence).Msg("prompt queued")
+	writeJSON(w, http.StatusOK, map[string]any{
+		"prompt_id":   job.ID,
+		"number":      ack.Sequence,
+		"node_errors": map[string]any{},
+	})
+}
+
+// publishError answers a refused publish: a full per-user backlog is the
+// participant's to see, in ComfyUI's error shape so the frontend shows it.
+func (p *Proxy) publishError(ctx context.Context, w http.ResponseWriter, r *http.Request, err error) {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStoreFailed {
+		desc := strings.ToLower(apiErr.Description)
+		switch {
+		case strings.Contains(desc, "per subject"):
+			limit := p.backlogLimit(ctx)
+			writePromptError(w, http.StatusBadRequest, "queue_full", "Your queue is full",
+				fmt.Sprintf("You have %s unfinished prompts (the limit); wait for some to finish", limit))
+			return
+		case strings.Contains(desc, "maximum messages") || strings.Contains(desc, "maximum bytes") ||
+			strings.Contains(desc, "resource limits"):
+			p.log.Error().Err(err).Msg("SUBMIT stream full")
+			writePromptError(w, http.StatusServiceUnavailable, "queue_full", "The workshop queue is full",
+				"The shared queue holds as many prompts as it can; try again when some have finished")
+			return
+		}
+	}
+	p.unavailable(w, r, fmt.Errorf("publish job: %w", err))
+}
+
+// backlogLimit is SUBMIT's per-user cap, for the queue_full message.
+func (p *Proxy) backlogLimit(ctx context.Context) string {
+	s, err := p.js.Stream(ctx, wire.StreamSubmit)
+	if err != nil {
+		return "the maximum number of"
+	}
+	return fmt.Sprint(s.CachedInfo().Config.MaxMsgsPerSubject)
+}
+
+// handleGetPrompt is GET /prompt: {"exec_info": {"queue_remaining": N}}.
+func (p *Proxy) handleGetPrompt(w http.ResponseWriter, r *http.Request) {
+	v, err := p.views.get(r.Context(), sessionFrom(r.Context()).User)
+	if err != nil {
+		p.unavailable(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"exec_info": map[string]any{"queue_remaining": v.queueRemaining()}})
+}
+
+// handleQueue is GET /queue: the participant's running and pending jobs as
+// ComfyUI queue tuples, ordered by number.
+func (p *Proxy) handleQueue(w http.ResponseWriter, r *http.Request) {
+	v, err := p.views.get(r.Context(), sessionFrom(r.Context()).User)
+	if err != nil {
+		p.unavailable(w, r, err)
+		return
+	}
+	recs := v.records(wire.JobState.Pending)
+	slices.SortFunc(recs, func(a, b wire.JobRecord) int { return compareNumbers(a.Number, b.Number) })
+	running, pending := []any{}, []any{}
+	for i := range recs {
+		if recs[i].State == wire.StateRunning {
+			running = append(running, queueTuple(&recs[i]))
+		} else {
+			pending = append(pending, queueTuple(&recs[i]))
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"queue_running": running, "queue_pending": pending})
+}
+
+func compareNumbers(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// queueTuple is ComfyUI's [number, prompt_id, prompt, extra_data,
+// outputs_to_execute].
+func queueTuple(rec *wire.JobRecord) []any {
+	prompt := rec.Prompt
+	if len(prompt) == 0 {
+		prompt = json.RawMessage("{}")
+	}
+	outputs := rec.OutputsToExecute
+	if outputs == nil {
+		outputs = []string{}
+	}
+	return []any{rec.Number, rec.ID, prompt, publicExtraData(rec.ExtraData), outputs}
+}
+
+// publicExtraData is extra_data without the comfy.org credentials, which
+// ComfyUI also keeps out of what it returns.
+func publicExtraData(raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 || isNull(raw) {
+		return json.RawMessage("{}")
+	}
+	if !strings.Contains(string(raw), "_comfy_org") {
+		return raw
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return json.RawMessage("{}")
+	}
+	delete(m, "auth_token_comfy_org")
+	delete(m, "api_key_comfy_org")
+	b, err := json.Marshal(m)
+	if err != nil {
+		return json.RawMessage("{}")
+	}
+	return b
+}
