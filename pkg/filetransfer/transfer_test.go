@@ -2,13 +2,13 @@ package filetransfer
 
 import (
 	"bytes"
-	"fmt"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
