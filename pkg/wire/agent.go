@@ -33,6 +33,10 @@ type Heartbeat struct {
 	StartedAt time.Time    `json:"started_at"`
 	At        time.Time    `json:"at"`
 	Draining  bool         `json:"draining,omitempty"`
+	// Prefetch is how many tickets the agent holds beyond its running
+	// jobs (one per slot when it stages the next job while one runs); the
+	// broker releases that many more tickets for the pool.
+	Prefetch int `json:"prefetch,omitempty"`
 	Slots     []SlotStatus `json:"slots"`
 	// ScratchBytes is the disk used under the agent's scratch root.
 	ScratchBytes int64 `json:"scratch_bytes,omitempty"`

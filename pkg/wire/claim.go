@@ -10,6 +10,10 @@ type ClaimRequest struct {
 	// Boot identifies the agent process; a claim from a new boot of the
 	// agent that held the job means the old attempt died with it.
 	Boot string `json:"boot"`
+	// Prefetch marks a claim for a slot that is still busy: the broker
+	// assigns the job to the slot but records it running only when the
+	// agent reports it started.
+	Prefetch bool `json:"prefetch,omitempty"`
 	// Delivery is the ticket's delivery count (JetStream NumDelivered).
 	Delivery uint64 `json:"delivery"`
 }

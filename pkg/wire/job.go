@@ -20,6 +20,11 @@ type Job struct {
 	ClientID string `json:"client_id,omitempty"`
 	// OutputsToExecute are the output node ids, as ComfyUI's queue tuple.
 	OutputsToExecute []string `json:"outputs_to_execute"`
+	// Number and Front are ComfyUI's optional priority fields of POST
+	// /prompt: Number orders the user's own queue (lower first), Front
+	// puts the job ahead of the user's other queued jobs.
+	Number *float64 `json:"number,omitempty"`
+	Front  bool     `json:"front,omitempty"`
 	// Inputs is the manifest of uploaded files the prompt references.
 	Inputs      []InputFile `json:"inputs,omitempty"`
 	SubmittedAt time.Time   `json:"submitted_at"`

@@ -68,6 +68,11 @@ type JobRecord struct {
 	// stream sequence of the job, so it grows across restarts).
 	Number    uint64 `json:"number"`
 	SubmitSeq uint64 `json:"submit_seq"`
+	// ClientNumber and Front are the participant's priority fields (see
+	// Job); Bumped is set by the instructor to run the job first.
+	ClientNumber *float64 `json:"client_number,omitempty"`
+	Front        bool     `json:"front,omitempty"`
+	Bumped       bool     `json:"bumped,omitempty"`
 
 	ClientID         string          `json:"client_id,omitempty"`
 	Prompt           json.RawMessage `json:"prompt"`
