@@ -26,18 +26,18 @@ type SlotStatus struct {
 
 // Heartbeat is what an agent publishes on hb.<agent> every few seconds.
 type Heartbeat struct {
-	Agent     string       `json:"agent"`
-	Pool      string       `json:"pool"`
-	Version   string       `json:"version,omitempty"`
-	Boot      string       `json:"boot"` // changes each time the agent starts
-	StartedAt time.Time    `json:"started_at"`
-	At        time.Time    `json:"at"`
-	Draining  bool         `json:"draining,omitempty"`
+	Agent     string    `json:"agent"`
+	Pool      string    `json:"pool"`
+	Version   string    `json:"version,omitempty"`
+	Boot      string    `json:"boot"` // changes each time the agent starts
+	StartedAt time.Time `json:"started_at"`
+	At        time.Time `json:"at"`
+	Draining  bool      `json:"draining,omitempty"`
 	// Prefetch is how many tickets the agent holds beyond its running
 	// jobs (one per slot when it stages the next job while one runs); the
 	// broker releases that many more tickets for the pool.
-	Prefetch int `json:"prefetch,omitempty"`
-	Slots     []SlotStatus `json:"slots"`
+	Prefetch int          `json:"prefetch,omitempty"`
+	Slots    []SlotStatus `json:"slots"`
 	// ScratchBytes is the disk used under the agent's scratch root.
 	ScratchBytes int64 `json:"scratch_bytes,omitempty"`
 }
