@@ -53,6 +53,7 @@ func (b *Broker) agentSeen(ctx context.Context, hb wire.Heartbeat) {
 		b.log.Info().Str("agent", hb.Agent).Msg("agent restarted")
 	}
 	a.hb, a.lastSeen = hb, time.Now()
+	b.cfg.Observer.AgentSeen(hb)
 	if !b.state.pools[hb.Pool] {
 		if _, err := wire.EnsurePoolConsumer(ctx, b.res.Dispatch, hb.Pool, b.cfg.Limits); err != nil {
 			b.log.Error().Err(err).Str("pool", hb.Pool).Msg("create pool consumer")
@@ -75,6 +76,7 @@ func (b *Broker) housekeep(ctx context.Context) {
 		if time.Since(a.lastSeen) > b.cfg.AgentTimeout {
 			b.log.Warn().Str("agent", id).Time("last_seen", a.lastSeen).Msg("agent lost")
 			delete(b.state.agents, id)
+			b.cfg.Observer.AgentLost(id)
 		}
 	}
 	b.dispatchAll(ctx)

@@ -39,6 +39,7 @@ type Broker struct {
 
 	files *fileService
 
+	mux     *http.ServeMux
 	httpSrv *http.Server
 	httpLn  net.Listener
 
@@ -60,8 +61,20 @@ func New(cfg Config) (*Broker, error) {
 		layout: datalayout.New(cfg.DataDir),
 		core:   make(chan func()),
 		state:  newState(),
+		mux:    http.NewServeMux(),
 	}, nil
 }
+
+// Handle registers an HTTP handler on the broker's HTTP server (the
+// dashboard and metrics mount themselves here). Call it before Start.
+func (b *Broker) Handle(pattern string, h http.Handler) { b.mux.Handle(pattern, h) }
+
+// Conn is the broker's own NATS connection (valid after Start), for
+// in-process companions such as the dashboard.
+func (b *Broker) Conn() *nats.Conn { return b.nc }
+
+// DataDir is the broker's data directory.
+func (b *Broker) DataDir() string { return b.cfg.DataDir }
 
 // Start connects to (or embeds) NATS, provisions the wire contract, starts
 // the core loop and the subscriptions, and serves HTTP. It returns once the

@@ -56,6 +56,9 @@ type Config struct {
 	// TickInterval paces housekeeping (dead agents, dispatch retries).
 	TickInterval time.Duration
 
+	// Observer is told about job and agent changes (metrics).
+	Observer Observer
+
 	Logger zerolog.Logger
 }
 
@@ -77,6 +80,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.AgentTimeout == 0 {
 		c.AgentTimeout = 15 * time.Second
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	if c.TickInterval == 0 {
 		c.TickInterval = time.Second

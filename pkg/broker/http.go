@@ -12,7 +12,7 @@ import (
 )
 
 func (b *Broker) serveHTTP() error {
-	mux := http.NewServeMux()
+	mux := b.mux
 	mux.HandleFunc("GET /healthz", b.handleHealth)
 	mux.HandleFunc("GET /api/status", b.handleStatus)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {

@@ -98,6 +98,7 @@ func (b *Broker) accountState(e *jobEntry, prev wire.JobState) {
 	if cur == wire.StateQueued && prev != wire.StateQueued {
 		st.queue.Push(scheduler.Item{JobID: e.rec.ID, User: e.rec.User, Pool: e.rec.Pool, Seq: e.rec.SubmitSeq})
 	}
+	b.cfg.Observer.JobChanged(prev, e.rec)
 	if cur.Final() {
 		st.counts[cur]++
 		delete(st.jobs, e.rec.Key())
