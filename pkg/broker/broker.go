@@ -60,7 +60,7 @@ func New(cfg Config) (*Broker, error) {
 		log:    cfg.Logger.With().Str("component", "broker").Logger(),
 		layout: datalayout.New(cfg.DataDir),
 		core:   make(chan func()),
-		state:  newState(),
+		state:  newState(cfg),
 		mux:    http.NewServeMux(),
 	}, nil
 }
@@ -99,6 +99,9 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 	}
 	b.res, err = wire.Provision(ctx, b.js, b.cfg.Limits)
 	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	if err := b.loadSettings(ctx); err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
 	b.files, err = newFileService(ctx, b)
@@ -293,6 +296,9 @@ func (b *Broker) subscribe(ctx context.Context) error {
 	}
 	b.consum = append(b.consum, cc)
 
+	if err := b.subscribeAPI(ctx); err != nil {
+		return err
+	}
 	for subj, h := range map[string]nats.MsgHandler{
 		wire.ClaimSubjects:     func(m *nats.Msg) { b.handleClaim(ctx, m) },
 		wire.HeartbeatSubjects: func(m *nats.Msg) { b.handleHeartbeat(ctx, m) },

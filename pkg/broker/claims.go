@@ -45,7 +45,8 @@ func (b *Broker) claim(ctx context.Context, req wire.ClaimRequest) wire.ClaimRep
 		return wire.ClaimReply{Action: wire.ClaimSkip, Reason: "job is finished or unknown"}
 	}
 	rec := e.rec
-	if rec.State == wire.StateRunning {
+	held := rec.State == wire.StateRunning || (rec.State == wire.StateDispatched && rec.Agent != "")
+	if held {
 		sameProcess := rec.Agent == req.Agent && rec.AgentBoot == req.Boot && rec.Slot != req.Slot
 		if sameProcess || (rec.Agent != req.Agent && b.agentAlive(rec.Agent, rec.AgentBoot)) {
 			// A live attempt holds the job. The ticket goes back with a
@@ -55,10 +56,16 @@ func (b *Broker) claim(ctx context.Context, req wire.ClaimRequest) wire.ClaimRep
 		}
 	}
 	err := b.transition(ctx, e, func(r *wire.JobRecord) {
-		r.State = wire.StateRunning
+		// A prefetching slot holds the job (dispatched, with an agent)
+		// until it reports the start; otherwise the job runs now.
+		if req.Prefetch {
+			r.State = wire.StateDispatched
+		} else {
+			r.State = wire.StateRunning
+			r.StartedAt = now()
+		}
 		r.Attempt++
 		r.Agent, r.Slot, r.AgentBoot = req.Agent, req.Slot, req.Boot
-		r.StartedAt = now()
 	})
 	if err != nil {
 		b.log.Error().Err(err).Str("job", req.JobID).Msg("claim")

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/atelier-run/atelier/pkg/scheduler"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/rs/zerolog"
 )
@@ -50,6 +51,16 @@ type Config struct {
 	// Prefetch is how many tickets beyond the free slots each pool may
 	// have waiting in DISPATCH, so a slot that frees finds work at once.
 	Prefetch int
+	// Policy is the initial scheduling policy (round-robin, fifo,
+	// priority); the instructor can switch it at run time, and the switch
+	// survives a restart.
+	Policy scheduler.Policy
+	// MaxRunningPerUser caps each participant's jobs holding a GPU slot at
+	// once (0: no cap).
+	MaxRunningPerUser int
+	// AdminToken authorizes the HTTP admin API (Authorization: Bearer).
+	// Empty: one is generated and kept in DataDir/meta/admin-token.
+	AdminToken string
 	// AgentTimeout is how long after its last heartbeat an agent is taken
 	// for dead: its slots stop counting and its jobs may be re-claimed.
 	AgentTimeout time.Duration
@@ -81,6 +92,9 @@ func (c *Config) setDefaults() {
 	if c.AgentTimeout == 0 {
 		c.AgentTimeout = 15 * time.Second
 	}
+	if c.Policy == "" {
+		c.Policy = scheduler.RoundRobin
+	}
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
@@ -96,6 +110,12 @@ func (c *Config) validate() error {
 	}
 	if c.Prefetch < 0 {
 		errs = append(errs, fmt.Errorf("Prefetch must not be negative, got %d", c.Prefetch))
+	}
+	if _, err := scheduler.ParsePolicy(string(c.Policy)); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxRunningPerUser < 0 {
+		errs = append(errs, fmt.Errorf("MaxRunningPerUser must not be negative, got %d", c.MaxRunningPerUser))
 	}
 	if c.AgentTimeout <= 0 || c.TickInterval <= 0 {
 		errs = append(errs, errors.New("AgentTimeout and TickInterval must be positive"))

@@ -8,17 +8,22 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// capacity is the number of slots a pool's live, non-draining agents have.
+// capacity is the number of tickets a pool's live, non-draining agents can
+// hold: their healthy slots plus what they prefetch.
 func (b *Broker) capacity(pool string) int {
 	n := 0
 	for _, a := range b.state.agents {
 		if a.hb.Pool != pool || a.hb.Draining {
 			continue
 		}
+		healthy := 0
 		for _, s := range a.hb.Slots {
 			if s.State == wire.SlotIdle || s.State == wire.SlotBusy {
-				n++
+				healthy++
 			}
+		}
+		if healthy > 0 {
+			n += healthy + a.hb.Prefetch
 		}
 	}
 	return n
@@ -28,17 +33,21 @@ func (b *Broker) capacity(pool string) int {
 // prefetch), taking jobs in the scheduler's order. Deciding at slot time,
 // not at submit time, is what makes the order fair.
 func (b *Broker) dispatch(ctx context.Context, pool string) {
+	if b.state.paused {
+		return
+	}
 	slots := b.capacity(pool)
 	if slots == 0 {
 		return
 	}
 	for b.state.inflight[pool] < slots+b.cfg.Prefetch {
-		it, ok := b.state.queue.Next(pool)
+		it, ok := b.state.sched.Next(pool)
 		if !ok {
 			return
 		}
 		e := b.state.jobs[wire.JobKey(it.User, it.JobID)]
 		if e == nil || e.rec.State != wire.StateQueued {
+			b.state.sched.Release(it.User)
 			continue
 		}
 		t := wire.Ticket{JobID: e.rec.ID, User: e.rec.User, Pool: pool, Release: e.rec.Releases + 1}
@@ -48,15 +57,22 @@ func (b *Broker) dispatch(ctx context.Context, pool string) {
 		// could leave a dispatched job with no ticket at all.
 		if _, err := b.js.Publish(ctx, wire.DispatchSubject(pool), data, jetstream.WithMsgID(t.MsgID())); err != nil {
 			b.log.Error().Err(err).Str("pool", pool).Str("job", t.JobID).Msg("release ticket; will retry")
-			b.state.queue.Push(it)
+			b.state.sched.Release(it.User)
+			b.state.sched.Push(it)
 			return
 		}
+		b.state.picked = e.rec.Key()
 		err := b.transition(ctx, e, func(r *wire.JobRecord) {
 			r.State = wire.StateDispatched
 			r.Releases = t.Release
 			r.DispatchedAt = now()
 		})
+		b.state.picked = ""
 		if err != nil {
+			if e.rec.State == wire.StateQueued {
+				b.state.sched.Release(it.User)
+				b.state.sched.Push(it)
+			}
 			b.log.Error().Err(err).Str("job", t.JobID).Msg("record dispatch")
 			continue
 		}
@@ -66,7 +82,7 @@ func (b *Broker) dispatch(ctx context.Context, pool string) {
 
 // dispatchAll gives every pool with queued jobs a chance.
 func (b *Broker) dispatchAll(ctx context.Context) {
-	for _, pool := range b.state.queue.Pools() {
+	for _, pool := range b.state.sched.Pools() {
 		b.dispatch(ctx, pool)
 	}
 }

@@ -51,6 +51,8 @@ type Status struct {
 	Agents   []wire.Heartbeat       `json:"agents"`
 	Users    map[string]UserSummary `json:"users"`
 	Catalogs int                    `json:"catalogs"` // agents whose catalog is known
+	Paused   bool                   `json:"paused"`
+	Policy   string                 `json:"policy"`
 }
 
 // UserSummary is one participant's unfinished jobs.
@@ -63,7 +65,10 @@ type UserSummary struct {
 func (b *Broker) Status(ctx context.Context) (Status, error) {
 	var st Status
 	err := b.do(ctx, func() {
-		st = Status{Queued: map[string]int{}, InFlight: map[string]int{}, Finished: map[wire.JobState]int{}, Users: map[string]UserSummary{}}
+		st = Status{
+			Queued: map[string]int{}, InFlight: map[string]int{}, Finished: map[wire.JobState]int{}, Users: map[string]UserSummary{},
+			Paused: b.state.paused, Policy: string(b.state.sched.Policy()),
+		}
 		for _, e := range b.state.jobs {
 			u := st.Users[e.rec.User]
 			switch e.rec.State {

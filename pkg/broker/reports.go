@@ -32,7 +32,8 @@ func (b *Broker) applyReport(ctx context.Context, r wire.Report) {
 		log.Debug().Msg("report for a finished or unknown job ignored")
 		return
 	}
-	if e.rec.State != wire.StateRunning || e.rec.Attempt != r.Attempt || e.rec.Agent != r.Agent {
+	heldNotStarted := e.rec.State == wire.StateDispatched && (r.Kind == wire.ReportStarted || r.Kind == wire.ReportReleased)
+	if (e.rec.State != wire.StateRunning && !heldNotStarted) || e.rec.Attempt != r.Attempt || e.rec.Agent != r.Agent {
 		log.Info().Str("state", string(e.rec.State)).Int("current_attempt", e.rec.Attempt).
 			Msg("report of a stale attempt ignored")
 		return
@@ -40,7 +41,16 @@ func (b *Broker) applyReport(ctx context.Context, r wire.Report) {
 	var mutate func(rec *wire.JobRecord)
 	switch r.Kind {
 	case wire.ReportStarted:
-		return // the claim already recorded the start
+		if e.rec.State == wire.StateRunning {
+			return // the claim already recorded the start
+		}
+		mutate = func(rec *wire.JobRecord) {
+			rec.State = wire.StateRunning
+			rec.StartedAt = r.At
+			if rec.StartedAt.IsZero() {
+				rec.StartedAt = now()
+			}
+		}
 	case wire.ReportOutput:
 		if r.Node == "" || len(r.Output) == 0 {
 			return
@@ -80,6 +90,8 @@ func (b *Broker) applyReport(ctx context.Context, r wire.Report) {
 		mutate = func(rec *wire.JobRecord) {
 			rec.State = wire.StateDispatched
 			rec.Reason = r.Reason
+			// No longer held: the next claim of the ticket takes it.
+			rec.Agent, rec.Slot, rec.AgentBoot = "", "", ""
 		}
 	default:
 		log.Warn().Msg("unknown report kind ignored")

@@ -17,7 +17,11 @@ import (
 // a restart.
 type state struct {
 	jobs     map[string]*jobEntry // JOBS key → unfinished job
-	queue    *scheduler.RoundRobin
+	sched    *scheduler.Scheduler
+	paused   bool
+	// picked is the job dispatch just took from the scheduler, which
+	// already counts it as holding a slot.
+	picked string
 	inflight map[string]int // pool → jobs dispatched or running
 	agents   map[string]*agentEntry
 	pools    map[string]bool // pools whose DISPATCH consumer exists
@@ -30,10 +34,10 @@ type jobEntry struct {
 	rev uint64
 }
 
-func newState() *state {
+func newState(cfg Config) *state {
 	return &state{
 		jobs:     map[string]*jobEntry{},
-		queue:    scheduler.NewRoundRobin(),
+		sched:    scheduler.New(scheduler.Config{Policy: cfg.Policy, MaxRunningPerUser: cfg.MaxRunningPerUser}),
 		inflight: map[string]int{},
 		agents:   map[string]*agentEntry{},
 		pools:    map[string]bool{},
@@ -88,15 +92,19 @@ func (b *Broker) accountState(e *jobEntry, prev wire.JobState) {
 	cur := e.rec.State
 	if occupiesSlot(prev) && !occupiesSlot(cur) {
 		st.inflight[e.rec.Pool]--
+		st.sched.Release(e.rec.User)
 	}
 	if !occupiesSlot(prev) && occupiesSlot(cur) {
 		st.inflight[e.rec.Pool]++
+		if st.picked != e.rec.Key() {
+			st.sched.Occupy(e.rec.User)
+		}
 	}
 	if prev == wire.StateQueued && cur != wire.StateQueued {
-		st.queue.Remove(e.rec.ID, e.rec.Pool, e.rec.User)
+		st.sched.Remove(e.rec.Pool, e.rec.User, e.rec.ID)
 	}
 	if cur == wire.StateQueued && prev != wire.StateQueued {
-		st.queue.Push(scheduler.Item{JobID: e.rec.ID, User: e.rec.User, Pool: e.rec.Pool, Seq: e.rec.SubmitSeq})
+		st.sched.Push(schedItem(e.rec))
 	}
 	b.cfg.Observer.JobChanged(prev, e.rec)
 	if cur.Final() {
@@ -105,6 +113,8 @@ func (b *Broker) accountState(e *jobEntry, prev wire.JobState) {
 		b.files.forget(e.rec)
 	} else if cur == wire.StateRunning {
 		b.files.allow(e.rec)
+	} else if prev == wire.StateRunning {
+		b.files.forget(e.rec)
 	}
 }
 
@@ -136,3 +146,20 @@ func (b *Broker) finish(ctx context.Context, rec wire.JobRecord) {
 }
 
 func now() time.Time { return time.Now().UTC() }
+
+// schedItem is how the scheduler sees a queued job. Within a user, jobs
+// follow ComfyUI's priority: the client's number if it gave one, else the
+// submission counter, negated for "front".
+func schedItem(r wire.JobRecord) scheduler.Item {
+	it := scheduler.Item{JobID: r.ID, User: r.User, Pool: r.Pool, Seq: r.SubmitSeq, Priority: float64(r.SubmitSeq)}
+	switch {
+	case r.ClientNumber != nil:
+		it.Priority = *r.ClientNumber
+	case r.Front:
+		it.Priority = -float64(r.SubmitSeq)
+	}
+	if r.Bumped {
+		it.Bump = uint64(max(r.BumpedAt.UnixNano(), 1))
+	}
+	return it
+}

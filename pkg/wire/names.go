@@ -27,6 +27,10 @@ const (
 	// and the merged catalog of each pool (key pool.<pool>).
 	BucketCatalog = "CATALOG"
 
+	// BucketBroker holds the broker's own settings that must survive a
+	// restart (pause, policy), key "settings".
+	BucketBroker = "BROKER"
+
 	// ConsumerReports is the broker's durable consumer on REPORTS.
 	ConsumerReports = "broker"
 )

@@ -98,6 +98,7 @@ type Resources struct {
 	Jobs     jetstream.KeyValue
 	Agents   jetstream.KeyValue
 	Catalog  jetstream.KeyValue
+	Broker   jetstream.KeyValue
 }
 
 // Provision creates or updates SUBMIT, DISPATCH, REPORTS, JOBS, AGENTS and
@@ -186,7 +187,23 @@ func Provision(ctx context.Context, js jetstream.JetStream, l Limits) (*Resource
 	if err != nil {
 		return nil, fmt.Errorf("provision bucket %s: %w", BucketCatalog, err)
 	}
+	res.Broker, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketBroker,
+		Description: "Atelier: the broker's settings (pause, policy)",
+		History:     1,
+		MaxBytes:    1 << 20,
+		Storage:     l.Storage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("provision bucket %s: %w", BucketBroker, err)
+	}
 	return &res, nil
+}
+
+// BrokerSettings is the value of the "settings" key of BROKER.
+type BrokerSettings struct {
+	Paused bool   `json:"paused"`
+	Policy string `json:"policy,omitempty"`
 }
 
 // EnsurePoolConsumer creates or updates the durable pull consumer of a

@@ -73,6 +73,8 @@ type JobRecord struct {
 	ClientNumber *float64 `json:"client_number,omitempty"`
 	Front        bool     `json:"front,omitempty"`
 	Bumped       bool     `json:"bumped,omitempty"`
+	// BumpedAt orders bumped jobs (earlier bumps run first).
+	BumpedAt time.Time `json:"bumped_at,omitzero"`
 
 	ClientID         string          `json:"client_id,omitempty"`
 	Prompt           json.RawMessage `json:"prompt"`
