@@ -39,9 +39,10 @@ type Broker struct {
 
 	files *fileService
 
-	mux     *http.ServeMux
-	httpSrv *http.Server
-	httpLn  net.Listener
+	mux        *http.ServeMux
+	adminToken string
+	httpSrv    *http.Server
+	httpLn     net.Listener
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -114,6 +115,9 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 
 	if err := b.subscribe(runCtx); err != nil {
 		return err
+	}
+	if b.adminToken, err = b.loadAdminToken(); err != nil {
+		return fmt.Errorf("broker: %w", err)
 	}
 	if err := b.serveHTTP(); err != nil {
 		return err

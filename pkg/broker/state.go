@@ -16,12 +16,12 @@ import (
 // and the live agents. It is rebuilt from SUBMIT, JOBS and heartbeats after
 // a restart.
 type state struct {
-	jobs     map[string]*jobEntry // JOBS key → unfinished job
-	sched    *scheduler.Scheduler
-	paused   bool
+	jobs   map[string]*jobEntry // JOBS key → unfinished job
+	sched  *scheduler.Scheduler
+	paused bool
 	// picked is the job dispatch just took from the scheduler, which
 	// already counts it as holding a slot.
-	picked string
+	picked   string
 	inflight map[string]int // pool → jobs dispatched or running
 	agents   map[string]*agentEntry
 	pools    map[string]bool // pools whose DISPATCH consumer exists
