@@ -18,6 +18,7 @@ import (
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/logging"
 	"github.com/atelier-run/atelier/pkg/registry"
+	"github.com/atelier-run/atelier/pkg/scheduler"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -28,6 +29,14 @@ Usage:
   atelier-broker user add [flags]       add a participant or instructor
   atelier-broker user list [flags]      list users
   atelier-broker user passwd [flags]    set a user's password
+
+Instructor and operator controls (through the broker's HTTP admin API):
+  atelier-broker pause | resume
+  atelier-broker policy round-robin|fifo|priority
+  atelier-broker bump USER JOB
+  atelier-broker cancel USER JOB...
+  atelier-broker drain AGENT | undrain AGENT
+  atelier-broker queues
 
 Run 'atelier-broker <command> -h' for the flags of a command.
 `
@@ -44,6 +53,8 @@ func main() {
 		err = serve(args)
 	case "user":
 		err = user(args)
+	case "pause", "resume", "policy", "bump", "cancel", "drain", "undrain", "queues":
+		err = admin(cmd, args)
 	case "help":
 		fmt.Print(usage)
 	default:
@@ -71,6 +82,9 @@ func serve(args []string) error {
 		httpAddr   = cli.String(fs, "http", "ATELIER_BROKER_HTTP", "127.0.0.1:8191", "HTTP listen address (health, status, dashboard)")
 		backlog    = cli.Int(fs, "max-backlog", "ATELIER_MAX_BACKLOG", int(def.MaxBacklogPerUser), "unfinished jobs per participant")
 		prefetch   = cli.Int(fs, "prefetch", "ATELIER_PREFETCH", 1, "tickets per pool beyond its free slots")
+		policy     = cli.String(fs, "policy", "ATELIER_POLICY", "round-robin", "initial scheduling policy: round-robin, fifo or priority (a switch at run time is kept across restarts)")
+		maxRunning = cli.Int(fs, "max-running", "ATELIER_MAX_RUNNING", 0, "GPU slots one participant may hold at once (0: no cap)")
+		adminToken = cli.String(fs, "admin-token", "ATELIER_ADMIN_TOKEN", "", "instructor token of the HTTP admin API (default: generated into <data>/meta/admin-token)")
 		historyTTL = cli.Duration(fs, "history-ttl", "ATELIER_HISTORY_TTL", def.HistoryTTL, "how long job history is kept")
 		ackWait    = cli.Duration(fs, "ack-wait", "ATELIER_ACK_WAIT", def.AckWait, "how long an agent may hold a ticket without a sign of life")
 		logFormat  = cli.String(fs, "log-format", "ATELIER_LOG_FORMAT", "json", "json or console")
@@ -95,6 +109,7 @@ func serve(args []string) error {
 		NATSHost: host, NATSPort: port,
 		NATSMaxMemory: int64(*maxMem) << 20, NATSMaxStore: int64(*maxStore) << 30, NATSSyncAlways: *syncAlways,
 		HTTPAddr: *httpAddr, Limits: limits, Prefetch: *prefetch, Logger: log,
+		Policy: scheduler.Policy(*policy), MaxRunningPerUser: *maxRunning, AdminToken: *adminToken,
 	})
 }
 
