@@ -47,8 +47,12 @@ func (b *Broker) claim(ctx context.Context, req wire.ClaimRequest) wire.ClaimRep
 	rec := e.rec
 	held := rec.State == wire.StateRunning || (rec.State == wire.StateDispatched && rec.Agent != "")
 	if held {
-		sameProcess := rec.Agent == req.Agent && rec.AgentBoot == req.Boot && rec.Slot != req.Slot
-		if sameProcess || (rec.Agent != req.Agent && b.agentAlive(rec.Agent, rec.AgentBoot)) {
+		// A claim from the holder's own process means the earlier attempt
+		// never started or was given up there (a claim reply lost to a
+		// broker restart, say): the agent knows what its slots run and
+		// only claims what none of them holds. A different, live agent
+		// holding the job is another matter.
+		if rec.Agent != req.Agent && b.agentAlive(rec.Agent, rec.AgentBoot) {
 			// A live attempt holds the job. The ticket goes back with a
 			// delay: it comes again if that attempt dies, and is skipped
 			// once the job is final.

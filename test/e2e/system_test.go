@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -71,6 +72,7 @@ type system struct {
 	proxyURL string
 	password string
 	procs    map[string]*exec.Cmd
+	args     map[string][]string
 	logs     map[string]*bytes.Buffer
 	mu       sync.Mutex
 }
@@ -80,6 +82,8 @@ type systemOpts struct {
 	gpus  int
 	// stepDelay slows simulated model nodes.
 	stepDelay time.Duration
+	// brokerArgs are extra flags of atelier-broker serve.
+	brokerArgs []string
 }
 
 func startSystem(t *testing.T, o systemOpts) *system {
@@ -92,7 +96,7 @@ func startSystem(t *testing.T, o systemOpts) *system {
 	}
 	s := &system{
 		t: t, dataDir: filepath.Join(t.TempDir(), "data"), password: "pw-" + t.Name(),
-		procs: map[string]*exec.Cmd{}, logs: map[string]*bytes.Buffer{},
+		procs: map[string]*exec.Cmd{}, args: map[string][]string{}, logs: map[string]*bytes.Buffer{},
 	}
 	natsAddr := freeAddr(t)
 	s.natsURL = "nats://" + natsAddr
@@ -107,7 +111,7 @@ func startSystem(t *testing.T, o systemOpts) *system {
 		require.NoError(t, err, string(out))
 	}
 
-	s.start("broker", "atelier-broker", "serve", "--data", s.dataDir, "--nats-listen", natsAddr, "--http", s.brokerAt)
+	s.start("broker", "atelier-broker", append([]string{"serve", "--data", s.dataDir, "--nats-listen", natsAddr, "--http", s.brokerAt}, o.brokerArgs...)...)
 	s.awaitHealthy("http://" + s.brokerAt + "/healthz")
 	s.start("proxy", "atelier-proxy", "--data", s.dataDir, "--listen", proxyAt, "--nats-url", s.natsURL)
 	s.awaitHealthy(s.proxyURL + "/healthz")
@@ -121,10 +125,32 @@ func startSystem(t *testing.T, o systemOpts) *system {
 func (s *system) start(name, bin string, args ...string) {
 	s.t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, bin), args...)
-	buf := &bytes.Buffer{}
+	buf := s.logs[name]
+	if buf == nil {
+		buf = &bytes.Buffer{}
+	}
 	cmd.Stdout, cmd.Stderr = syncWriter{&s.mu, buf}, syncWriter{&s.mu, buf}
 	require.NoError(s.t, cmd.Start())
-	s.procs[name], s.logs[name] = cmd, buf
+	s.procs[name], s.logs[name], s.args[name] = cmd, buf, append([]string{bin}, args...)
+}
+
+// killBroker ends the broker with SIGKILL (no chance to clean up) and
+// starts it again on the same data directory and ports.
+func (s *system) killBroker() {
+	s.t.Helper()
+	cmd := s.procs["broker"]
+	require.NoError(s.t, cmd.Process.Kill())
+	_ = cmd.Wait()
+	args := s.args["broker"]
+	s.start("broker", args[0], args[1:]...)
+	s.awaitHealthy("http://" + s.brokerAt + "/healthz")
+}
+
+// agentLog returns what the agent logged so far.
+func (s *system) agentLog() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logs["agent"].String()
 }
 
 type syncWriter struct {
@@ -162,8 +188,12 @@ func (s *system) stop() {
 	if s.t.Failed() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		dir := filepath.Join(repoRoot(), "test", "e2e", "artifacts", strings.ReplaceAll(s.t.Name(), "/", "_"))
+		_ = os.MkdirAll(dir, 0o755)
 		for name, buf := range s.logs {
-			s.t.Logf("---- %s log ----\n%s", name, tail(buf.String(), 8000))
+			path := filepath.Join(dir, name+".log")
+			_ = os.WriteFile(path, buf.Bytes(), 0o644)
+			s.t.Logf("---- %s log (whole log in %s) ----\n%s", name, path, tail(buf.String(), 4000))
 		}
 	}
 }
