@@ -30,11 +30,13 @@ func main() {
 func run() error {
 	fs := flag.NewFlagSet("atelier-proxy", flag.ExitOnError)
 	var (
-		listen    = cli.String(fs, "listen", "ATELIER_PROXY_LISTEN", "127.0.0.1:8190", "HTTP listen address for participants")
-		dataDir   = cli.String(fs, "data", "ATELIER_DATA", "./data", "mello data directory (registry, participants' files)")
-		natsURL   = cli.String(fs, "nats-url", "ATELIER_NATS_URL", "nats://127.0.0.1:4222", "broker's NATS URL")
-		natsUser  = cli.String(fs, "nats-user", "ATELIER_NATS_USER", "", "NATS user")
-		natsPass  = cli.String(fs, "nats-password", "ATELIER_NATS_PASSWORD", "", "NATS password")
+		listen     = cli.String(fs, "listen", "ATELIER_PROXY_LISTEN", "127.0.0.1:8190", "HTTP listen address for participants")
+		dataDir    = cli.String(fs, "data", "ATELIER_DATA", "./data", "mello data directory (registry, participants' files)")
+		natsURL    = cli.String(fs, "nats-url", "ATELIER_NATS_URL", "nats://127.0.0.1:4222", "broker's NATS URL")
+		natsUser   = cli.String(fs, "nats-user", "ATELIER_NATS_USER", "", "NATS user")
+		natsPass   = cli.String(fs, "nats-password", "ATELIER_NATS_PASSWORD", "", "NATS password")
+		uiUpstream = cli.String(fs, "ui-upstream", "ATELIER_UI_UPSTREAM", "",
+			"URL template of each participant's own ComfyUI UI, e.g. 'http://127.0.0.1:{port}' ({user}: user id, {port}: the registry's port); a participant's registry ui_upstream overrides it")
 		logFormat = cli.String(fs, "log-format", "ATELIER_LOG_FORMAT", "json", "json or console")
 		logLevel  = cli.String(fs, "log-level", "ATELIER_LOG_LEVEL", "info", "debug, info, warn, error")
 	)
@@ -56,8 +58,12 @@ func run() error {
 	}
 	defer nc.Close()
 
+	up, err := proxy.NewUIUpstream(proxy.UIUpstreamConfig{Registry: reg, Template: *uiUpstream, Logger: log})
+	if err != nil {
+		return err
+	}
 	p, err := proxy.New(proxy.Config{
-		Addr: *listen, Conn: nc, Registry: reg, Store: filestore.NewDisk(layout), Logger: log,
+		Addr: *listen, Conn: nc, Registry: reg, Store: filestore.NewDisk(layout), Fallback: up, Logger: log,
 	})
 	if err != nil {
 		return err

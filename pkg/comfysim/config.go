@@ -77,6 +77,11 @@ type Config struct {
 	// extra_data.preview_method overrides it, as newer ComfyUI allows.
 	PreviewMethod string
 
+	// MissingNodeType makes validation answer an unknown or missing node
+	// class as newer ComfyUI (0.38+) does, with error type
+	// missing_node_type, instead of the baseline's invalid_prompt.
+	MissingNodeType bool
+
 	// Argv is reported as system.argv by /system_stats.
 	Argv []string
 
@@ -88,6 +93,17 @@ type Config struct {
 	// is accepted into the queue (before the HTTP response is written), so
 	// tests and benchmarks can measure "the prompt reached ComfyUI".
 	OnPrompt func(promptID string)
+
+	// OnExecute, when set, is called with the prompt id when the worker
+	// takes the prompt off the queue and starts executing it (before
+	// execution_start): the moment the simulated GPU becomes busy.
+	OnExecute func(promptID string)
+
+	// OnDone, when set, is called when a prompt finished executing
+	// (success, error or interruption; not a crash), after its history
+	// entry is recorded and before the closing "executing null" is sent:
+	// the moment the simulated GPU becomes free.
+	OnDone func(promptID string, success bool)
 
 	// OnCrash is called when a FaultCrash fires mid-prompt. The binary
 	// passes a function that exits the process with status 1; when nil the

@@ -133,11 +133,14 @@ func (s *Server) runPrompt(parent context.Context, it *queueItem) bool {
 	e := &execution{s: s, it: it, ctx: ctx, results: map[string]*cacheEntry{}}
 	e.sid, e.hasSID = it.clientID()
 	method := s.cfg.PreviewMethod
-	if v, ok := it.extra.str("preview_method"); ok && v != "" && v != "default" {
+	if v, ok := it.extra.Str("preview_method"); ok && v != "" && v != "default" {
 		method = v
 	}
 	e.preview = method != "none"
 
+	if s.cfg.OnExecute != nil {
+		s.cfg.OnExecute(it.id)
+	}
 	success := e.run()
 
 	s.mu.Lock()
@@ -156,8 +159,8 @@ func (s *Server) runPrompt(parent context.Context, it *queueItem) bool {
 	outputs, meta := object{}, object{}
 	for _, m := range e.ui {
 		o := m.Value.(object)
-		out, _ := o.get("output")
-		mt, _ := o.get("meta")
+		out, _ := o.Get("output")
+		mt, _ := o.Get("meta")
 		outputs = append(outputs, member{m.Key, out})
 		meta = append(meta, member{m.Key, mt})
 	}
@@ -172,6 +175,9 @@ func (s *Server) runPrompt(parent context.Context, it *queueItem) bool {
 		{"meta", meta},
 	})
 	s.running = nil
+	if s.cfg.OnDone != nil {
+		s.cfg.OnDone(it.id, success)
+	}
 	s.broadcastStatusLocked()
 	if e.hasSID {
 		s.hub.sendJSON(e.sid, "executing", object{{"node", nil}, {"prompt_id", it.id}})
@@ -219,13 +225,13 @@ func (e *execution) node(id string) object {
 }
 
 func (e *execution) def(id string) *nodeDef {
-	class, _ := e.node(id).get("class_type")
+	class, _ := e.node(id).Get("class_type")
 	d, _ := e.s.lookupClass(class)
 	return d
 }
 
 func (e *execution) inputs(id string) object {
-	v, _ := e.node(id).get("inputs")
+	v, _ := e.node(id).Get("inputs")
 	o, _ := v.(object)
 	return o
 }
@@ -248,10 +254,10 @@ func (e *execution) signature(id string, visiting map[string]bool) string {
 	if d.isChanged != nil {
 		fmt.Fprintf(h, "changed=%s\x00", d.isChanged(e.s, inputs))
 	}
-	names := inputs.keys()
+	names := inputs.Keys()
 	sort.Strings(names)
 	for _, name := range names {
-		v, _ := inputs.get(name)
+		v, _ := inputs.Get(name)
 		if link, ok := isLink(v); ok && len(link) == 2 {
 			from, _ := link[0].(string)
 			fmt.Fprintf(h, "%s=link(%s,%s)\x00", name, e.signature(from, visiting), pyRepr(link[1]))
@@ -311,7 +317,7 @@ func (e *execution) run() bool {
 
 // fail reports an execution error or interruption (handle_execution_error).
 func (e *execution) fail(nodeID string, currentOutputs []any, err error) {
-	class, _ := e.node(nodeID).get("class_type")
+	class, _ := e.node(nodeID).Get("class_type")
 	executed := anyStrings(e.executed)
 	var ee *execError
 	if !errors.As(err, &ee) {
@@ -369,12 +375,12 @@ func (e *execution) progressState() object {
 	nodes := object{}
 	for _, m := range e.progress {
 		st := m.Value.(object)
-		state, _ := st.str("state")
+		state, _ := st.Str("state")
 		if state == "pending" {
 			continue
 		}
-		v, _ := st.get("value")
-		mx, _ := st.get("max")
+		v, _ := st.Get("value")
+		mx, _ := st.Get("max")
 		nodes = append(nodes, member{m.Key, object{
 			{"value", v}, {"max", mx}, {"state", state}, {"node_id", m.Key}, {"prompt_id", e.it.id},
 			{"display_node_id", m.Key}, {"parent_node_id", nil}, {"real_node_id", m.Key},
@@ -385,14 +391,14 @@ func (e *execution) progressState() object {
 
 func (e *execution) setProgress(id, state string, value, max any) {
 	if max == nil {
-		if st, ok := e.progress.get(id); ok {
-			max, _ = st.(object).get("max")
+		if st, ok := e.progress.Get(id); ok {
+			max, _ = st.(object).Get("max")
 		} else {
 			max = 1
 		}
 		value = max
 	}
-	e.progress.set(id, object{{"state", state}, {"value", value}, {"max", max}})
+	e.progress.Set(id, object{{"state", state}, {"value", value}, {"max", max}})
 	e.sendProgress("progress_state", e.progressState())
 }
 
@@ -404,7 +410,7 @@ func (e *execution) execute(id string) error {
 		var out any
 		if c.ui != nil {
 			out = c.ui
-			e.ui.set(id, object{{"meta", c.meta}, {"output", c.ui}})
+			e.ui.Set(id, object{{"meta", c.meta}, {"output", c.ui}})
 		}
 		e.sendClient("executed", object{{"node", id}, {"display_node", id}, {"output", out}, {"prompt_id", e.it.id}})
 		e.setProgress(id, "finished", nil, nil)
@@ -435,7 +441,7 @@ func (e *execution) execute(id string) error {
 			}
 			i, exc := tupleIndex(link[1], len(r.outputs))
 			if exc != nil {
-				return &execError{typ: exc.typ, msg: exc.msg}
+				return &execError{typ: exc.Type, msg: exc.Msg}
 			}
 			args[m.Key] = r.outputs[i]
 			continue
@@ -454,7 +460,7 @@ func (e *execution) execute(id string) error {
 	if len(ui) > 0 {
 		entry.ui = ui
 		entry.meta = object{{"node_id", id}, {"display_node", id}, {"parent_node", nil}, {"real_node_id", id}}
-		e.ui.set(id, object{{"meta", entry.meta}, {"output", ui}})
+		e.ui.Set(id, object{{"meta", entry.meta}, {"output", ui}})
 		e.sendClient("executed", object{{"node", id}, {"display_node", id}, {"output", ui}, {"prompt_id", e.it.id}})
 	}
 	e.results[id] = entry

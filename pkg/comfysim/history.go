@@ -118,7 +118,7 @@ func (s *Server) handlePostHistory(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var toDelete []any
-	if v, ok := body.get("delete"); ok {
+	if v, ok := body.Get("delete"); ok {
 		list, isList := v.([]any)
 		if !isList {
 			s.writeServerError(w, r, fmt.Errorf("delete is a %s", pyTypeName(v)))
@@ -127,7 +127,7 @@ func (s *Server) handlePostHistory(w http.ResponseWriter, r *http.Request) {
 		toDelete = list
 	}
 	s.mu.Lock()
-	if v, ok := body.get("clear"); ok && pyTruthy(v) {
+	if v, ok := body.Get("clear"); ok && pyTruthy(v) {
 		s.history.clear()
 	}
 	for _, e := range toDelete {

@@ -65,7 +65,7 @@ func (nc *nodeCtx) step(value, total int, preview func() []byte) error {
 		return err
 	}
 	e := nc.e
-	e.progress.set(nc.id, object{{"state", "running"}, {"value", value}, {"max", total}})
+	e.progress.Set(nc.id, object{{"state", "running"}, {"value", value}, {"max", total}})
 	e.sendProgress("progress_state", e.progressState())
 	var img []byte
 	if e.preview && preview != nil {
@@ -293,7 +293,7 @@ func cutSuffix(s string, n int) string {
 }
 
 func validateLoadImage(s *Server, inputs object) (bool, string) {
-	v, _ := inputs.get("image")
+	v, _ := inputs.Get("image")
 	name := pyStr(v)
 	p, ok := s.annotatedPath(name)
 	if ok {
@@ -307,7 +307,7 @@ func validateLoadImage(s *Server, inputs object) (bool, string) {
 // loadImageChanged is LoadImage.IS_CHANGED: the file's sha256, so a
 // replaced upload is not served from the cache.
 func loadImageChanged(s *Server, inputs object) string {
-	v, _ := inputs.get("image")
+	v, _ := inputs.Get("image")
 	p, ok := s.annotatedPath(pyStr(v))
 	if !ok {
 		return ""
@@ -393,7 +393,7 @@ func (nc *nodeCtx) saveImages(img *imageBatch, outDir, typ, prefix string) ([]an
 	var chunks [][2]string
 	if typ == "output" {
 		chunks = append(chunks, [2]string{"prompt", string(mustPyJSON(nc.e.it.prompt))})
-		if pnginfo, ok := nc.e.it.extra.get("extra_pnginfo"); ok {
+		if pnginfo, ok := nc.e.it.extra.Get("extra_pnginfo"); ok {
 			if o, isObj := pnginfo.(object); isObj {
 				for _, m := range o {
 					chunks = append(chunks, [2]string{m.Key, string(mustPyJSON(m.Value))})

@@ -136,7 +136,7 @@ func (d *nodeDef) info(s *Server) object {
 	section("optional", d.optional)
 	if d.hidden != nil {
 		inputs = append(inputs, member{"hidden", d.hidden})
-		order = append(order, member{"hidden", anyStrings(d.hidden.keys())})
+		order = append(order, member{"hidden", anyStrings(d.hidden.Keys())})
 	}
 	outNames := d.outputNames
 	if outNames == nil {

@@ -26,7 +26,7 @@ func (q *queueItem) tuple() []any {
 // clientID returns extra_data.client_id: the sid that receives the
 // prompt's execution events ("" and false when absent or null).
 func (q *queueItem) clientID() (string, bool) {
-	v, ok := q.extra.get("client_id")
+	v, ok := q.extra.Get("client_id")
 	if !ok || v == nil {
 		return "", false
 	}

@@ -431,14 +431,14 @@ func (s *Server) handleUploadMask(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			return errors.New("original_ref is not an object")
 		}
-		refName, _ := ref.str("filename")
+		refName, _ := ref.Str("filename")
 		filename, dir := s.annotatedFilepath(refName)
 		if filename == "" || filename[0] == '/' || strings.Contains(filename, "..") {
 			return nil
 		}
 		if dir == "" {
 			typ := "output"
-			if t, ok := ref.str("type"); ok {
+			if t, ok := ref.Str("type"); ok {
 				typ = t
 			}
 			dir = s.dirByType(typ)
@@ -446,7 +446,7 @@ func (s *Server) handleUploadMask(w http.ResponseWriter, r *http.Request) {
 		if dir == "" {
 			return nil
 		}
-		if sub, _ := ref.str("subfolder"); sub != "" {
+		if sub, _ := ref.Str("subfolder"); sub != "" {
 			full := filepath.Join(dir, sub)
 			if !within(dir, full) {
 				return nil

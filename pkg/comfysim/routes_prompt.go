@@ -31,7 +31,7 @@ func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 	// consume numbers too.
 	var number float64
 	var numberJSON any
-	if v, ok := body.get("number"); ok {
+	if v, ok := body.Get("number"); ok {
 		f, msg := pyFloatOf(v)
 		if msg != "" || math.IsNaN(f) || math.IsInf(f, 0) {
 			s.writeServerError(w, r, fmt.Errorf("number: %s", msg))
@@ -43,13 +43,13 @@ func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		n := s.number
 		s.number++
 		s.mu.Unlock()
-		if front, ok := body.get("front"); ok && pyTruthy(front) {
+		if front, ok := body.Get("front"); ok && pyTruthy(front) {
 			n = -n
 		}
 		number, numberJSON = float64(n), n
 	}
 
-	promptV, ok := body.get("prompt")
+	promptV, ok := body.Get("prompt")
 	if !ok {
 		writeJSON(w, http.StatusBadRequest, object{
 			{"error", topErr("no_prompt", "No prompt provided", "No prompt provided")},
@@ -63,11 +63,11 @@ func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	promptID := uuid.NewString()
-	if v, ok := body.get("prompt_id"); ok {
+	if v, ok := body.Get("prompt_id"); ok {
 		promptID = pyStr(v)
 	}
 	var partial []string
-	if v, ok := body.get("partial_execution_targets"); ok && v != nil {
+	if v, ok := body.Get("partial_execution_targets"); ok && v != nil {
 		list, isList := v.([]any)
 		if !isList {
 			s.writeServerError(w, r, fmt.Errorf("partial_execution_targets is a %s", pyTypeName(v)))
@@ -84,7 +84,7 @@ func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 	res := s.validatePrompt(prompt, partial)
 
 	extra := object{}
-	if v, ok := body.get("extra_data"); ok {
+	if v, ok := body.Get("extra_data"); ok {
 		eo, isObj := v.(object)
 		if !isObj {
 			s.writeServerError(w, r, fmt.Errorf("extra_data is a %s", pyTypeName(v)))
@@ -92,23 +92,23 @@ func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		}
 		extra = eo
 	}
-	if v, ok := body.get("client_id"); ok {
-		extra.set("client_id", v)
+	if v, ok := body.Get("client_id"); ok {
+		extra.Set("client_id", v)
 	}
 	for _, k := range sensitiveExtraKeys {
-		extra.del(k)
+		extra.Del(k)
 	}
 
-	if !res.ok {
-		errJSON, _ := pyJSON(res.err)
+	if !res.OK {
+		errJSON, _ := pyJSON(res.Err)
 		s.log.Warn().RawJSON("error", errJSON).Msg("invalid prompt")
-		writeJSON(w, http.StatusBadRequest, object{{"error", res.err}, {"node_errors", res.nodeErrors}})
+		writeJSON(w, http.StatusBadRequest, object{{"error", res.Err}, {"node_errors", res.NodeErrors}})
 		return
 	}
 
 	it := &queueItem{
 		number: number, numberJSON: numberJSON, id: promptID,
-		prompt: prompt, extra: extra, outputs: res.outputs,
+		prompt: prompt, extra: extra, outputs: res.Outputs,
 	}
 	s.mu.Lock()
 	s.enqueueLocked(it)
@@ -117,7 +117,7 @@ func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.OnPrompt != nil {
 		s.cfg.OnPrompt(promptID)
 	}
-	writeJSON(w, http.StatusOK, object{{"prompt_id", promptID}, {"number", numberJSON}, {"node_errors", res.nodeErrors}})
+	writeJSON(w, http.StatusOK, object{{"prompt_id", promptID}, {"number", numberJSON}, {"node_errors", res.NodeErrors}})
 }
 
 func (s *Server) handleGetQueue(w http.ResponseWriter, r *http.Request) {
@@ -145,7 +145,7 @@ func (s *Server) handlePostQueue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var toDelete []any
-	if v, ok := body.get("delete"); ok {
+	if v, ok := body.Get("delete"); ok {
 		list, isList := v.([]any)
 		if !isList {
 			s.writeServerError(w, r, fmt.Errorf("delete is a %s", pyTypeName(v)))
@@ -154,7 +154,7 @@ func (s *Server) handlePostQueue(w http.ResponseWriter, r *http.Request) {
 		toDelete = list
 	}
 	s.mu.Lock()
-	if v, ok := body.get("clear"); ok && pyTruthy(v) {
+	if v, ok := body.Get("clear"); ok && pyTruthy(v) {
 		s.pending = nil
 		s.broadcastStatusLocked()
 	}
@@ -168,7 +168,7 @@ func (s *Server) handlePostQueue(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request) {
 	// An empty or invalid body means {}.
 	body, _ := readJSONObject(r)
-	target, _ := body.get("prompt_id")
+	target, _ := body.Get("prompt_id")
 	s.mu.Lock()
 	if pyTruthy(target) {
 		if s.running != nil && s.running.id == pyStr(target) && s.interrupt != nil {
@@ -193,7 +193,7 @@ func (s *Server) handleFree(w http.ResponseWriter, r *http.Request) {
 		s.writeServerError(w, r, err)
 		return
 	}
-	if v, ok := body.get("free_memory"); ok && pyTruthy(v) {
+	if v, ok := body.Get("free_memory"); ok && pyTruthy(v) {
 		s.cache.requestReset()
 	}
 	writeEmpty(w, http.StatusOK)

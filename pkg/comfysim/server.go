@@ -203,6 +203,10 @@ func (s *Server) Close() error {
 	return err
 }
 
+// Done is closed once the simulator has closed, by Close or by a simulated
+// crash: what a supervisor watching a ComfyUI process sees as its exit.
+func (s *Server) Done() <-chan struct{} { return s.closeDone }
+
 // InputDir, OutputDir and TempDir return the resolved directories.
 func (s *Server) InputDir() string { return s.cfg.InputDir }
 

@@ -81,7 +81,7 @@ func (c *wsClient) close() {
 func (c *wsClient) supportsPreviewMetadata() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	v, _ := c.flags.get("supports_preview_metadata")
+	v, _ := c.flags.Get("supports_preview_metadata")
 	b, _ := v.(bool)
 	return b
 }

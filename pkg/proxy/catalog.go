@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/atelier-run/atelier/pkg/comfyvalidate"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -21,6 +22,12 @@ type poolCatalog struct {
 	classes map[string]json.RawMessage
 	// outputNodes holds the classes whose object_info says output_node.
 	outputNodes map[string]bool
+	// validate is the catalog as ComfyUI's validation sees it (nil when
+	// the pool's object_info could not be read that way).
+	validate *comfyvalidate.ObjectInfo
+	// newerErrors: the pool's ComfyUI is 2026-era (0.38+), so the
+	// participant's frontend (bundled with it) expects newer error shapes.
+	newerErrors bool
 }
 
 func (c *poolCatalog) hasClass(class string) bool {
@@ -42,6 +49,12 @@ func decodePoolCatalog(b []byte) (*poolCatalog, error) {
 	if err := json.Unmarshal(cat.ObjectInfo, &pc.classes); err != nil {
 		return nil, fmt.Errorf("decode object_info of pool %q: %w", cat.Pool, err)
 	}
+	vc, err := comfyvalidate.FromObjectInfo(cat.ObjectInfo)
+	if err != nil {
+		return nil, fmt.Errorf("decode object_info of pool %q: %w", cat.Pool, err)
+	}
+	pc.validate = vc
+	pc.newerErrors = newerComfy(cat.SystemStats)
 	for class, raw := range pc.classes {
 		var def struct {
 			OutputNode bool `json:"output_node"`
@@ -164,3 +177,21 @@ func (c *catalogCache) run(w jetstream.KeyWatcher, ready chan struct{}) {
 
 // errNoBucket is wrapped when the broker has not provisioned a bucket yet.
 var errNoBucket = errors.New("bucket not provisioned")
+
+// newerComfy reports whether system_stats names a ComfyUI of 0.38 or later
+// (comfyui-api.md's [newer]): its frontend understands missing_node_type.
+func newerComfy(stats json.RawMessage) bool {
+	var st struct {
+		System struct {
+			Version string `json:"comfyui_version"`
+		} `json:"system"`
+	}
+	if len(stats) == 0 || json.Unmarshal(stats, &st) != nil {
+		return false
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(st.System.Version, "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > 0 || minor >= 38
+}

@@ -89,6 +89,12 @@ type Config struct {
 	// does not answer itself (the participant's ComfyUI UI upstream). The
 	// request path still carries the /<user> prefix. Nil: 404.
 	Fallback http.Handler
+	// NewerErrors makes POST /prompt answer an unknown or missing node class
+	// as 2026-era ComfyUI does (missing_node_type) for every pool. Without
+	// it the proxy follows the pool's ComfyUI: a pool whose agents report
+	// comfyui_version 0.38 or later gets missing_node_type (the frontend
+	// bundled with that ComfyUI expects it), older ones invalid_prompt.
+	NewerErrors bool
 	// Logger receives the proxy's logs.
 	Logger zerolog.Logger
 }

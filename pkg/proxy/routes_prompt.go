@@ -45,7 +45,10 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		// publish below would tell. Validate what we can.
 		p.log.Warn().Err(err).Str("pool", sess.Pool).Msg("pool catalog unavailable")
 	}
-	req, rerr := parsePromptRequest(body, cat)
+	req, rerr := parsePromptRequest(body, cat, parseOptions{
+		stat:        p.storeInputs(ctx, sess.User),
+		newerErrors: p.cfg.NewerErrors,
+	})
 	if rerr != nil {
 		rerr.write(w)
 		return
@@ -63,6 +66,9 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		ExtraData:        req.ExtraData,
 		ClientID:         req.ClientID,
 		OutputsToExecute: req.Outputs,
+		Number:           req.Number,
+		Front:            req.Front,
+		Inputs:           req.Inputs,
 		SubmittedAt:      time.Now().UTC(),
 	}
 	if job.ID == "" {
@@ -90,10 +96,20 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		p.log.Info().Str("user", sess.User).Str("job", job.ID).Msg("prompt_id submitted again within the duplicate window")
 	}
 	p.log.Info().Str("user", sess.User).Str("job", job.ID).Uint64("number", ack.Sequence).Msg("prompt queued")
+	nodeErrors := req.NodeErrors
+	if len(nodeErrors) == 0 {
+		nodeErrors = json.RawMessage("{}")
+	}
+	// ComfyUI echoes a client's number as float(number); otherwise its
+	// counter. Ours is the SUBMIT sequence, which /queue shows too.
+	var number any = ack.Sequence
+	if req.Number != nil {
+		number = *req.Number
+	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"prompt_id":   job.ID,
-		"number":      ack.Sequence,
-		"node_errors": map[string]any{},
+		"number":      number,
+		"node_errors": nodeErrors,
 	})
 }
 

@@ -3,12 +3,16 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
+
+	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/wire"
 )
 
 // Bounds on what a participant may send. ComfyUI has none beyond the upload
@@ -31,6 +35,9 @@ type requestError struct {
 	Type    string // "" → plain text Message
 	Message string
 	Details string
+	// Body, when set, is the whole JSON answer (validation failures with
+	// their node_errors).
+	Body []byte
 }
 
 func (e *requestError) Error() string {
@@ -41,6 +48,10 @@ func (e *requestError) Error() string {
 }
 
 func (e *requestError) write(w http.ResponseWriter) {
+	if e.Body != nil {
+		writeJSONBytes(w, e.Status, e.Body)
+		return
+	}
 	if e.Type == "" {
 		writePlain(w, e.Status, e.Message)
 		return
@@ -65,6 +76,23 @@ type promptRequest struct {
 	Outputs []string
 	// Validated is false when the pool had no catalog to check against.
 	Validated bool
+	// NodeErrors are the failures of outputs that were dropped (the
+	// prompt runs the others), as ComfyUI answers them on success.
+	NodeErrors json.RawMessage
+	// Number and Front are ComfyUI's priority fields.
+	Number *float64
+	Front  bool
+	// Inputs is the manifest of the participant's uploaded files the
+	// prompt references.
+	Inputs []wire.InputFile
+}
+
+// parseOptions are what parsePromptRequest needs beyond the body.
+type parseOptions struct {
+	// stat finds the participant's files (upload widgets); nil: none exist.
+	stat inputStat
+	// newerErrors selects missing_node_type for unknown classes.
+	newerErrors bool
 }
 
 // parsePromptRequest parses body like ComfyUI's POST /prompt handler and
@@ -72,7 +100,7 @@ type promptRequest struct {
 // so the frontend shows our refusals the way it shows ComfyUI's. cat may be
 // nil when the pool has no catalog yet; then node classes cannot be checked
 // and the output nodes are guessed as the graph's sinks.
-func parsePromptRequest(body []byte, cat *poolCatalog) (*promptRequest, *requestError) {
+func parsePromptRequest(body []byte, cat *poolCatalog, opts parseOptions) (*promptRequest, *requestError) {
 	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
 		return nil, plainError(http.StatusBadRequest, "invalid JSON body: %v", err)
 	}
@@ -96,6 +124,26 @@ func parsePromptRequest(body []byte, cat *poolCatalog) (*promptRequest, *request
 		return nil, plainError(http.StatusBadRequest, "invalid prompt: more than %d nodes", maxPromptNodes)
 	}
 	req := &promptRequest{Prompt: rawPrompt}
+	if raw, ok := top["number"]; ok {
+		// ComfyUI: float(number); anything else raises (500).
+		var n float64
+		if err := json.Unmarshal(raw, &n); err != nil {
+			var s string
+			if json.Unmarshal(raw, &s) != nil {
+				return nil, plainError(http.StatusInternalServerError, "invalid number: want a number")
+			}
+			f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+			if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+				return nil, plainError(http.StatusInternalServerError, "invalid number: want a number")
+			}
+			n = f
+		}
+		req.Number = &n
+	} else if raw, ok := top["front"]; ok {
+		var v any
+		_ = json.Unmarshal(raw, &v)
+		req.Front = comfyvalidate.PyTruthy(v)
+	}
 
 	if raw, ok := top["prompt_id"]; ok && !isNull(raw) {
 		var id string
@@ -130,17 +178,29 @@ func parsePromptRequest(body []byte, cat *poolCatalog) (*promptRequest, *request
 	}
 	req.ExtraData = b
 
+	var partial []string
+	if raw, ok := top["partial_execution_targets"]; ok && !isNull(raw) {
+		if err := json.Unmarshal(raw, &partial); err != nil {
+			return nil, plainError(http.StatusInternalServerError, "invalid partial_execution_targets: want a list of node ids")
+		}
+		if partial == nil {
+			partial = []string{}
+		}
+	}
+	if cat != nil && cat.validate != nil {
+		if rerr := req.validate(cat, partial, opts); rerr != nil {
+			return nil, rerr
+		}
+		return req, nil
+	}
+
 	outputs, rerr := findOutputs(nodes, cat)
 	if rerr != nil {
 		return nil, rerr
 	}
 	req.Validated = cat != nil
-	if raw, ok := top["partial_execution_targets"]; ok && !isNull(raw) {
-		var targets []string
-		if err := json.Unmarshal(raw, &targets); err != nil {
-			return nil, plainError(http.StatusInternalServerError, "invalid partial_execution_targets: want a list of node ids")
-		}
-		outputs = slices.DeleteFunc(outputs, func(id string) bool { return !slices.Contains(targets, id) })
+	if partial != nil {
+		outputs = slices.DeleteFunc(outputs, func(id string) bool { return !slices.Contains(partial, id) })
 	}
 	if len(outputs) == 0 {
 		return nil, &requestError{Status: http.StatusBadRequest, Type: "prompt_no_outputs",
@@ -148,6 +208,57 @@ func parsePromptRequest(body []byte, cat *poolCatalog) (*promptRequest, *request
 	}
 	req.Outputs = outputs
 	return req, nil
+}
+
+// validate runs ComfyUI's validate_prompt (pkg/comfyvalidate, the same code
+// as the simulator's) against the pool's catalog and the participant's
+// files, coerces widget values in place like ComfyUI (the coerced prompt is
+// what /queue and /history show), and computes the input manifest.
+func (req *promptRequest) validate(cat *poolCatalog, partial []string, opts parseOptions) *requestError {
+	v, err := comfyvalidate.DecodeJSON(req.Prompt)
+	if err != nil {
+		return plainError(http.StatusInternalServerError, "invalid prompt: %v", err)
+	}
+	prompt, ok := v.(comfyvalidate.Object)
+	if !ok {
+		return plainError(http.StatusInternalServerError, "invalid prompt: want an object mapping node ids to nodes")
+	}
+	for _, m := range prompt {
+		// Python's `'class_type' in node` raises for a number or a list:
+		// aiohttp's 500, not a validation error.
+		if _, ok := m.Value.(comfyvalidate.Object); !ok {
+			if _, isStr := m.Value.(string); !isStr {
+				return plainError(http.StatusInternalServerError, "invalid prompt: node %q is not an object", m.Key)
+			}
+		}
+	}
+	vcat := &uploadCatalog{base: cat.validate, stat: opts.stat}
+	res := comfyvalidate.ValidateWith(vcat, prompt, partial,
+		comfyvalidate.Options{MissingNodeType: opts.newerErrors || cat.newerErrors})
+	if !res.OK {
+		ne := res.NodeErrors
+		if ne == nil {
+			ne = comfyvalidate.Object{}
+		}
+		body := comfyvalidate.Object{{"error", res.Err}, {"node_errors", ne}}
+		return &requestError{Status: http.StatusBadRequest, Body: comfyvalidate.RawOf(body)}
+	}
+	req.Validated = true
+	// ComfyUI's order is a Python set's; ascending ids are as good and stable.
+	req.Outputs = slices.SortedFunc(slices.Values(res.Outputs), compareNodeIDs)
+	req.Prompt = comfyvalidate.RawOf(prompt)
+	if res.NodeErrors == nil {
+		res.NodeErrors = comfyvalidate.Object{}
+	}
+	req.NodeErrors = comfyvalidate.RawOf(res.NodeErrors)
+	if opts.stat != nil {
+		inputs, err := inputManifest(vcat, prompt, opts.stat)
+		if err != nil {
+			return plainError(http.StatusServiceUnavailable, "look up input files: %v", err)
+		}
+		req.Inputs = inputs
+	}
+	return nil
 }
 
 // findOutputs checks every node's class against the catalog and returns the

@@ -118,7 +118,7 @@ func (r *Registry) saveLocked(users map[string]User) error {
 // entry goes to Extra.
 var userFields = map[string]bool{
 	"id": true, "display_name": true, "role": true, "password_hash": true, "status": true,
-	"pool": true, "created_at": true, "updated_at": true, "port": true, "image": true, "quotas": true,
+	"pool": true, "created_at": true, "updated_at": true, "port": true, "image": true, "quotas": true, "ui_upstream": true,
 }
 
 type userAlias User

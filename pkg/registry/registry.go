@@ -93,6 +93,11 @@ type User struct {
 	Port   int     `json:"port,omitempty"`
 	Image  string  `json:"image,omitempty"`
 	Quotas *Quotas `json:"quotas,omitempty"`
+	// UIUpstream is the base URL of the participant's own ComfyUI UI
+	// (e.g. "http://127.0.0.1:8301"), to which the proxy forwards
+	// everything it does not answer itself. Empty: the proxy's URL
+	// template (--ui-upstream) applies.
+	UIUpstream string `json:"ui_upstream,omitempty"`
 
 	// Extra keeps fields written by newer versions (or by hand), so a
 	// read-modify-write by an older binary does not drop them.

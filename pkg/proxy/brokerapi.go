@@ -1,0 +1,201 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/wire"
+)
+
+// errBrokerRefused wraps an API refusal (forbidden, not_found, invalid):
+// the request reached the broker, which said no.
+var errBrokerRefused = errors.New("broker refused")
+
+// brokerAPI asks the broker for op (wire.BrokerAPISubject) and decodes its
+// answer into reply, which must embed wire.APIReply.
+func (p *Proxy) brokerAPI(ctx context.Context, op string, req any, reply interface{ apiReply() wire.APIReply }) error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encode %s request: %w", op, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.RequestTimeout)
+	defer cancel()
+	msg, err := p.cfg.Conn.RequestWithContext(ctx, wire.BrokerAPISubject(op), data)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return fmt.Errorf("broker API %s: no broker answers: %w", op, err)
+		}
+		return fmt.Errorf("broker API %s: %w", op, err)
+	}
+	if err := json.Unmarshal(msg.Data, reply); err != nil {
+		return fmt.Errorf("decode %s reply: %w", op, err)
+	}
+	if r := reply.apiReply(); r.Error != "" {
+		return fmt.Errorf("%w: %s: %s (%s)", errBrokerRefused, op, r.Error, r.Code)
+	}
+	return nil
+}
+
+// cancelReply adapts wire.CancelReply to brokerAPI.
+type cancelReply struct{ wire.CancelReply }
+
+func (r *cancelReply) apiReply() wire.APIReply { return r.APIReply }
+
+// caller is the broker API's view of who asks.
+func (s session) caller() wire.Caller {
+	return wire.Caller{User: s.Caller.ID, Role: wire.Role(s.Caller.Role)}
+}
+
+// readOptionalJSON reads a small JSON object body. ComfyUI's handlers call
+// await request.json(): an empty or invalid body raises (500), except for
+// /interrupt, which treats them as {} (optional = true).
+func readJSONBody(w http.ResponseWriter, r *http.Request, optional bool) (comfyvalidate.Object, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err != nil {
+		writePlain(w, http.StatusRequestEntityTooLarge, "request body too large")
+		return nil, false
+	}
+	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
+		writePlain(w, http.StatusBadRequest, "invalid JSON body: "+err.Error())
+		return nil, false
+	}
+	v, err := comfyvalidate.DecodeJSON(body)
+	o, isObj := v.(comfyvalidate.Object)
+	if err != nil || !isObj {
+		if optional {
+			return comfyvalidate.Object{}, true
+		}
+		writePlain(w, http.StatusInternalServerError, "invalid JSON body: want an object")
+		return nil, false
+	}
+	return o, true
+}
+
+// idList reads a "delete": [...] list as ComfyUI does (str() of each item).
+func idList(o comfyvalidate.Object, key string) ([]string, bool) {
+	v, ok := o.Get(key)
+	if !ok {
+		return nil, true
+	}
+	list, isList := v.([]any)
+	if !isList {
+		return nil, false
+	}
+	ids := make([]string, 0, len(list))
+	for _, e := range list {
+		ids = append(ids, comfyvalidate.PyStr(e))
+	}
+	return ids, true
+}
+
+// writeEmpty is aiohttp's web.Response(status=200): no body.
+func writeEmpty(w http.ResponseWriter, status int) {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(status)
+}
+
+// apiFailed answers a broker API failure: a refusal of a participant's own
+// request is ComfyUI's silent no-op (unknown ids are ignored there); an
+// unreachable broker is 503.
+func (p *Proxy) apiFailed(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, errBrokerRefused) {
+		p.log.Debug().Err(err).Str("path", r.URL.Path).Msg("broker API refused")
+		writeEmpty(w, http.StatusOK)
+		return
+	}
+	p.unavailable(w, r, err)
+}
+
+// handlePostQueue is POST /queue: {"clear": true} cancels the participant's
+// pending jobs, {"delete": [ids]} the listed pending ones; running jobs are
+// untouched, as in ComfyUI.
+func (p *Proxy) handlePostQueue(w http.ResponseWriter, r *http.Request) {
+	body, ok := readJSONBody(w, r, false)
+	if !ok {
+		return
+	}
+	sess := sessionFrom(r.Context())
+	ids, ok := idList(body, "delete")
+	if !ok {
+		writePlain(w, http.StatusInternalServerError, "invalid delete: want a list of prompt ids")
+		return
+	}
+	if v, ok := body.Get("clear"); ok && comfyvalidate.PyTruthy(v) {
+		var rep cancelReply
+		req := wire.CancelRequest{Caller: sess.caller(), User: sess.User, AllPending: true, PendingOnly: true}
+		if err := p.brokerAPI(r.Context(), wire.OpCancel, req, &rep); err != nil && !errors.Is(err, errBrokerRefused) {
+			p.unavailable(w, r, err)
+			return
+		}
+	}
+	if len(ids) > 0 {
+		var rep cancelReply
+		req := wire.CancelRequest{Caller: sess.caller(), User: sess.User, JobIDs: ids, PendingOnly: true}
+		if err := p.brokerAPI(r.Context(), wire.OpCancel, req, &rep); err != nil {
+			p.apiFailed(w, r, err)
+			return
+		}
+	}
+	writeEmpty(w, http.StatusOK)
+}
+
+// handleInterrupt is POST /interrupt: with prompt_id, interrupts that job if
+// it is this participant's and running; without, whatever of theirs runs.
+// Never another participant's: the broker scopes it to User.
+func (p *Proxy) handleInterrupt(w http.ResponseWriter, r *http.Request) {
+	body, ok := readJSONBody(w, r, true)
+	if !ok {
+		return
+	}
+	sess := sessionFrom(r.Context())
+	req := wire.InterruptRequest{Caller: sess.caller(), User: sess.User}
+	if v, ok := body.Get("prompt_id"); ok && comfyvalidate.PyTruthy(v) {
+		req.JobID = comfyvalidate.PyStr(v)
+	}
+	var rep cancelReply
+	if err := p.brokerAPI(r.Context(), wire.OpInterrupt, req, &rep); err != nil {
+		p.apiFailed(w, r, err)
+		return
+	}
+	writeEmpty(w, http.StatusOK)
+}
+
+// handlePostHistory is POST /history: {"clear": true} and/or {"delete":
+// [ids]} forget the participant's finished jobs.
+func (p *Proxy) handlePostHistory(w http.ResponseWriter, r *http.Request) {
+	body, ok := readJSONBody(w, r, false)
+	if !ok {
+		return
+	}
+	sess := sessionFrom(r.Context())
+	ids, ok := idList(body, "delete")
+	if !ok {
+		writePlain(w, http.StatusInternalServerError, "invalid delete: want a list of prompt ids")
+		return
+	}
+	clear := false
+	if v, ok := body.Get("clear"); ok && comfyvalidate.PyTruthy(v) {
+		clear = true
+	}
+	if !clear && len(ids) == 0 {
+		writeEmpty(w, http.StatusOK)
+		return
+	}
+	req := wire.ForgetRequest{Caller: sess.caller(), User: sess.User, JobIDs: ids, All: clear}
+	var rep cancelReply
+	if err := p.brokerAPI(r.Context(), wire.OpForget, req, &rep); err != nil {
+		p.apiFailed(w, r, err)
+		return
+	}
+	writeEmpty(w, http.StatusOK)
+}
+
+func errorsIsRefused(err error) bool { return errors.Is(err, errBrokerRefused) }

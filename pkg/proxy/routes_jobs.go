@@ -1,0 +1,311 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/wire"
+)
+
+// The jobs API of 2026-era ComfyUI (comfyui-api.md §2.7), which the 1.5x
+// frontend uses instead of /queue and /history. It is built from the same
+// per-user view of JOBS.
+
+// jobStatus maps a job state to the jobs API's status.
+func jobStatus(rec *wire.JobRecord) string {
+	switch rec.State {
+	case wire.StateQueued, wire.StateDispatched:
+		return "pending"
+	case wire.StateRunning:
+		return "in_progress"
+	case wire.StateSucceeded:
+		return "completed"
+	case wire.StateFailed:
+		return "failed"
+	}
+	return "cancelled" // cancelled, interrupted
+}
+
+var jobStatuses = []string{"pending", "in_progress", "completed", "failed", "cancelled"}
+
+// previewable media types of output items, for previewable_outputs_count
+// and preview_output.
+var previewKeys = map[string]string{"images": "image", "video": "video", "audio": "audio", "gifs": "video", "3d": "model"}
+
+// jobSummary is one Job of GET /api/jobs; keys with null values are left
+// out, as upstream does.
+func jobSummary(rec *wire.JobRecord) map[string]any {
+	j := map[string]any{
+		"id":          rec.ID,
+		"status":      jobStatus(rec),
+		"priority":    rec.Number,
+		"create_time": rec.CreatedAt.UnixMilli(),
+	}
+	if !rec.StartedAt.IsZero() {
+		j["execution_start_time"] = rec.StartedAt.UnixMilli()
+	}
+	if rec.State.Final() && !rec.FinishedAt.IsZero() {
+		j["execution_end_time"] = rec.FinishedAt.UnixMilli()
+	}
+	if rec.State == wire.StateFailed {
+		_, data := terminalMessage(rec)
+		j["execution_error"] = data
+	}
+	if rec.State.Final() {
+		count, previewable := 0, 0
+		var preview map[string]any
+		nodes := make([]string, 0, len(rec.Outputs))
+		for n := range rec.Outputs {
+			nodes = append(nodes, n)
+		}
+		slices.SortFunc(nodes, compareNodeIDs)
+		for _, n := range nodes {
+			var ui map[string]json.RawMessage
+			if json.Unmarshal(rec.Outputs[n], &ui) != nil {
+				continue
+			}
+			for key, raw := range ui {
+				var items []json.RawMessage
+				if json.Unmarshal(raw, &items) != nil {
+					continue
+				}
+				count += len(items)
+				media, ok := previewKeys[key]
+				if !ok {
+					continue
+				}
+				for _, it := range items {
+					var item map[string]any
+					if json.Unmarshal(it, &item) != nil || item["filename"] == nil {
+						continue
+					}
+					previewable++
+					if preview == nil {
+						item["nodeId"] = n
+						item["mediaType"] = media
+						preview = item
+					}
+				}
+			}
+		}
+		j["outputs_count"] = count
+		j["previewable_outputs_count"] = previewable
+		if preview != nil {
+			j["preview_output"] = preview
+		}
+	}
+	if id := workflowID(rec.ExtraData); id != "" {
+		j["workflow_id"] = id
+	}
+	return j
+}
+
+// workflowID is extra_pnginfo.workflow.id.
+func workflowID(extra json.RawMessage) string {
+	var e struct {
+		PNGInfo struct {
+			Workflow struct {
+				ID any `json:"id"`
+			} `json:"workflow"`
+		} `json:"extra_pnginfo"`
+	}
+	if len(extra) == 0 || json.Unmarshal(extra, &e) != nil || e.PNGInfo.Workflow.ID == nil {
+		return ""
+	}
+	return comfyvalidate.PyStr(e.PNGInfo.Workflow.ID)
+}
+
+func jobsError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// handleJobs is GET /api/jobs.
+func (p *Proxy) handleJobs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	want := map[string]bool{}
+	if s := q.Get("status"); s != "" {
+		for _, st := range strings.Split(s, ",") {
+			st = strings.TrimSpace(st)
+			if !slices.Contains(jobStatuses, st) {
+				jobsError(w, http.StatusBadRequest, fmt.Sprintf("Invalid status: %s. Valid values: %s", st, strings.Join(jobStatuses, ", ")))
+				return
+			}
+			want[st] = true
+		}
+	}
+	sortBy := q.Get("sort_by")
+	if sortBy == "" {
+		sortBy = "created_at"
+	}
+	if sortBy != "created_at" && sortBy != "execution_duration" {
+		jobsError(w, http.StatusBadRequest, "sort_by must be 'created_at' or 'execution_duration'")
+		return
+	}
+	order := q.Get("sort_order")
+	if order == "" {
+		order = "desc"
+	}
+	if order != "asc" && order != "desc" {
+		jobsError(w, http.StatusBadRequest, "sort_order must be 'asc' or 'desc'")
+		return
+	}
+	limit := -1
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			jobsError(w, http.StatusBadRequest, "limit must be a positive integer")
+			return
+		}
+		limit = n
+	}
+	offset := 0
+	if s := q.Get("offset"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			jobsError(w, http.StatusBadRequest, "offset must be a non-negative integer")
+			return
+		}
+		offset = n
+	}
+	wf := q.Get("workflow_id")
+
+	v, err := p.views.get(r.Context(), sessionFrom(r.Context()).User)
+	if err != nil {
+		p.unavailable(w, r, err)
+		return
+	}
+	recs := v.records(func(wire.JobState) bool { return true })
+	recs = slices.DeleteFunc(recs, func(rec wire.JobRecord) bool {
+		if len(want) > 0 && !want[jobStatus(&rec)] {
+			return true
+		}
+		return wf != "" && workflowID(rec.ExtraData) != wf
+	})
+	key := func(rec *wire.JobRecord) int64 {
+		if sortBy == "execution_duration" {
+			if rec.StartedAt.IsZero() || rec.FinishedAt.IsZero() {
+				return 0
+			}
+			return rec.FinishedAt.Sub(rec.StartedAt).Milliseconds()
+		}
+		return rec.CreatedAt.UnixNano()
+	}
+	slices.SortStableFunc(recs, func(a, b wire.JobRecord) int {
+		c := compareInt64(key(&a), key(&b))
+		if c == 0 {
+			c = compareNumbers(a.Number, b.Number)
+		}
+		if order == "desc" {
+			c = -c
+		}
+		return c
+	})
+	total := len(recs)
+	page := recs[min(offset, total):]
+	if limit >= 0 && limit < len(page) {
+		page = page[:limit]
+	}
+	jobs := make([]any, 0, len(page))
+	for i := range page {
+		jobs = append(jobs, jobSummary(&page[i]))
+	}
+	var lim any
+	if limit >= 0 {
+		lim = limit
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"jobs": jobs,
+		"pagination": map[string]any{
+			"offset": offset, "limit": lim, "total": total, "has_more": offset+len(page) < total,
+		},
+	})
+}
+
+func compareInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// handleJob is GET /api/jobs/{id}: the summary plus outputs, the history
+// status and the workflow; 404 for unknown (or another participant's) ids.
+func (p *Proxy) handleJob(w http.ResponseWriter, r *http.Request) {
+	v, err := p.views.get(r.Context(), sessionFrom(r.Context()).User)
+	if err != nil {
+		p.unavailable(w, r, err)
+		return
+	}
+	rec, ok := v.record(r.PathValue("id"))
+	if !ok {
+		jobsError(w, http.StatusNotFound, "Job not found")
+		return
+	}
+	j := jobSummary(&rec)
+	if rec.State.Final() {
+		entry := historyEntry(&rec)
+		j["outputs"] = entry["outputs"]
+		j["execution_status"] = entry["status"]
+	}
+	prompt := rec.Prompt
+	if len(prompt) == 0 {
+		prompt = json.RawMessage("{}")
+	}
+	j["workflow"] = map[string]any{"prompt": prompt, "extra_data": publicExtraData(rec.ExtraData)}
+	writeJSON(w, http.StatusOK, j)
+}
+
+// handleJobCancel is POST /api/jobs/{id}/cancel.
+func (p *Proxy) handleJobCancel(w http.ResponseWriter, r *http.Request) {
+	p.cancelJobs(w, r, []string{r.PathValue("id")})
+}
+
+// handleJobsCancel is POST /api/jobs/cancel {"job_ids": [...]}.
+func (p *Proxy) handleJobsCancel(w http.ResponseWriter, r *http.Request) {
+	body, ok := readJSONBody(w, r, false)
+	if !ok {
+		return
+	}
+	raw, _ := body.Get("job_ids")
+	list, isList := raw.([]any)
+	if !isList {
+		jobsError(w, http.StatusBadRequest, "job_ids must be a list of job ids")
+		return
+	}
+	ids := make([]string, 0, len(list))
+	for _, e := range list {
+		s, isStr := e.(string)
+		if !isStr || !canonicalUUID(s) {
+			jobsError(w, http.StatusBadRequest, fmt.Sprintf("Invalid job id: %s", comfyvalidate.PyStr(e)))
+			return
+		}
+		ids = append(ids, s)
+	}
+	p.cancelJobs(w, r, ids)
+}
+
+// cancelJobs cancels the participant's jobs at whatever stage they are
+// (dequeue if pending, interrupt if running).
+func (p *Proxy) cancelJobs(w http.ResponseWriter, r *http.Request, ids []string) {
+	if len(ids) == 0 {
+		writeJSON(w, http.StatusOK, map[string]bool{"cancelled": false})
+		return
+	}
+	sess := sessionFrom(r.Context())
+	var rep cancelReply
+	req := wire.CancelRequest{Caller: sess.caller(), User: sess.User, JobIDs: ids}
+	err := p.brokerAPI(r.Context(), wire.OpCancel, req, &rep)
+	if err != nil && !errorsIsRefused(err) {
+		p.unavailable(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"cancelled": err == nil && len(rep.Affected) > 0})
+}
