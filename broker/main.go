@@ -53,6 +53,8 @@ func main() {
 		err = serve(args)
 	case "user":
 		err = user(args)
+	case "status":
+		err = status(args)
 	case "pause", "resume", "policy", "bump", "cancel", "drain", "undrain", "queues":
 		err = admin(cmd, args)
 	case "help":
@@ -81,7 +83,7 @@ func serve(args []string) error {
 		syncAlways = fs.Bool("nats-sync-always", cli.Env("ATELIER_NATS_SYNC_ALWAYS", "") == "true", "fsync every JetStream write (env ATELIER_NATS_SYNC_ALWAYS=true)")
 		httpAddr   = cli.String(fs, "http", "ATELIER_BROKER_HTTP", "127.0.0.1:8191", "HTTP listen address (health, status, dashboard)")
 		backlog    = cli.Int(fs, "max-backlog", "ATELIER_MAX_BACKLOG", int(def.MaxBacklogPerUser), "unfinished jobs per participant")
-		prefetch   = cli.Int(fs, "prefetch", "ATELIER_PREFETCH", 1, "tickets per pool beyond its free slots")
+		prefetch   = cli.Int(fs, "prefetch", "ATELIER_PREFETCH", 0, "tickets per pool beyond its agents' slots and their own prefetch")
 		policy     = cli.String(fs, "policy", "ATELIER_POLICY", "round-robin", "initial scheduling policy: round-robin, fifo or priority (a switch at run time is kept across restarts)")
 		maxRunning = cli.Int(fs, "max-running", "ATELIER_MAX_RUNNING", 0, "GPU slots one participant may hold at once (0: no cap)")
 		adminToken = cli.String(fs, "admin-token", "ATELIER_ADMIN_TOKEN", "", "instructor token of the HTTP admin API (default: generated into <data>/meta/admin-token)")

@@ -9,10 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
 )
 
 var (
@@ -213,4 +216,26 @@ func TestAdminHTTPNeedsTheToken(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+}
+
+// Under the priority policy the instructor's own jobs (the demo) go first.
+func TestInstructorJobsGoFirstUnderPriority(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	reg, err := registry.Open(registry.Config{Path: datalayout.New(tb.dir).RegistryPath(), BcryptCost: bcrypt.MinCost})
+	require.NoError(t, err)
+	_, err = reg.Create(tb.ctx, registry.User{ID: "teacher", Role: registry.RoleInstructor}, "pw-teacher")
+	require.NoError(t, err)
+
+	var r wire.APIReply
+	tb.api(t, wire.OpPolicy, wire.PolicyRequest{Caller: instructor, Policy: "priority"}, &r)
+	require.Empty(t, r.Error)
+	first := tb.submit(t, "user001")
+	demo := tb.submit(t, "teacher")
+	tb.awaitState(t, "user001", first, wire.StateQueued)
+	require.True(t, tb.awaitState(t, "teacher", demo, wire.StateQueued).Bumped)
+
+	tb.heartbeat(t, "a1", "boot1", 1)
+	tk, _ := tb.fetchTicket(t)
+	require.Equal(t, demo, tk.JobID)
 }

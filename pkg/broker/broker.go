@@ -12,6 +12,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/natsembed"
+	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,7 +38,8 @@ type Broker struct {
 	subs   []*nats.Subscription
 	consum []jetstream.ConsumeContext
 
-	files *fileService
+	files    *fileService
+	registry *registry.Registry
 
 	mux        *http.ServeMux
 	adminToken string
@@ -94,6 +96,10 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 
 	if err := b.layout.Ensure(); err != nil {
 		return fmt.Errorf("broker: data dir: %w", err)
+	}
+	b.registry, err = registry.Open(registry.Config{Path: b.layout.RegistryPath(), Logger: &b.log})
+	if err != nil {
+		return fmt.Errorf("broker: registry: %w", err)
 	}
 	if err := b.connect(ctx); err != nil {
 		return err

@@ -48,8 +48,9 @@ type Config struct {
 
 	// Limits bound the streams and buckets.
 	Limits wire.Limits
-	// Prefetch is how many tickets beyond the free slots each pool may
-	// have waiting in DISPATCH, so a slot that frees finds work at once.
+	// Prefetch is how many tickets beyond its agents' slots (and their own
+	// prefetch, see Heartbeat.Prefetch) each pool may have waiting in
+	// DISPATCH. Default 0: agents that stage the next job ask for it.
 	Prefetch int
 	// Policy is the initial scheduling policy (round-robin, fifo,
 	// priority); the instructor can switch it at run time, and the switch
@@ -85,9 +86,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.Limits == (wire.Limits{}) {
 		c.Limits = wire.DefaultLimits()
-	}
-	if c.Prefetch == 0 {
-		c.Prefetch = 1
 	}
 	if c.AgentTimeout == 0 {
 		c.AgentTimeout = 15 * time.Second

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -51,10 +52,15 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 			Number: seq, SubmitSeq: seq,
 			ClientID: job.ClientID, Prompt: job.Prompt, ExtraData: job.ExtraData,
 			OutputsToExecute: job.OutputsToExecute, Inputs: job.Inputs,
-			CreatedAt: job.SubmittedAt,
+			CreatedAt: job.SubmittedAt, ClientNumber: job.Number, Front: job.Front,
 		}
 		if e.rec.CreatedAt.IsZero() {
 			e.rec.CreatedAt = now()
+		}
+		// The instructor's own jobs (the demo) count as bumped: under the
+		// priority policy they go first.
+		if b.isInstructor(job.User) {
+			e.rec.Bumped, e.rec.BumpedAt = true, e.rec.CreatedAt
 		}
 		data, err := json.Marshal(e.rec)
 		if err != nil {
@@ -85,4 +91,15 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 	b.accountState(e, "")
 	b.log.Debug().Str("job", job.ID).Str("user", job.User).Str("state", string(e.rec.State)).Msg("job taken in")
 	b.dispatch(ctx, e.rec.Pool)
+}
+
+// isInstructor reports whether the registry knows user as an instructor or
+// admin. A broker without a registry (an external deployment that keeps
+// users elsewhere) treats everyone as a participant.
+func (b *Broker) isInstructor(user string) bool {
+	if b.registry == nil {
+		return false
+	}
+	u, err := b.registry.Get(user)
+	return err == nil && (u.Role == registry.RoleInstructor || u.Role == registry.RoleAdmin)
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/agent"
@@ -36,6 +37,9 @@ type Config struct {
 	StepDelay time.Duration
 	// ConfigureSim adjusts each simulator (hooks, faults).
 	ConfigureSim func(slot int, cfg *comfysim.Config)
+	// UIFallback serves what the proxy does not answer itself (the
+	// participants' ComfyUI UI upstream); nil: 404.
+	UIFallback http.Handler
 	// Limits of the streams (default: wire defaults with memory storage).
 	Limits wire.Limits
 	Logger zerolog.Logger
@@ -101,7 +105,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	s.Proxy, err = proxy.New(proxy.Config{
 		Addr: "127.0.0.1:0", Conn: s.proxyConn, Registry: s.Registry,
-		Store: filestore.NewDisk(s.Layout), Logger: cfg.Logger,
+		Store: filestore.NewDisk(s.Layout), Fallback: cfg.UIFallback, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err
