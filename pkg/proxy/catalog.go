@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -99,6 +100,20 @@ func (c *catalogCache) get(ctx context.Context, pool string) (*poolCatalog, erro
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.pools[pool], nil
+}
+
+// poolsExcept lists the pools with a catalog other than pool, sorted.
+func (c *catalogCache) poolsExcept(pool string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for name := range c.pools {
+		if name != pool {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (c *catalogCache) ensure(ctx context.Context) (chan struct{}, error) {

@@ -45,10 +45,21 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		// publish below would tell. Validate what we can.
 		p.log.Warn().Err(err).Str("pool", sess.Pool).Msg("pool catalog unavailable")
 	}
-	req, rerr := parsePromptRequest(body, cat, parseOptions{
-		stat:        p.storeInputs(ctx, sess.User),
-		newerErrors: p.cfg.NewerErrors,
-	})
+	opts := parseOptions{stat: p.storeInputs(ctx, sess.User), newerErrors: p.cfg.NewerErrors}
+	pool := sess.Pool
+	req, rerr := parsePromptRequest(body, cat, opts)
+	if rerr != nil && cat != nil {
+		// The participant's pool cannot run it (a node class or model it
+		// lacks): another pool whose catalog has everything can.
+		for _, other := range p.catalogs.poolsExcept(sess.Pool) {
+			oc, _ := p.catalogs.get(ctx, other)
+			if oreq, oerr := parsePromptRequest(body, oc, opts); oerr == nil && oreq.Validated {
+				req, rerr, pool = oreq, nil, other
+				p.log.Info().Str("user", sess.User).Str("pool", other).Msg("prompt goes to another pool that can run it")
+				break
+			}
+		}
+	}
 	if rerr != nil {
 		rerr.write(w)
 		return
@@ -61,7 +72,7 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 	job := wire.Job{
 		ID:               req.PromptID,
 		User:             sess.User,
-		Pool:             sess.Pool,
+		Pool:             pool,
 		Prompt:           req.Prompt,
 		ExtraData:        req.ExtraData,
 		ClientID:         req.ClientID,

@@ -483,3 +483,31 @@ func TestInfoRoutes(t *testing.T) {
 		return b.do(http.MethodGet, "/user003/object_info/EmptyImage", carol, "").json(t)["EmptyImage"] != nil
 	}, 5*time.Second, 10*time.Millisecond)
 }
+
+// A prompt the participant's pool cannot run goes to a pool whose catalog
+// has everything it names; a prompt no pool can run is refused at submit.
+func TestPromptGoesToAPoolThatCanRunIt(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// Carol's pool knows only SaveImage: no EmptyImage.
+	cat, err := wire.EncodeCatalog(wire.Catalog{Pool: carolsPool, ObjectInfo: json.RawMessage(
+		`{"SaveImage": {"input": {"required": {"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}}, "output": [], "output_node": true, "name": "SaveImage"}}`)})
+	require.NoError(t, err)
+	_, err = b.res.Catalog.Put(b.ctx, wire.PoolCatalogKey(carolsPool), cat)
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool {
+		return b.do(http.MethodGet, "/user003/object_info/SaveImage", carol, "").json(t)["SaveImage"] != nil
+	}, 5*time.Second, 10*time.Millisecond)
+	r := b.postPrompt(carol, `{"prompt": `+testPrompt+`}`)
+	require.Equal(t, http.StatusOK, r.status, string(r.body))
+	msg, err := b.res.Submit.GetLastMsgForSubject(b.ctx, wire.SubmitSubject(carol))
+	require.NoError(t, err)
+	var job wire.Job
+	require.NoError(t, json.Unmarshal(msg.Data, &job))
+	require.Equal(t, wire.DefaultPool, job.Pool, "the default pool can run EmptyImage; carol's cannot")
+
+	r = b.postPrompt(carol, `{"prompt": {"1": {"class_type": "NoPoolHasThis", "inputs": {}}}}`)
+	require.Equal(t, http.StatusBadRequest, r.status)
+	require.Equal(t, "invalid_prompt", r.json(t)["error"].(map[string]any)["type"])
+}
