@@ -340,6 +340,12 @@ func TestValidationLikeComfyUI(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	sim := b.simCatalog()
+	// Carol's pool is the only one: with a second pool, a prompt her pool
+	// refuses would go there if that pool can run it.
+	require.NoError(t, b.res.Catalog.Delete(b.ctx, wire.PoolCatalogKey(wire.DefaultPool)))
+	require.Eventually(t, func() bool {
+		return string(b.do(http.MethodGet, "/user001/object_info", alice, "").body) == "{}"
+	}, 5*time.Second, 10*time.Millisecond)
 	simPost := func(body string) (int, map[string]any) {
 		rec := httptest.NewRecorder()
 		sim.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/prompt", strings.NewReader(body)))
