@@ -256,6 +256,26 @@ func session(t *testing.T, tg target) []string {
 			record(prefix+" "+r.name, st, b, r.root)
 		}
 	}
+	// Queue and history control: deleting unknown ids, clearing an empty
+	// queue and interrupting when nothing runs are quiet no-ops; deleting
+	// a finished prompt from the history removes it.
+	for _, c := range []step{
+		{"queue delete unknown", "POST", "/queue", `{"delete": ["00000000-0000-4000-8000-000000000000"]}`, ""},
+		{"queue clear", "POST", "/queue", `{"clear": true}`, ""},
+		{"interrupt idle", "POST", "/interrupt", `{}`, ""},
+		{"interrupt other", "POST", "/interrupt", `{"prompt_id": "00000000-0000-4000-8000-000000000000"}`, ""},
+		{"history delete", "POST", "/history", `{"delete": ["` + acc.PromptID + `"]}`, ""},
+	} {
+		st, b := tg.req(t, c.method, c.path, strings.NewReader(c.body), "application/json")
+		record(c.name, st, b, c.root)
+	}
+	// The deletion reaches the proxy's view of the job state asynchronously.
+	require.Eventually(t, func() bool {
+		_, b := tg.req(t, http.MethodGet, "/history/"+acc.PromptID, nil, "")
+		return strings.TrimSpace(string(b)) == "{}"
+	}, 5*time.Second, 20*time.Millisecond, "%s: history entry not deleted", tg.name)
+	st, b = tg.req(t, http.MethodGet, "/history/"+acc.PromptID, nil, "")
+	record("history item deleted", st, b, "$history")
 	return out
 }
 
