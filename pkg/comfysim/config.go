@@ -102,7 +102,9 @@ type Config struct {
 	// OnDone, when set, is called when a prompt finished executing
 	// (success, error or interruption; not a crash), after its history
 	// entry is recorded and before the closing "executing null" is sent:
-	// the moment the simulated GPU becomes free.
+	// the moment the simulated GPU becomes free. It runs with the
+	// simulator's lock held: it must be quick and must not call the
+	// simulator.
 	OnDone func(promptID string, success bool)
 
 	// OnCrash is called when a FaultCrash fires mid-prompt. The binary

@@ -2,6 +2,7 @@ package comfysim
 
 import (
 	"container/heap"
+	"time"
 )
 
 // queueItem is ComfyUI's queue tuple (number, prompt_id, prompt, extra_data,
@@ -16,6 +17,9 @@ type queueItem struct {
 	prompt     object
 	extra      object
 	outputs    []string
+	// created is when the prompt was queued, for the jobs API's
+	// create_time (newer ComfyUI keeps it in extra_data.create_time).
+	created time.Time
 }
 
 // tuple renders the 5-element array of /queue and history "prompt".
@@ -76,6 +80,10 @@ func (s *Server) broadcastStatusLocked() {
 
 // enqueueLocked pushes an accepted prompt and wakes the worker.
 func (s *Server) enqueueLocked(it *queueItem) {
+	if it.created.IsZero() {
+		it.created = time.Now()
+	}
+	s.created[it.id] = it.created
 	heap.Push(&s.pending, it)
 	s.broadcastStatusLocked()
 	select {

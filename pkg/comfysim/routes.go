@@ -42,6 +42,10 @@ func (s *Server) routes() http.Handler {
 	api("GET", "/system_stats", s.handleSystemStats)
 	api("GET", "/features", s.handleFeatures)
 	api("GET", "/ws", s.handleWS)
+	api("GET", "/api/jobs", s.handleJobs)
+	api("GET", "/api/jobs/{id}", s.handleJob)
+	api("POST", "/api/jobs/{id}/cancel", s.handleJobCancel)
+	api("POST", "/api/jobs/cancel", s.handleJobsCancel)
 
 	mux.HandleFunc("POST /sim/fault", s.handleSetFault)
 	mux.HandleFunc("GET /sim/fault", s.handleGetFault)

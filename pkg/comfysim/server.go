@@ -41,6 +41,7 @@ type Server struct {
 	// interrupt cancels the running prompt's execution context.
 	interrupt context.CancelCauseFunc
 	history   *historyStore
+	created   map[string]time.Time // prompt id → when it was queued (jobs API)
 	fault     Fault
 	faultArm  time.Time // when the current fault was set (slow start)
 	wake      chan struct{}
@@ -91,6 +92,7 @@ func New(cfg Config) (*Server, error) {
 		nodes:   map[string]*nodeDef{},
 		hub:     newHub(),
 		history: newHistoryStore(),
+		created: map[string]time.Time{},
 		cache:   newOutputCache(),
 		wake:    make(chan struct{}, 1),
 

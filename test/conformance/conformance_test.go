@@ -250,6 +250,13 @@ func session(t *testing.T, tg target) []string {
 		{"embeddings", "GET", "/embeddings", "", ""},
 		{"models checkpoints", "GET", "/models/checkpoints", "", ""},
 		{"features", "GET", "/features", "", ""},
+		{"jobs", "GET", "/api/jobs", "", "$jobs"},
+		{"jobs completed", "GET", "/api/jobs?status=completed,failed,cancelled&limit=200&offset=0", "", "$jobs"},
+		{"jobs queue", "GET", "/api/jobs?status=in_progress,pending", "", "$jobs"},
+		{"job", "GET", "/api/jobs/" + acc.PromptID, "", "$job"},
+		{"job unknown", "GET", "/api/jobs/00000000-0000-4000-8000-000000000000", "", ""},
+		{"jobs bad status", "GET", "/api/jobs?status=bogus", "", ""},
+		{"jobs bad limit", "GET", "/api/jobs?limit=-1", "", ""},
 	} {
 		for _, prefix := range []string{"", "/api"} {
 			st, b := tg.req(t, r.method, prefix+r.path, nil, "")
@@ -264,6 +271,9 @@ func session(t *testing.T, tg target) []string {
 		{"queue clear", "POST", "/queue", `{"clear": true}`, ""},
 		{"interrupt idle", "POST", "/interrupt", `{}`, ""},
 		{"interrupt other", "POST", "/interrupt", `{"prompt_id": "00000000-0000-4000-8000-000000000000"}`, ""},
+		{"job cancel unknown", "POST", "/api/jobs/00000000-0000-4000-8000-000000000000/cancel", `{}`, ""},
+		{"jobs cancel bad id", "POST", "/api/jobs/cancel", `{"job_ids": ["nope"]}`, ""},
+		{"jobs cancel unknown", "POST", "/api/jobs/cancel", `{"job_ids": ["00000000-0000-4000-8000-000000000000"]}`, ""},
 		{"history delete", "POST", "/history", `{"delete": ["` + acc.PromptID + `"]}`, ""},
 	} {
 		st, b := tg.req(t, c.method, c.path, strings.NewReader(c.body), "application/json")
