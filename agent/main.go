@@ -1,10 +1,16 @@
 // Command atelier-agent runs on a GPU box: one slot per GPU, each bound to
 // one ComfyUI, pulling jobs from the broker's queue.
+//
+//	atelier-agent [flags]                 run the agent (SIGTERM drains, then exits)
+//	atelier-agent prepare [flags]         create the scratch layout and ComfyUI links
+//	atelier-agent healthcheck --url URL   exit 0 when URL answers 200 (container health checks)
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,43 +22,184 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "prepare":
+			os.Exit(prepare(os.Args[2:]))
+		case "healthcheck":
+			os.Exit(healthcheck(os.Args[2:]))
+		}
+	}
+	os.Exit(serve(os.Args[1:]))
+}
+
+func serve(args []string) int {
 	fs := flag.NewFlagSet("atelier-agent", flag.ExitOnError)
 	var (
-		id        = cli.String(fs, "id", "ATELIER_AGENT_ID", "", "agent id (default: host name)")
-		pool      = cli.String(fs, "pool", "ATELIER_POOL", "default", "pool this agent serves")
-		natsURL   = cli.String(fs, "nats-url", "ATELIER_NATS_URL", "nats://127.0.0.1:4222", "broker's NATS URL")
-		natsUser  = cli.String(fs, "nats-user", "ATELIER_NATS_USER", "", "NATS user")
-		natsPass  = cli.String(fs, "nats-password", "ATELIER_NATS_PASSWORD", "", "NATS password")
-		runtime   = cli.String(fs, "runtime", "ATELIER_RUNTIME", "external", "external (ComfyUI URLs) or simulated (built-in ComfyUI simulator per GPU)")
-		comfyURLs = cli.String(fs, "comfy-urls", "ATELIER_COMFY_URLS", "http://127.0.0.1:8188", "external runtime: comma-separated ComfyUI URLs, one per GPU")
-		gpus      = cli.Int(fs, "gpus", "ATELIER_GPUS", 2, "simulated runtime: number of simulated GPUs")
-		simDir    = cli.String(fs, "sim-dir", "ATELIER_SIM_DIR", filepath.Join(os.TempDir(), "atelier-sim"), "simulated runtime: simulators' input/output/temp root")
-		simStep   = cli.Duration(fs, "sim-step-delay", "ATELIER_SIM_STEP_DELAY", 20*time.Millisecond, "simulated runtime: time per sampler step")
-		spool     = cli.String(fs, "spool", "ATELIER_SPOOL", "", "spool directory for outputs on their way to mello (default: a temp dir)")
-		logFormat = cli.String(fs, "log-format", "ATELIER_LOG_FORMAT", "json", "json or console")
-		logLevel  = cli.String(fs, "log-level", "ATELIER_LOG_LEVEL", "info", "debug, info, warn, error")
+		id           = cli.String(fs, "id", "ATELIER_AGENT_ID", "", "agent id (default: host name)")
+		pool         = cli.String(fs, "pool", "ATELIER_POOL", "default", "pool this agent serves")
+		natsURL      = cli.String(fs, "nats-url", "ATELIER_NATS_URL", "nats://127.0.0.1:4222", "broker's NATS URL")
+		natsUser     = cli.String(fs, "nats-user", "ATELIER_NATS_USER", "", "NATS user")
+		natsPass     = cli.String(fs, "nats-password", "ATELIER_NATS_PASSWORD", "", "NATS password")
+		runtime      = cli.String(fs, "runtime", "ATELIER_RUNTIME", "external", "external (ComfyUI URLs), process (spawn ComfyUI per GPU), docker (container per GPU) or simulated (built-in simulator per GPU)")
+		comfyURLs    = cli.String(fs, "comfy-urls", "ATELIER_COMFY_URLS", "http://127.0.0.1:8188", "external runtime: comma-separated ComfyUI URLs, one per GPU")
+		gpus         = cli.String(fs, "gpus", "ATELIER_GPUS", "", "GPUs: a count or comma-separated indexes (default: ask nvidia-smi; simulated: 2)")
+		gpuQuery     = cli.String(fs, "gpu-query", "ATELIER_GPU_QUERY", strings.Join(agent.DefaultGPUQuery, " "), "command that lists GPUs as nvidia-smi --query-gpu=index,name,uuid,memory.total,memory.used,utilization.gpu --format=csv,noheader,nounits")
+		scratch      = cli.String(fs, "scratch", "ATELIER_SCRATCH", agent.DefaultScratchRoot, "scratch root: inputs/<user>/, outputs/<user>/, temp/")
+		comfyCmd     = cli.String(fs, "comfy-command", "ATELIER_COMFY_COMMAND", "python main.py", "process runtime: ComfyUI command (flags --listen --port --cuda-device --input-directory --output-directory --temp-directory are appended)")
+		comfyDir     = cli.String(fs, "comfy-dir", "ATELIER_COMFY_DIR", "", "process runtime: working directory (the ComfyUI checkout)")
+		comfyArgs    = cli.String(fs, "comfy-args", "ATELIER_COMFY_ARGS", "", "process and docker runtimes: extra ComfyUI arguments (space-separated)")
+		basePort     = cli.Int(fs, "base-port", "ATELIER_BASE_PORT", 8188, "process and docker runtimes: port of the first GPU's ComfyUI (then +1 each)")
+		logDir       = cli.String(fs, "log-dir", "ATELIER_LOG_DIR", "", "process runtime: ComfyUI log files (default: <scratch>/logs)")
+		image        = cli.String(fs, "docker-image", "ATELIER_DOCKER_IMAGE", "", "docker runtime: ComfyUI image")
+		models       = cli.String(fs, "models-dir", "ATELIER_MODELS_DIR", "", "docker runtime: models folder, mounted read-only")
+		noDevReq     = cli.String(fs, "docker-no-gpu", "ATELIER_DOCKER_NO_GPU", "", "docker runtime: set to 1 to leave out the GPU device request (machines without GPUs)")
+		healthCmd    = cli.String(fs, "docker-health-cmd", "ATELIER_DOCKER_HEALTH_CMD", "", "docker runtime: health check command run in the container (default: curl on /system_stats)")
+		simDir       = cli.String(fs, "sim-dir", "ATELIER_SIM_DIR", filepath.Join(os.TempDir(), "atelier-sim"), "simulated runtime: simulators' input/output/temp root")
+		simStep      = cli.Duration(fs, "sim-step-delay", "ATELIER_SIM_STEP_DELAY", 20*time.Millisecond, "simulated runtime: time per sampler step")
+		spool        = cli.String(fs, "spool", "ATELIER_SPOOL", "", "spool directory for outputs on their way to mello (default: a temp dir)")
+		noPrefetch   = cli.String(fs, "no-prefetch", "ATELIER_NO_PREFETCH", "", "set to 1 to fetch a slot's next job only when it is idle")
+		eventTimeout = cli.Duration(fs, "event-timeout", "ATELIER_EVENT_TIMEOUT", 10*time.Minute, "watchdog: no event from ComfyUI for this long restarts it and retries the job")
+		drainTimeout = cli.Duration(fs, "drain-timeout", "ATELIER_DRAIN_TIMEOUT", 5*time.Minute, "on SIGTERM or drain: how long running jobs may finish before they are released")
+		logFormat    = cli.String(fs, "log-format", "ATELIER_LOG_FORMAT", "json", "json or console")
+		logLevel     = cli.String(fs, "log-level", "ATELIER_LOG_LEVEL", "info", "debug, info, warn, error")
 	)
-	_ = fs.Parse(os.Args[1:])
+	_ = fs.Parse(args)
 	log := logging.Must(*logFormat, *logLevel, "atelier-agent")
-
-	var rt agent.Runtime
-	switch *runtime {
-	case "external":
-		rt = &agent.External{URLs: strings.Split(*comfyURLs, ",")}
-	case "simulated":
-		rt = &agent.Simulated{GPUs: *gpus, Dir: *simDir, StepDelay: *simStep, Logger: log}
-	default:
-		fmt.Fprintf(os.Stderr, "atelier-agent: --runtime %q: want external or simulated\n", *runtime)
-		os.Exit(2)
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(os.Stderr, "atelier-agent: "+format+"\n", a...)
+		return 2
 	}
+
 	ctx, cancel := cli.SignalContext()
 	defer cancel()
-	err := agent.Run(ctx, agent.Config{
+	cfg := agent.Config{
 		ID: *id, Pool: *pool, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: *natsPass,
-		Runtime: rt, SpoolDir: *spool, Logger: log,
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "atelier-agent:", err)
-		os.Exit(1)
+		SpoolDir: *spool, DisablePrefetch: *noPrefetch == "1" || *noPrefetch == "true",
+		EventTimeout: *eventTimeout, DrainTimeout: *drainTimeout, Logger: log,
 	}
+	if cfg.ID == "" {
+		h, _ := os.Hostname()
+		cfg.ID = strings.Map(func(r rune) rune {
+			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+				return r
+			}
+			return '-'
+		}, h)
+	}
+	query := strings.Fields(*gpuQuery)
+	discover := func() ([]agent.GPU, error) {
+		if *gpus != "" {
+			return agent.ParseGPUList(*gpus)
+		}
+		g, err := agent.QueryGPUs(ctx, query)
+		if err == nil && len(g) == 0 {
+			err = fmt.Errorf("%s lists no GPU", query[0])
+		}
+		if err == nil {
+			cfg.GPUStats = func(ctx context.Context) ([]agent.GPU, error) { return agent.QueryGPUs(ctx, query) }
+		}
+		return g, err
+	}
+	sc := agent.Scratch{Root: *scratch}
+	switch *runtime {
+	case "external":
+		cfg.Runtime = &agent.External{URLs: strings.Split(*comfyURLs, ",")}
+	case "simulated":
+		n := 2
+		if *gpus != "" {
+			g, err := agent.ParseGPUList(*gpus)
+			if err != nil {
+				return fail("--gpus: %v", err)
+			}
+			n = len(g)
+		}
+		cfg.Runtime = &agent.Simulated{GPUs: n, Dir: *simDir, StepDelay: *simStep, Logger: log}
+	case "process":
+		g, err := discover()
+		if err != nil {
+			return fail("GPU discovery: %v (give --gpus to skip it)", err)
+		}
+		if err := sc.Prepare(agent.PrepareOptions{}); err != nil {
+			return fail("%v", err)
+		}
+		ld := *logDir
+		if ld == "" {
+			ld = filepath.Join(*scratch, "logs")
+		}
+		cfg.Runtime = &agent.Process{
+			Command: strings.Fields(*comfyCmd), Dir: *comfyDir, ExtraArgs: strings.Fields(*comfyArgs), GPUs: g,
+			BasePort: *basePort, InputDir: sc.Inputs(), OutputDir: sc.Outputs(), TempRoot: sc.Temp(), LogDir: ld, Logger: log,
+		}
+		cfg.ScratchDir = *scratch
+	case "docker":
+		g, err := discover()
+		if err != nil {
+			return fail("GPU discovery: %v (give --gpus to skip it)", err)
+		}
+		if *image == "" {
+			return fail("--docker-image is required with --runtime docker")
+		}
+		d := &agent.Docker{
+			Agent: cfg.ID, Image: *image, ExtraArgs: strings.Fields(*comfyArgs), GPUs: g,
+			DeviceRequests: !(*noDevReq == "1" || *noDevReq == "true"),
+			ScratchDir:     *scratch, ModelsDir: *models, BasePort: *basePort, Logger: log,
+		}
+		if *healthCmd != "" {
+			d.HealthCmd = append([]string{"CMD"}, strings.Fields(*healthCmd)...)
+		}
+		cfg.Runtime = d
+		cfg.ScratchDir = *scratch
+	default:
+		return fail("--runtime %q: want external, process, docker or simulated", *runtime)
+	}
+	if err := agent.Run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "atelier-agent:", err)
+		return 1
+	}
+	return 0
+}
+
+// prepare creates the scratch layout (inputs/<user>/, outputs/<user>/,
+// temp/) and, with --comfy-dir, links the checkout's input/ and output/
+// into it. Idempotent: the set-up script runs it on every boot.
+func prepare(args []string) int {
+	fs := flag.NewFlagSet("atelier-agent prepare", flag.ExitOnError)
+	scratch := cli.String(fs, "scratch", "ATELIER_SCRATCH", agent.DefaultScratchRoot, "scratch root")
+	comfyDir := cli.String(fs, "comfy-dir", "ATELIER_COMFY_DIR", "", "ComfyUI checkout whose input/ and output/ become links into the scratch layout")
+	users := cli.String(fs, "users", "ATELIER_USERS", "", "comma-separated users whose folders to create now")
+	_ = fs.Parse(args)
+	var us []string
+	for _, u := range strings.Split(*users, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			us = append(us, u)
+		}
+	}
+	sc := agent.Scratch{Root: *scratch}
+	if err := sc.Prepare(agent.PrepareOptions{Users: us, ComfyUIDir: *comfyDir}); err != nil {
+		fmt.Fprintln(os.Stderr, "atelier-agent prepare:", err)
+		return 1
+	}
+	fmt.Printf("scratch ready: %s %s %s\n", sc.Inputs(), sc.Outputs(), sc.Temp())
+	return 0
+}
+
+// healthcheck is a container health check for images without curl (the
+// simulator's FROM scratch image): GET the URL, exit 0 on 200.
+func healthcheck(args []string) int {
+	fs := flag.NewFlagSet("atelier-agent healthcheck", flag.ExitOnError)
+	url := fs.String("url", "http://127.0.0.1:8188/system_stats", "URL that answers 200 when healthy")
+	_ = fs.Parse(args)
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(*url)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "unhealthy:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(os.Stderr, "unhealthy:", resp.Status)
+		return 1
+	}
+	return 0
 }

@@ -39,6 +39,22 @@ type Agent struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	started atomic.Bool
+	stopped chan struct{}
+	// active counts runs that have not ended (shipping and reporting
+	// included).
+	active atomic.Int64
+
+	// Drain state, under dmu. fetchCtx is cancelled when a drain
+	// starts; changedCh is closed at every drain or undrain.
+	dmu         sync.Mutex
+	draining    bool
+	drainEpoch  int
+	fetchCtx    context.Context
+	fetchCancel context.CancelFunc
+	changedCh   chan struct{}
+
+	scratchBytes atomic.Int64
+	ctlSub       *nats.Subscription
 }
 
 // New validates the configuration and returns an agent ready to Start.
@@ -47,11 +63,15 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Agent{
-		cfg:  cfg,
-		log:  cfg.Logger.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
-		boot: uuid.NewString(),
-	}, nil
+	a := &Agent{
+		cfg:       cfg,
+		log:       cfg.Logger.With().Str("component", "agent").Str("agent", cfg.ID).Logger(),
+		boot:      uuid.NewString(),
+		stopped:   make(chan struct{}),
+		changedCh: make(chan struct{}),
+	}
+	a.fetchCtx, a.fetchCancel = context.WithCancel(context.Background())
+	return a, nil
 }
 
 // Start connects to NATS, brings up the runtime and starts one loop per
@@ -106,9 +126,19 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		a.slots = append(a.slots, newSlot(a, ep))
 	}
 
-	a.wg.Add(2 + len(a.slots))
+	if a.ctlSub, err = a.nc.Subscribe(wire.ControlSubject(a.cfg.ID), func(m *nats.Msg) {
+		// Off the subscription's goroutine: an interrupt talks to
+		// ComfyUI and NATS.
+		go a.handleControl(runCtx, m)
+	}); err != nil {
+		return fmt.Errorf("agent: subscribe to control: %w", err)
+	}
+
+	a.wg.Add(4 + len(a.slots))
 	go a.heartbeatLoop(runCtx)
 	go a.catalogLoop(runCtx)
+	go a.gpuStatsLoop(runCtx)
+	go a.scratchLoop(runCtx)
 	for _, s := range a.slots {
 		go s.run(runCtx)
 	}
@@ -123,6 +153,19 @@ func (a *Agent) Stop(ctx context.Context) error {
 	if !a.started.Load() {
 		return nil
 	}
+	alreadyStopped := false
+	select {
+	case <-a.stopped:
+		alreadyStopped = true
+	default:
+		close(a.stopped)
+	}
+	if alreadyStopped {
+		return nil
+	}
+	if a.ctlSub != nil {
+		_ = a.ctlSub.Unsubscribe()
+	}
 	a.cancel()
 	a.wg.Wait()
 	err := a.cfg.Runtime.Stop(ctx)
@@ -136,7 +179,9 @@ func (a *Agent) Stop(ctx context.Context) error {
 	return err
 }
 
-// Run starts an agent and blocks until ctx is done, then stops it.
+// Run starts an agent and blocks until ctx is done (SIGTERM), then drains
+// it — no new jobs, running jobs get Config.DrainTimeout to finish, the
+// rest goes back to the queue — and stops it.
 func Run(ctx context.Context, cfg Config) error {
 	a, err := New(cfg)
 	if err != nil {
@@ -146,9 +191,21 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	<-ctx.Done()
+	a.Shutdown()
 	stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return a.Stop(stopCtx)
+}
+
+// Shutdown drains the agent and waits until its jobs finished or were
+// released (the drain deadline plus time to report), before Stop.
+func (a *Agent) Shutdown() {
+	a.Drain(a.cfg.DrainTimeout)
+	wctx, cancel := context.WithTimeout(context.Background(), a.cfg.DrainTimeout+30*time.Second)
+	defer cancel()
+	if err := a.WaitIdle(wctx); err != nil {
+		a.log.Warn().Msg("jobs still running after the drain deadline; stopping anyway")
+	}
 }
 
 func (a *Agent) heartbeatLoop(ctx context.Context) {
@@ -169,9 +226,16 @@ func (a *Agent) sendHeartbeat() {
 	hb := wire.Heartbeat{
 		Agent: a.cfg.ID, Pool: a.cfg.Pool, Version: Version, Boot: a.boot,
 		StartedAt: a.startedAt, At: time.Now().UTC(),
+		Draining: a.Draining(), ScratchBytes: a.scratchBytes.Load(),
 	}
 	for _, s := range a.slots {
-		hb.Slots = append(hb.Slots, s.status())
+		st := s.status()
+		hb.Slots = append(hb.Slots, st)
+		// One ticket beyond the running job per working slot: the one it
+		// stages while the current job runs.
+		if !a.cfg.DisablePrefetch && !hb.Draining && (st.State == wire.SlotIdle || st.State == wire.SlotBusy) {
+			hb.Prefetch++
+		}
 	}
 	data, _ := json.Marshal(hb)
 	if err := a.nc.Publish(wire.HeartbeatSubject(a.cfg.ID), data); err != nil {
@@ -283,4 +347,49 @@ func (a *Agent) fileInputs() uploadInputs {
 		return *f
 	}
 	return defaultUploadInputs()
+}
+
+// gpuStatsLoop refreshes the slots' GPU memory and utilisation.
+func (a *Agent) gpuStatsLoop(ctx context.Context) {
+	defer a.wg.Done()
+	if a.cfg.GPUStats == nil {
+		return
+	}
+	for {
+		gpus, err := a.cfg.GPUStats(ctx)
+		if err != nil {
+			a.log.Debug().Err(err).Msg("read GPU stats")
+		}
+		for _, s := range a.slots {
+			for i := range gpus {
+				g := gpus[i]
+				if (s.ep.GPUUUID != "" && g.UUID == s.ep.GPUUUID) || (s.ep.GPUUUID == "" && s.ep.GPUIndex >= 0 && g.Index == s.ep.GPUIndex) {
+					s.mu.Lock()
+					s.gpu = &g
+					s.mu.Unlock()
+				}
+			}
+		}
+		if !sleep(ctx, a.cfg.GPUStatsInterval) {
+			return
+		}
+	}
+}
+
+// scratchLoop measures the scratch folder for the heartbeat.
+func (a *Agent) scratchLoop(ctx context.Context) {
+	defer a.wg.Done()
+	if a.cfg.ScratchDir == "" {
+		return
+	}
+	for {
+		if n, err := (Scratch{Root: a.cfg.ScratchDir}).Usage(ctx); err == nil {
+			a.scratchBytes.Store(n)
+		} else if ctx.Err() == nil {
+			a.log.Debug().Err(err).Msg("measure scratch")
+		}
+		if !sleep(ctx, a.cfg.ScratchInterval) {
+			return
+		}
+	}
 }

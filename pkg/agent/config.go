@@ -7,6 +7,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -47,6 +48,32 @@ type Config struct {
 	// agent cannot run it now (default 5 s).
 	RetryDelay time.Duration
 
+	// Prefetch makes each busy slot fetch, claim and stage its next job
+	// while the current one runs, so the GPU starts the next job the
+	// moment the current one ends (default on; DisablePrefetch turns it
+	// off).
+	DisablePrefetch bool
+	// EventTimeout is the watchdog of a running job: no event from
+	// ComfyUI for this long and the job is interrupted, its ComfyUI
+	// restarted and the job retried elsewhere (default 10 min: a video
+	// sampler step can take minutes).
+	EventTimeout time.Duration
+	// DrainTimeout is how long running jobs may finish after SIGTERM or
+	// a drain without a deadline, before they are released back to the
+	// queue (default 5 min).
+	DrainTimeout time.Duration
+
+	// GPUStats, if set, reads the GPUs' memory and utilisation for the
+	// heartbeat every GPUStatsInterval (default 10 s); slots are matched
+	// by GPU UUID, else index. Without it the heartbeat carries what
+	// ComfyUI's /system_stats says.
+	GPUStats         func(ctx context.Context) ([]GPU, error)
+	GPUStatsInterval time.Duration
+	// ScratchDir, if set, is measured every ScratchInterval (default 30
+	// s) for Heartbeat.ScratchBytes.
+	ScratchDir      string
+	ScratchInterval time.Duration
+
 	Logger zerolog.Logger
 }
 
@@ -71,6 +98,18 @@ func (c *Config) setDefaults() {
 	if c.RetryDelay == 0 {
 		c.RetryDelay = 5 * time.Second
 	}
+	if c.EventTimeout == 0 {
+		c.EventTimeout = 10 * time.Minute
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 5 * time.Minute
+	}
+	if c.GPUStatsInterval == 0 {
+		c.GPUStatsInterval = 10 * time.Second
+	}
+	if c.ScratchInterval == 0 {
+		c.ScratchInterval = 30 * time.Second
+	}
 }
 
 func (c *Config) validate() error {
@@ -87,7 +126,8 @@ func (c *Config) validate() error {
 	if c.Runtime == nil {
 		errs = append(errs, errors.New("Runtime is required"))
 	}
-	if c.HeartbeatInterval <= 0 || c.FetchWait <= 0 || c.ClaimTimeout <= 0 || c.RetryDelay <= 0 {
+	if c.HeartbeatInterval <= 0 || c.FetchWait <= 0 || c.ClaimTimeout <= 0 || c.RetryDelay <= 0 ||
+		c.EventTimeout <= 0 || c.DrainTimeout <= 0 || c.GPUStatsInterval <= 0 || c.ScratchInterval <= 0 {
 		errs = append(errs, errors.New("intervals must be positive"))
 	}
 	if err := errors.Join(errs...); err != nil {

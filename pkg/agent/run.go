@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/comfyclient"
@@ -18,11 +19,15 @@ import (
 
 // run is one attempt of one job on one slot.
 type run struct {
-	s       *slot
-	job     wire.Job
-	attempt int
-	ticket  jetstream.Msg
-	log     zerolog.Logger
+	s         *slot
+	job       wire.Job
+	attempt   int
+	ticket    jetstream.Msg
+	delivered uint64 // the ticket's NumDelivered
+	// prefetched: claimed while the slot was busy; the broker records
+	// the job running only once the agent reports it started.
+	prefetched bool
+	log        zerolog.Logger
 
 	// comfyID is this attempt's prompt id inside ComfyUI. A fresh id per
 	// attempt keeps a retried job clear of the earlier attempt's history;
@@ -34,7 +39,34 @@ type run struct {
 	// would silently get no events.
 	sid     string
 	shipped map[fileKey]outputFile
+
+	// Prepared ahead of the start: the rewritten prompt (or why it
+	// cannot run), and the WebSocket, dialled on ComfyUI generation gen.
+	prompt    json.RawMessage
+	promptErr error
+	conn      *comfyclient.Conn
+	gen       uint64
+
+	stopLease context.CancelFunc
+	// cancel ends the attempt early with a cause (errDrainDeadline).
+	cancel context.CancelCauseFunc
+	// gpuFree is closed when ComfyUI no longer works on this prompt.
+	gpuFree  chan struct{}
+	freeOnce sync.Once
+
+	mu          sync.Mutex
+	phase       runPhase
+	interrupted bool // an interrupt was requested (ctl)
+	startedSent bool
 }
+
+type runPhase int
+
+const (
+	phasePending runPhase = iota // claimed and staged, not in ComfyUI yet
+	phaseStarted                 // queued in ComfyUI
+	phaseDropped                 // given up before it started
+)
 
 // outcome is how ComfyUI ended the prompt.
 type outcome struct {
@@ -43,38 +75,154 @@ type outcome struct {
 	reason  string
 }
 
-func (r *run) execute(ctx context.Context) {
-	r.log = r.s.log.With().Str("job", r.job.ID).Str("user", r.job.User).Int("attempt", r.attempt).Logger()
-	r.comfyID = uuid.NewString()
-	r.sid = strings.ReplaceAll(uuid.NewString(), "-", "")
-	r.shipped = map[fileKey]outputFile{}
-	r.log.Info().Msg("running job")
+var (
+	// errStalled: the event watchdog fired.
+	errStalled = errors.New("no event from ComfyUI")
+	// errComfyExited: the runtime saw ComfyUI exit.
+	errComfyExited = errors.New("ComfyUI exited")
+	// errDrainDeadline: the drain deadline passed with the job running.
+	errDrainDeadline = errors.New("the agent is draining and the deadline passed")
+)
 
-	leaseCtx, stopLease := context.WithCancel(ctx)
-	defer stopLease()
+func newRun(ctx context.Context, s *slot, job wire.Job, attempt int, ticket jetstream.Msg, delivered uint64, prefetched bool) *run {
+	r := &run{
+		s: s, job: job, attempt: attempt, ticket: ticket, delivered: delivered, prefetched: prefetched,
+		comfyID: uuid.NewString(),
+		sid:     strings.ReplaceAll(uuid.NewString(), "-", ""),
+		shipped: map[fileKey]outputFile{},
+		gpuFree: make(chan struct{}),
+	}
+	r.log = s.log.With().Str("job", job.ID).Str("user", job.User).Int("attempt", attempt).Logger()
+	// The lease runs from the claim: a prefetched ticket waiting for the
+	// GPU must not be redelivered either.
+	leaseCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	r.stopLease = stop
 	go r.keepLease(leaseCtx)
+	return r
+}
 
-	prompt, err := rewritePrompt(r.job.Prompt, r.job.User, r.s.a.fileInputs())
-	if err != nil {
-		r.finish(ctx, outcome{kind: wire.ReportFailed, reason: "the prompt cannot run: " + err.Error()}, nil)
-		return
+// prepare does what can happen before the GPU is free: rewrite the
+// prompt, stage the inputs, open the WebSocket.
+func (r *run) prepare(ctx context.Context) error {
+	r.prompt, r.promptErr = rewritePrompt(r.job.Prompt, r.job.User, r.s.a.fileInputs())
+	if r.promptErr != nil {
+		return nil // reported as a failure when the job starts
 	}
 	if err := r.stageInputs(ctx); err != nil {
-		r.release(ctx, "staging inputs: "+err.Error())
-		return
+		return fmt.Errorf("staging inputs: %w", err)
 	}
-
+	r.gen = r.s.healthy.Load()
 	// Connect before queueing: ComfyUI sends a prompt's events only to a
 	// socket that is open when they happen.
 	conn, err := r.s.comfy.Dial(ctx, r.sid)
 	if err != nil {
-		r.release(ctx, "ComfyUI WebSocket: "+err.Error())
+		return fmt.Errorf("ComfyUI WebSocket: %w", err)
+	}
+	r.conn = conn
+	return nil
+}
+
+// end releases what the run holds.
+func (r *run) end() {
+	r.stopLease()
+	r.freeGPU()
+	if r.conn != nil {
+		r.conn.Close()
+	}
+}
+
+func (r *run) freeGPU() { r.freeOnce.Do(func() { close(r.gpuFree) }) }
+
+// begin moves a pending run to started; false if it was dropped.
+func (r *run) begin() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.phase == phaseDropped {
+		return false
+	}
+	r.phase = phaseStarted
+	return true
+}
+
+// dropBeforeStart gives a prefetched job back without running it.
+func (r *run) dropBeforeStart(ctx context.Context, reason string, delay bool) bool {
+	r.mu.Lock()
+	if r.phase != phasePending {
+		r.mu.Unlock()
+		return false
+	}
+	r.phase = phaseDropped
+	r.mu.Unlock()
+	defer r.end()
+	r.log.Info().Str("reason", reason).Msg("giving a prefetched job back")
+	r.report(ctx, wire.Report{Kind: wire.ReportReleased, Reason: reason})
+	if delay {
+		_ = r.ticket.NakWithDelay(r.s.a.cfg.RetryDelay)
+	} else {
+		_ = r.ticket.Nak()
+	}
+	return true
+}
+
+// interrupt handles a ctl interrupt: a running prompt is interrupted in
+// ComfyUI (the run then ends as interrupted); a prefetched one is dropped.
+func (r *run) interrupt(ctx context.Context) {
+	r.mu.Lock()
+	r.interrupted = true
+	phase := r.phase
+	if phase == phasePending {
+		r.phase = phaseDropped
+	}
+	r.mu.Unlock()
+	switch phase {
+	case phasePending:
+		defer r.end()
+		r.log.Info().Msg("interrupted before it started: dropped")
+		r.report(ctx, wire.Report{Kind: wire.ReportInterrupted, Reason: "interrupted before it started"})
+		// The ticket comes back once the broker recorded the end, and its
+		// claim is then answered skip.
+		_ = r.ticket.NakWithDelay(r.s.a.cfg.RetryDelay)
+	case phaseStarted:
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := r.s.comfy.Interrupt(ictx, r.comfyID); err != nil {
+			r.log.Warn().Err(err).Msg("interrupt in ComfyUI")
+		}
+	}
+}
+
+func (r *run) execute(parent context.Context) {
+	defer r.end()
+	if !r.begin() {
 		return
 	}
-	defer conn.Close()
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	r.mu.Lock()
+	r.cancel = cancel
+	r.mu.Unlock()
+	r.log.Info().Bool("prefetched", r.prefetched).Msg("running job")
 
-	_, err = r.s.comfy.QueuePrompt(ctx, comfyclient.PromptRequest{
-		Prompt:    prompt,
+	if r.promptErr != nil {
+		r.finish(ctx, outcome{kind: wire.ReportFailed, reason: "the prompt cannot run: " + r.promptErr.Error()}, nil)
+		return
+	}
+	if r.conn == nil || r.gen != r.s.healthy.Load() {
+		// ComfyUI restarted since the job was staged.
+		if r.conn != nil {
+			r.conn.Close()
+			r.conn = nil
+		}
+		if err := r.prepare(ctx); err != nil {
+			r.s.markDown()
+			r.retryOrFail(ctx, err.Error(), nil, true)
+			return
+		}
+	}
+	exited := r.s.exited()
+
+	_, err := r.s.comfy.QueuePrompt(ctx, comfyclient.PromptRequest{
+		Prompt:    r.prompt,
 		ClientID:  r.sid,
 		PromptID:  r.comfyID,
 		ExtraData: r.extraData(),
@@ -87,28 +235,97 @@ func (r *run) execute(ctx context.Context) {
 		r.finish(ctx, outcome{kind: wire.ReportFailed, reason: "ComfyUI refused the prompt: " + string(perr.Body)}, nil)
 		return
 	case err != nil:
-		r.release(ctx, "queue prompt in ComfyUI: "+err.Error())
+		r.s.markDown()
+		r.retryOrFail(ctx, "queue prompt in ComfyUI: "+err.Error(), nil, true)
 		return
 	}
+	if r.prefetched {
+		r.reportStarted(ctx)
+	}
+	r.mu.Lock()
+	interrupted := r.interrupted
+	r.mu.Unlock()
+	if interrupted {
+		r.interrupt(ctx)
+	}
 
-	out, err := r.follow(ctx, conn)
-	if err != nil {
-		if ctx.Err() != nil {
-			r.abandon()
-			return
-		}
+	out, err := r.follow(ctx, r.conn, exited)
+	switch {
+	case err == nil:
+	case errors.Is(context.Cause(ctx), errDrainDeadline):
+		r.abandon(errDrainDeadline.Error(), false)
+		return
+	case ctx.Err() != nil:
+		r.abandon("the agent stopped", true)
+		return
+	case errors.Is(err, errStalled):
+		r.abandonComfy(ctx, fmt.Sprintf("no event from ComfyUI for %s", r.s.a.cfg.EventTimeout))
+		return
+	case errors.Is(err, errComfyExited):
+		r.s.markDown()
+		r.freeGPU()
+		r.retryOrFail(ctx, "ComfyUI exited while running the job", nil, true)
+		return
+	default:
 		r.log.Warn().Err(err).Msg("lost ComfyUI's events; reading the result from history")
-		out, err = r.awaitHistory(ctx)
+		out, err = r.awaitHistory(ctx, exited)
 		if err != nil {
-			r.release(ctx, "ComfyUI lost: "+err.Error())
+			r.s.markDown()
+			r.freeGPU()
+			r.retryOrFail(ctx, "ComfyUI lost: "+err.Error(), nil, true)
 			return
 		}
+	}
+	if out.kind == wire.ReportFailed && isOOM(out.payload) {
+		// Out of memory is often the ComfyUI process's fragmented or
+		// leaked memory, not the job: restart it and try again; a job
+		// that does not fit anywhere fails after MaxDeliver attempts.
+		r.s.restart(ctx, "out of memory")
+		r.freeGPU()
+		r.retryOrFail(ctx, "ComfyUI ran out of GPU memory", out.payload, true)
+		return
 	}
 	entry, err := r.history(ctx)
 	if err != nil {
 		r.log.Warn().Err(err).Msg("read history")
 	}
 	r.finish(ctx, out, entry)
+}
+
+// abandonComfy handles a hung ComfyUI: interrupt the prompt, restart
+// ComfyUI, retry the job elsewhere.
+func (r *run) abandonComfy(ctx context.Context, reason string) {
+	r.log.Warn().Str("reason", reason).Msg("watchdog: ComfyUI is stuck")
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_ = r.s.comfy.Interrupt(ictx, r.comfyID)
+	cancel()
+	// Give the job back first, so another slot can start it while this
+	// ComfyUI restarts.
+	r.retryOrFail(ctx, reason, nil, true)
+	r.s.restart(ctx, reason)
+	r.freeGPU()
+}
+
+// isOOM reports whether an execution_error is ComfyUI running out of GPU
+// memory.
+func isOOM(payload json.RawMessage) bool {
+	var e struct {
+		Type    string `json:"exception_type"`
+		Message string `json:"exception_message"`
+	}
+	_ = json.Unmarshal(payload, &e)
+	return strings.Contains(e.Type, "OutOfMemory") || strings.Contains(strings.ToLower(e.Message), "out of memory")
+}
+
+// reportStarted tells the broker a prefetched job is now in ComfyUI.
+func (r *run) reportStarted(ctx context.Context) {
+	r.mu.Lock()
+	sent := r.startedSent
+	r.startedSent = true
+	r.mu.Unlock()
+	if !sent {
+		r.report(ctx, wire.Report{Kind: wire.ReportStarted})
+	}
 }
 
 // extraData is the job's extra_data with the slot's client id, so ComfyUI
@@ -124,7 +341,7 @@ func (r *run) extraData() json.RawMessage {
 }
 
 // keepLease tells JetStream the job is still being worked on, so the
-// ticket is not redelivered while a long job runs.
+// ticket is not redelivered while a long job runs (or waits, prefetched).
 func (r *run) keepLease(ctx context.Context) {
 	every := r.s.ackWait / 3
 	if every <= 0 {
@@ -150,7 +367,7 @@ func (r *run) keepLease(ctx context.Context) {
 const historyCheckInterval = 10 * time.Second
 
 // follow relays ComfyUI's messages for this prompt until it ends.
-func (r *run) follow(ctx context.Context, conn *comfyclient.Conn) (outcome, error) {
+func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan struct{}) (outcome, error) {
 	type next struct {
 		m   comfyclient.Message
 		err error
@@ -173,6 +390,10 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn) (outcome, erro
 	}()
 	quiet := time.NewTimer(historyCheckInterval)
 	defer quiet.Stop()
+	// The watchdog: any message about this prompt (progress included)
+	// proves ComfyUI is alive and working on it.
+	stall := time.NewTimer(r.s.a.cfg.EventTimeout)
+	defer stall.Stop()
 
 	var out *outcome
 	for {
@@ -180,6 +401,10 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn) (outcome, erro
 		select {
 		case <-ctx.Done():
 			return outcome{}, ctx.Err()
+		case <-exited:
+			return outcome{}, errComfyExited
+		case <-stall.C:
+			return outcome{}, errStalled
 		case <-quiet.C:
 			if _, err := r.history(ctx); err == nil {
 				r.log.Warn().Msg("prompt ended without its closing message; taking the result from history")
@@ -198,6 +423,7 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn) (outcome, erro
 			quiet.Reset(historyCheckInterval)
 		}
 		if m.Type == "" {
+			stall.Reset(r.s.a.cfg.EventTimeout)
 			r.relay("", nil, bytes.ReplaceAll(m.Binary, []byte(r.comfyID), []byte(r.job.ID)))
 			continue
 		}
@@ -208,6 +434,9 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn) (outcome, erro
 		_ = json.Unmarshal(m.Data, &head)
 		if head.PromptID != "" && head.PromptID != r.comfyID {
 			continue
+		}
+		if head.PromptID == r.comfyID {
+			stall.Reset(r.s.a.cfg.EventTimeout)
 		}
 		data := r.translate(m.Data)
 		switch m.Type {
@@ -229,6 +458,10 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn) (outcome, erro
 			r.relay(m.Type, data, nil)
 		case "execution_success":
 			out = &outcome{kind: wire.ReportSucceeded}
+			// ComfyUI is done with the prompt: let the slot hand it the
+			// next one now, while this run reads the history, ships and
+			// reports.
+			r.freeGPU()
 		case "execution_error":
 			var e struct {
 				ExceptionType string `json:"exception_type"`
@@ -311,7 +544,7 @@ func (r *run) history(ctx context.Context) (*historyEntry, error) {
 }
 
 // awaitHistory polls ComfyUI's history when the WebSocket is gone.
-func (r *run) awaitHistory(ctx context.Context) (outcome, error) {
+func (r *run) awaitHistory(ctx context.Context, exited <-chan struct{}) (outcome, error) {
 	deadline := time.Now().Add(10 * time.Minute)
 	fails := 0
 	for time.Now().Before(deadline) {
@@ -321,6 +554,8 @@ func (r *run) awaitHistory(ctx context.Context) (outcome, error) {
 			return r.outcomeFromHistory(ctx)
 		case ctx.Err() != nil:
 			return outcome{}, ctx.Err()
+		case isClosed(exited):
+			return outcome{}, errComfyExited
 		case !errors.Is(err, errNotInHistory):
 			if fails++; fails > 20 {
 				return outcome{}, err
@@ -384,6 +619,11 @@ func (r *run) finish(ctx context.Context, out outcome, h *historyEntry) {
 		_ = json.Unmarshal(out.payload, &e)
 		rep.Reason = fmt.Sprintf("%s: %s", e.Type, e.Message)
 	}
+	if r.prefetched {
+		// The broker records a prefetched job running only once it
+		// started; a final report before that would not apply.
+		r.reportStarted(ctx)
+	}
 	if !r.report(ctx, rep) {
 		return // not recorded: the ticket comes back and the job runs again
 	}
@@ -395,23 +635,54 @@ func (r *run) finish(ctx context.Context, out outcome, h *historyEntry) {
 	r.log.Info().Str("result", string(out.kind)).Msg("job done")
 }
 
-// abandon gives the job back when the agent stops mid-run: ComfyUI stops
-// the prompt and the ticket is redelivered at once rather than after
-// AckWait.
-func (r *run) abandon() {
+// abandon gives the job back when the agent stops or a drain deadline
+// passes mid-run: ComfyUI stops the prompt and the ticket is redelivered
+// at once (to another agent) rather than after AckWait.
+func (r *run) abandon(reason string, delay bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := r.s.comfy.Interrupt(ctx, r.comfyID); err != nil {
 		r.log.Debug().Err(err).Msg("interrupt on stop")
 	}
-	r.release(ctx, "the agent stopped")
+	r.retryOrFail(ctx, reason, nil, delay)
+}
+
+// retryOrFail gives the job back for another attempt, or, when this was
+// the ticket's last delivery (MaxDeliver), fails it with the reason, which
+// the participant sees.
+func (r *run) retryOrFail(ctx context.Context, reason string, payload json.RawMessage, delay bool) {
+	if max := r.s.maxDeliver; max > 0 && r.delivered >= uint64(max) {
+		r.log.Warn().Str("reason", reason).Uint64("attempts", r.delivered).Msg("giving up on the job")
+		r.finish(ctx, outcome{
+			kind: wire.ReportFailed, payload: payload,
+			reason: fmt.Sprintf("gave up after %d attempts: %s", r.delivered, reason),
+		}, nil)
+		return
+	}
+	r.log.Warn().Str("reason", reason).Msg("releasing job for another attempt")
+	r.report(ctx, wire.Report{Kind: wire.ReportReleased, Reason: reason})
+	if delay {
+		_ = r.ticket.NakWithDelay(r.s.a.cfg.RetryDelay)
+	} else {
+		_ = r.ticket.Nak()
+	}
 }
 
 // release gives the job back for another attempt.
 func (r *run) release(ctx context.Context, reason string) {
-	r.log.Warn().Str("reason", reason).Msg("releasing job for another attempt")
-	r.report(ctx, wire.Report{Kind: wire.ReportReleased, Reason: reason})
-	_ = r.ticket.NakWithDelay(r.s.a.cfg.RetryDelay)
+	r.retryOrFail(ctx, reason, nil, true)
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // report publishes a durable report, retrying until JetStream stores it or

@@ -14,26 +14,37 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// slot is one GPU and its ComfyUI. It holds at most one ticket at a time.
+// slot is one GPU and its ComfyUI. It runs one job at a time and, while
+// it runs, holds at most one more: the next job, claimed and staged
+// (prefetched), which starts the moment ComfyUI is done with the current
+// one.
 type slot struct {
 	a     *Agent
 	ep    Endpoint
 	log   zerolog.Logger
 	comfy *comfyclient.Client
 
-	// ackWait is the pool consumer's AckWait: the lease to keep extending.
-	ackWait time.Duration
+	// ackWait is the pool consumer's AckWait (the lease to keep
+	// extending), maxDeliver its MaxDeliver (0: unlimited).
+	ackWait    time.Duration
+	maxDeliver int
+	cons       atomic.Pointer[jetstream.Consumer]
 
-	// healthy counts transitions to healthy (0: never healthy yet).
+	// healthy counts transitions to healthy (0: never healthy yet): the
+	// generation of the slot's ComfyUI.
 	healthy atomic.Uint64
 
 	mu    sync.Mutex
 	state wire.SlotState
-	job   string
-	user  string
-	vram  [2]int64 // total, free
+	vram  [2]int64 // total, free (from ComfyUI)
+	gpu   *GPU     // last GPUStats reading, if any
+	// cur is the run ComfyUI executes; pending the prefetched next one.
+	cur, pending *run
+	fetching     bool
 	// staged remembers the inputs this slot's ComfyUI has, by content.
 	staged map[string]bool
+
+	wake chan struct{} // a fetch ended
 }
 
 func newSlot(a *Agent, ep Endpoint) *slot {
@@ -44,68 +55,236 @@ func newSlot(a *Agent, ep Endpoint) *slot {
 		comfy:  comfyclient.New(ep.URL, nil),
 		state:  wire.SlotStarting,
 		staged: map[string]bool{},
+		wake:   make(chan struct{}, 1),
 	}
 }
 
 func (s *slot) status() wire.SlotStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return wire.SlotStatus{
-		ID: s.ep.Slot, GPU: s.ep.GPU, State: s.state, JobID: s.job, User: s.user,
-		VRAMTotal: s.vram[0], VRAMFree: s.vram[1],
+	st := wire.SlotStatus{ID: s.ep.Slot, GPU: s.ep.GPU, State: s.state, VRAMTotal: s.vram[0], VRAMFree: s.vram[1]}
+	if s.cur != nil {
+		st.JobID, st.User = s.cur.job.ID, s.cur.job.User
+		if st.State == wire.SlotIdle {
+			st.State = wire.SlotBusy
+		}
+	}
+	if g := s.gpu; g != nil {
+		if g.Name != "" {
+			st.GPU = g.Name
+		}
+		st.VRAMTotal, st.VRAMFree, st.Utilization = g.MemoryTotal, g.MemoryTotal-g.MemoryUsed, g.Utilization
+	}
+	return st
+}
+
+// exited is the channel closed when the slot's current ComfyUI exits
+// (nil when the runtime cannot tell).
+func (s *slot) exited() <-chan struct{} {
+	if sup, ok := s.a.cfg.Runtime.(Supervisor); ok {
+		return sup.Exited(s.ep.Slot)
+	}
+	return nil
+}
+
+// restart asks the runtime for a fresh ComfyUI (a hung or out-of-memory
+// one). The slot counts as down until the new one answers.
+func (s *slot) restart(ctx context.Context, why string) {
+	s.mu.Lock()
+	s.state = wire.SlotDown
+	s.mu.Unlock()
+	sup, ok := s.a.cfg.Runtime.(Supervisor)
+	if !ok {
+		s.log.Warn().Str("why", why).Msg("ComfyUI needs a restart, which this runtime cannot do")
+		return
+	}
+	s.log.Warn().Str("why", why).Msg("restarting ComfyUI")
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	if err := sup.Restart(rctx, s.ep.Slot); err != nil {
+		s.log.Error().Err(err).Msg("restart ComfyUI")
 	}
 }
 
-func (s *slot) setState(st wire.SlotState, job, user string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.state, s.job, s.user = st, job, user
-}
-
-// run is the slot's loop: wait for a healthy ComfyUI, pull one ticket,
-// run it, repeat.
+// run is the slot's loop: wait for a healthy ComfyUI, take the
+// prefetched job or fetch one, run it while fetching the next, repeat.
 func (s *slot) run(ctx context.Context) {
 	defer s.a.wg.Done()
-	var cons jetstream.Consumer
+	defer s.dropPending("the agent stopped", false)
 	for ctx.Err() == nil {
-		if !s.awaitHealthy(ctx) {
+		// Poll ComfyUI's health only when it is not known to be up: a
+		// request between two jobs would be idle GPU time.
+		if s.needsHealthCheck() && !s.awaitHealthy(ctx) {
 			return
 		}
-		if cons == nil {
-			c, err := s.a.js.Consumer(ctx, wire.StreamDispatch, wire.DispatchConsumer(s.a.cfg.Pool))
-			if err != nil {
-				// The broker creates the pool's consumer after our first
-				// heartbeat.
-				s.log.Debug().Err(err).Msg("pool consumer not there yet")
-				sleep(ctx, time.Second)
-				continue
-			}
-			cons = c
-			s.ackWait = c.CachedInfo().Config.AckWait
-		}
-		// The pull is bound to ctx so that stopping the agent does not
-		// wait out FetchWait.
-		fctx, cancel := context.WithTimeout(ctx, s.a.cfg.FetchWait)
-		batch, err := cons.Fetch(1, jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			if ctx.Err() == nil {
-				s.log.Warn().Err(err).Msg("fetch ticket")
-				sleep(ctx, time.Second)
+		if s.a.Draining() {
+			s.dropPending("the agent is draining", false)
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.a.changed():
 			}
 			continue
 		}
-		for msg := range batch.Messages() {
-			s.handleTicket(ctx, msg)
+		if !s.ensureConsumer(ctx) {
+			continue
 		}
-		cancel()
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
-			s.log.Debug().Err(err).Msg("fetch ended")
-			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
-				cons = nil
+		r := s.takePending()
+		if r == nil {
+			s.startFetch(ctx, false)
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.wake:
+			case <-s.a.changed():
 			}
+			continue
+		}
+		s.execute(ctx, r)
+	}
+}
+
+// execute starts r and returns once ComfyUI is done with it (r may still
+// be shipping outputs and reporting). Meanwhile the next job is fetched.
+func (s *slot) execute(ctx context.Context, r *run) {
+	s.mu.Lock()
+	s.cur = r
+	s.mu.Unlock()
+	s.a.wg.Add(1)
+	s.a.active.Add(1)
+	go func() {
+		defer s.a.wg.Done()
+		defer s.a.active.Add(-1)
+		r.execute(ctx)
+		s.mu.Lock()
+		if s.cur == r {
+			s.cur = nil
+		}
+		s.mu.Unlock()
+	}()
+	if !s.a.cfg.DisablePrefetch && !s.a.Draining() {
+		s.startFetch(ctx, true)
+	}
+	select {
+	case <-r.gpuFree:
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	if s.cur == r {
+		s.cur = nil
+	}
+	s.mu.Unlock()
+}
+
+func (s *slot) ensureConsumer(ctx context.Context) bool {
+	if s.cons.Load() != nil {
+		return true
+	}
+	c, err := s.a.js.Consumer(ctx, wire.StreamDispatch, wire.DispatchConsumer(s.a.cfg.Pool))
+	if err != nil {
+		// The broker creates the pool's consumer after our first
+		// heartbeat.
+		s.log.Debug().Err(err).Msg("pool consumer not there yet")
+		sleep(ctx, time.Second)
+		return false
+	}
+	cfg := c.CachedInfo().Config
+	s.ackWait, s.maxDeliver = cfg.AckWait, cfg.MaxDeliver
+	s.cons.Store(&c)
+	return true
+}
+
+func (s *slot) takePending() *run {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.pending
+	s.pending = nil
+	return r
+}
+
+// dropPending releases the prefetched job, if any, back to the queue.
+func (s *slot) dropPending(reason string, delay bool) {
+	if r := s.takePending(); r != nil {
+		r.dropBeforeStart(context.Background(), reason, delay)
+	}
+}
+
+// startFetch pulls one ticket in the background (unless a pull is under
+// way), claims and stages its job and leaves it in s.pending.
+func (s *slot) startFetch(ctx context.Context, prefetch bool) {
+	s.mu.Lock()
+	if s.fetching || s.pending != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.fetching = true
+	s.mu.Unlock()
+	s.a.wg.Add(1)
+	go func() {
+		defer s.a.wg.Done()
+		r := s.fetch(ctx, prefetch)
+		s.mu.Lock()
+		s.fetching = false
+		if r != nil && (s.a.Draining() || ctx.Err() != nil) {
+			s.mu.Unlock()
+			r.dropBeforeStart(context.Background(), "the agent is draining", false)
+		} else {
+			if r != nil {
+				s.pending = r
+			}
+			s.mu.Unlock()
+		}
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}()
+}
+
+// fetch pulls one ticket and turns it into a claimed, staged run (nil
+// when there was none, or it was skipped or went back).
+func (s *slot) fetch(ctx context.Context, prefetch bool) *run {
+	cons := s.cons.Load()
+	if cons == nil {
+		return nil
+	}
+	// The pull is bound to the fetch context, which a drain cancels, so
+	// a draining agent takes no new ticket.
+	fctx, cancel := context.WithTimeout(s.a.fetchContext(ctx), s.a.cfg.FetchWait)
+	defer cancel()
+	batch, err := (*cons).Fetch(1, jetstream.FetchContext(fctx))
+	if err != nil {
+		if fctx.Err() == nil {
+			s.log.Warn().Err(err).Msg("fetch ticket")
+			sleep(ctx, time.Second)
+		}
+		return nil
+	}
+	var r *run
+	for msg := range batch.Messages() {
+		r = s.acquire(ctx, msg, prefetch)
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && fctx.Err() == nil {
+		s.log.Debug().Err(err).Msg("fetch ended")
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+			s.cons.Store(nil)
 		}
 	}
+	return r
+}
+
+func (s *slot) needsHealthCheck() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state != wire.SlotIdle && s.state != wire.SlotBusy
+}
+
+// markDown records that ComfyUI is gone (exited, unreachable): the slot
+// waits for its health before the next job.
+func (s *slot) markDown() {
+	s.mu.Lock()
+	s.state = wire.SlotDown
+	s.mu.Unlock()
 }
 
 // awaitHealthy polls ComfyUI's /system_stats until it answers.
@@ -122,6 +301,10 @@ func (s *slot) awaitHealthy(ctx context.Context) bool {
 			}
 			becameHealthy := s.state == wire.SlotStarting || s.state == wire.SlotDown
 			s.state = wire.SlotIdle
+			if becameHealthy {
+				// A new ComfyUI may have a new input folder: stage again.
+				s.staged = map[string]bool{}
+			}
 			s.mu.Unlock()
 			if becameHealthy {
 				s.healthy.Add(1)
@@ -138,30 +321,30 @@ func (s *slot) awaitHealthy(ctx context.Context) bool {
 			}
 			s.mu.Unlock()
 		}
-		if !sleep(ctx, 500*time.Millisecond) {
+		if !sleep(ctx, 200*time.Millisecond) {
 			return false
 		}
 	}
 }
 
-// handleTicket claims the ticket's job and runs it.
-func (s *slot) handleTicket(ctx context.Context, msg jetstream.Msg) {
+// acquire claims the ticket's job and prepares a run of it.
+func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *run {
 	var t wire.Ticket
 	if err := json.Unmarshal(msg.Data(), &t); err != nil {
 		s.log.Error().Err(err).Msg("undecodable ticket; terminating it")
 		_ = msg.TermWithReason("undecodable ticket")
-		return
+		return nil
 	}
 	meta, err := msg.Metadata()
 	if err != nil {
 		_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
-		return
+		return nil
 	}
-	reply, err := s.claim(ctx, t, meta.NumDelivered)
+	reply, err := s.claim(ctx, t, meta.NumDelivered, prefetch)
 	if err != nil {
 		s.log.Warn().Err(err).Str("job", t.JobID).Msg("claim failed; ticket goes back")
 		_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
-		return
+		return nil
 	}
 	switch reply.Action {
 	case wire.ClaimSkip:
@@ -173,21 +356,29 @@ func (s *slot) handleTicket(ctx context.Context, msg jetstream.Msg) {
 	case wire.ClaimGo:
 		if reply.Job == nil {
 			_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
-			return
+			return nil
 		}
-		s.setState(wire.SlotBusy, reply.Job.ID, reply.Job.User)
-		r := &run{s: s, job: *reply.Job, attempt: reply.Attempt, ticket: msg}
-		r.execute(ctx)
-		s.setState(wire.SlotIdle, "", "")
+		r := newRun(ctx, s, *reply.Job, reply.Attempt, msg, meta.NumDelivered, prefetch)
+		if err := r.prepare(ctx); err != nil {
+			// Most likely ComfyUI itself (restarting, still starting):
+			// check its health before the next job.
+			s.markDown()
+			r.retryOrFail(ctx, "preparing the job: "+err.Error(), nil, true)
+			r.end()
+			return nil
+		}
+		return r
 	default:
 		_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
 	}
+	return nil
 }
 
-func (s *slot) claim(ctx context.Context, t wire.Ticket, delivery uint64) (wire.ClaimReply, error) {
+func (s *slot) claim(ctx context.Context, t wire.Ticket, delivery uint64, prefetch bool) (wire.ClaimReply, error) {
 	var reply wire.ClaimReply
 	data, _ := json.Marshal(wire.ClaimRequest{
-		JobID: t.JobID, User: t.User, Agent: s.a.cfg.ID, Slot: s.ep.Slot, Boot: s.a.boot, Delivery: delivery,
+		JobID: t.JobID, User: t.User, Agent: s.a.cfg.ID, Slot: s.ep.Slot, Boot: s.a.boot,
+		Delivery: delivery, Prefetch: prefetch,
 	})
 	cctx, cancel := context.WithTimeout(ctx, s.a.cfg.ClaimTimeout)
 	defer cancel()

@@ -1,0 +1,144 @@
+package agent
+
+import (
+	"context"
+	"time"
+)
+
+// Draining reports whether the agent takes no new jobs.
+func (a *Agent) Draining() bool {
+	a.dmu.Lock()
+	defer a.dmu.Unlock()
+	return a.draining
+}
+
+// changed returns a channel closed at the next drain or undrain.
+func (a *Agent) changed() <-chan struct{} {
+	a.dmu.Lock()
+	defer a.dmu.Unlock()
+	return a.changedCh
+}
+
+// fetchContext is ctx, also cancelled when the agent starts draining, so
+// pulls under way stop at once.
+func (a *Agent) fetchContext(ctx context.Context) context.Context {
+	a.dmu.Lock()
+	fctx := a.fetchCtx
+	a.dmu.Unlock()
+	c, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-fctx.Done():
+		case <-c.Done():
+		}
+		cancel()
+	}()
+	return c
+}
+
+// Drain stops fetching, gives prefetched jobs back at once, and lets
+// running jobs finish for up to deadline (0: Config.DrainTimeout); jobs
+// still running then are interrupted and released back to the queue. It
+// reports whether the agent was not draining already. The agent stays
+// up, idle, until Undrain or Stop.
+func (a *Agent) Drain(deadline time.Duration) bool {
+	if deadline <= 0 {
+		deadline = a.cfg.DrainTimeout
+	}
+	a.dmu.Lock()
+	if a.draining {
+		a.dmu.Unlock()
+		return false
+	}
+	a.draining = true
+	a.drainEpoch++
+	epoch := a.drainEpoch
+	a.fetchCancel()
+	close(a.changedCh)
+	a.changedCh = make(chan struct{})
+	a.dmu.Unlock()
+	a.log.Info().Dur("deadline", deadline).Msg("draining: no new jobs")
+	if a.nc != nil {
+		a.sendHeartbeat()
+	}
+	for _, s := range a.slots {
+		s.dropPending("the agent is draining", false)
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		t := time.NewTimer(deadline)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-a.stopped:
+			return
+		}
+		a.dmu.Lock()
+		still := a.draining && a.drainEpoch == epoch
+		a.dmu.Unlock()
+		if !still {
+			return
+		}
+		for _, s := range a.slots {
+			s.mu.Lock()
+			r := s.cur
+			s.mu.Unlock()
+			if r != nil {
+				r.mu.Lock()
+				cancel := r.cancel
+				r.mu.Unlock()
+				if cancel != nil {
+					r.log.Warn().Msg("drain deadline passed; releasing the running job")
+					cancel(errDrainDeadline)
+				}
+			}
+		}
+	}()
+	return true
+}
+
+// Undrain resumes fetching. It reports whether the agent was draining.
+func (a *Agent) Undrain() bool {
+	a.dmu.Lock()
+	if !a.draining {
+		a.dmu.Unlock()
+		return false
+	}
+	a.draining = false
+	a.fetchCtx, a.fetchCancel = context.WithCancel(context.Background())
+	close(a.changedCh)
+	a.changedCh = make(chan struct{})
+	a.dmu.Unlock()
+	a.log.Info().Msg("undrained: taking jobs again")
+	if a.nc != nil {
+		a.sendHeartbeat()
+	}
+	return true
+}
+
+// Idle reports whether no job is running, being finished or held.
+func (a *Agent) Idle() bool {
+	if a.active.Load() > 0 {
+		return false
+	}
+	for _, s := range a.slots {
+		s.mu.Lock()
+		busy := s.cur != nil || s.pending != nil
+		s.mu.Unlock()
+		if busy {
+			return false
+		}
+	}
+	return true
+}
+
+// WaitIdle waits until Idle or ctx ends.
+func (a *Agent) WaitIdle(ctx context.Context) error {
+	for !a.Idle() {
+		if !sleep(ctx, 20*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+	return nil
+}

@@ -1,0 +1,305 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Process spawns and supervises one ComfyUI process per GPU:
+//
+//	python main.py --listen 127.0.0.1 --port P --cuda-device N \
+//	    --input-directory I --output-directory O --temp-directory T
+//
+// A process that exits is started again after a back-off that doubles up
+// to MaxBackoff (and resets once a process stayed up for a minute). Each
+// slot's output goes to LogDir/comfyui-gpuN.log.
+type Process struct {
+	// Command is the ComfyUI command (default: python main.py); the
+	// agent appends the flags above and then ExtraArgs.
+	Command []string
+	// Dir is the working directory (the ComfyUI checkout).
+	Dir string
+	// Env is added to the agent's environment.
+	Env []string
+	// ExtraArgs are appended to every command line.
+	ExtraArgs []string
+	// GPUs are the devices, one slot each.
+	GPUs []GPU
+	// Listen is the address ComfyUI listens on (default 127.0.0.1);
+	// BasePort the port of the first slot (default 8188, then 8189 …).
+	Listen   string
+	BasePort int
+	// InputDir and OutputDir are shared by all slots (the scratch
+	// layout's inputs/ and outputs/); TempRoot/gpuN is each slot's temp
+	// directory (ComfyUI empties its temp directory when it starts, so it
+	// cannot be shared).
+	InputDir, OutputDir, TempRoot string
+	// LogDir holds one log file per slot.
+	LogDir string
+	// StopGrace is how long a process may take to exit after SIGTERM
+	// before it is killed (default 10 s).
+	StopGrace time.Duration
+	// MinBackoff and MaxBackoff bound the restart back-off (defaults 1 s
+	// and 1 min).
+	MinBackoff, MaxBackoff time.Duration
+	Logger                 zerolog.Logger
+
+	mu       sync.Mutex
+	procs    map[string]*supervised
+	stopping bool
+	wg       sync.WaitGroup
+}
+
+// supervised is one slot's process and its history.
+type supervised struct {
+	slot    string
+	gpu     GPU
+	port    int
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	restart chan struct{} // a requested restart skips the back-off
+}
+
+func (p *Process) setDefaults() {
+	if len(p.Command) == 0 {
+		p.Command = []string{"python", "main.py"}
+	}
+	if p.Listen == "" {
+		p.Listen = "127.0.0.1"
+	}
+	if p.BasePort == 0 {
+		p.BasePort = 8188
+	}
+	if p.StopGrace == 0 {
+		p.StopGrace = 10 * time.Second
+	}
+	if p.MinBackoff == 0 {
+		p.MinBackoff = time.Second
+	}
+	if p.MaxBackoff == 0 {
+		p.MaxBackoff = time.Minute
+	}
+}
+
+// Start spawns one ComfyUI per GPU and supervises them.
+func (p *Process) Start(ctx context.Context) ([]Endpoint, error) {
+	p.setDefaults()
+	if len(p.GPUs) == 0 {
+		return nil, errors.New("process runtime: no GPUs")
+	}
+	if p.InputDir == "" || p.OutputDir == "" || p.TempRoot == "" || p.LogDir == "" {
+		return nil, errors.New("process runtime: InputDir, OutputDir, TempRoot and LogDir are required")
+	}
+	for _, d := range []string{p.InputDir, p.OutputDir, p.TempRoot, p.LogDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("process runtime: %w", err)
+		}
+	}
+	p.mu.Lock()
+	p.procs = map[string]*supervised{}
+	p.stopping = false
+	p.mu.Unlock()
+	var eps []Endpoint
+	for i, g := range p.GPUs {
+		sp := &supervised{slot: "gpu" + strconv.Itoa(g.Index), gpu: g, port: p.BasePort + i, restart: make(chan struct{}, 1)}
+		if err := p.spawn(sp); err != nil {
+			_ = p.Stop(ctx)
+			return nil, err
+		}
+		p.mu.Lock()
+		p.procs[sp.slot] = sp
+		p.mu.Unlock()
+		p.wg.Add(1)
+		go p.supervise(sp)
+		eps = append(eps, Endpoint{
+			Slot: sp.slot, GPU: g.Name, GPUIndex: g.Index, GPUUUID: g.UUID,
+			URL: "http://" + hostPort(p.Listen, sp.port),
+		})
+	}
+	return eps, nil
+}
+
+func hostPort(host string, port int) string {
+	if host == "0.0.0.0" || host == "" {
+		host = "127.0.0.1"
+	}
+	return host + ":" + strconv.Itoa(port)
+}
+
+// spawn starts sp's process. Caller must not hold p.mu.
+func (p *Process) spawn(sp *supervised) error {
+	temp := filepath.Join(p.TempRoot, sp.slot)
+	if err := os.MkdirAll(temp, 0o755); err != nil {
+		return fmt.Errorf("process runtime: %w", err)
+	}
+	args := append([]string{}, p.Command[1:]...)
+	args = append(args,
+		"--listen", p.Listen, "--port", strconv.Itoa(sp.port), "--cuda-device", strconv.Itoa(sp.gpu.Index),
+		"--input-directory", p.InputDir, "--output-directory", p.OutputDir, "--temp-directory", temp)
+	args = append(args, p.ExtraArgs...)
+	logf, err := os.OpenFile(filepath.Join(p.LogDir, "comfyui-"+sp.slot+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("process runtime: log file: %w", err)
+	}
+	cmd := exec.Command(p.Command[0], args...)
+	cmd.Dir = p.Dir
+	cmd.Env = append(os.Environ(), p.Env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group: a signal to the agent's terminal does not
+	// reach ComfyUI behind the agent's back, and a kill takes its
+	// children (pip, workers) too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("process runtime: start %s for %s: %w", p.Command[0], sp.slot, err)
+	}
+	exited := make(chan struct{})
+	p.mu.Lock()
+	sp.cmd, sp.exited = cmd, exited
+	p.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		p.Logger.Warn().Str("slot", sp.slot).Int("pid", cmd.Process.Pid).AnErr("exit", err).Msg("ComfyUI exited")
+		close(exited)
+	}()
+	p.Logger.Info().Str("slot", sp.slot).Int("pid", cmd.Process.Pid).Int("port", sp.port).Msg("ComfyUI started")
+	return nil
+}
+
+// supervise restarts sp's process whenever it exits, until Stop.
+func (p *Process) supervise(sp *supervised) {
+	defer p.wg.Done()
+	backoff := p.MinBackoff
+	for {
+		p.mu.Lock()
+		exited, cmd := sp.exited, sp.cmd
+		p.mu.Unlock()
+		startedAt := time.Now()
+		<-exited
+		_ = cmd
+		p.mu.Lock()
+		stopping := p.stopping
+		p.mu.Unlock()
+		if stopping {
+			return
+		}
+		if time.Since(startedAt) > time.Minute {
+			backoff = p.MinBackoff
+		}
+		select {
+		case <-sp.restart: // requested: no back-off
+		case <-time.After(backoff):
+			backoff = min(backoff*2, p.MaxBackoff)
+		}
+		for {
+			p.mu.Lock()
+			stopping = p.stopping
+			p.mu.Unlock()
+			if stopping {
+				return
+			}
+			err := p.spawn(sp)
+			if err == nil {
+				break
+			}
+			p.Logger.Error().Err(err).Str("slot", sp.slot).Dur("backoff", backoff).Msg("restart ComfyUI")
+			time.Sleep(backoff)
+			backoff = min(backoff*2, p.MaxBackoff)
+		}
+	}
+}
+
+// Restart stops the slot's process; the supervisor starts a new one at
+// once. It returns when the new process is spawned.
+func (p *Process) Restart(ctx context.Context, slot string) error {
+	p.mu.Lock()
+	sp := p.procs[slot]
+	p.mu.Unlock()
+	if sp == nil {
+		return fmt.Errorf("process runtime: %w %q", ErrUnknownSlot, slot)
+	}
+	p.mu.Lock()
+	old := sp.exited
+	p.mu.Unlock()
+	select {
+	case sp.restart <- struct{}{}:
+	default:
+	}
+	p.terminate(sp)
+	<-old
+	for {
+		p.mu.Lock()
+		cur := sp.exited
+		p.mu.Unlock()
+		if cur != old {
+			return nil
+		}
+		if !sleep(ctx, 10*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+}
+
+// terminate sends SIGTERM to sp's process group, then SIGKILL after the
+// grace period.
+func (p *Process) terminate(sp *supervised) {
+	p.mu.Lock()
+	cmd, exited := sp.cmd, sp.exited
+	p.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(p.StopGrace):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+}
+
+// Exited returns a channel closed when the slot's current process exits.
+func (p *Process) Exited(slot string) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if sp := p.procs[slot]; sp != nil {
+		return sp.exited
+	}
+	return nil
+}
+
+// Stop terminates every process and waits for them.
+func (p *Process) Stop(context.Context) error {
+	p.mu.Lock()
+	p.stopping = true
+	procs := make([]*supervised, 0, len(p.procs))
+	for _, sp := range p.procs {
+		procs = append(procs, sp)
+	}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, sp := range procs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.terminate(sp)
+			p.mu.Lock()
+			exited := sp.exited
+			p.mu.Unlock()
+			<-exited
+		}()
+	}
+	wg.Wait()
+	p.wg.Wait()
+	return nil
+}
