@@ -53,6 +53,9 @@ type run struct {
 	// gpuFree is closed when ComfyUI no longer works on this prompt.
 	gpuFree  chan struct{}
 	freeOnce sync.Once
+	// onEnd runs once when the run is over (the agent stops holding the job).
+	onEnd   func()
+	endOnce sync.Once
 
 	mu          sync.Mutex
 	phase       runPhase
@@ -124,6 +127,11 @@ func (r *run) prepare(ctx context.Context) error {
 
 // end releases what the run holds.
 func (r *run) end() {
+	r.endOnce.Do(func() {
+		if r.onEnd != nil {
+			r.onEnd()
+		}
+	})
 	r.stopLease()
 	r.freeGPU()
 	if r.conn != nil {

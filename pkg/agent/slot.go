@@ -340,6 +340,23 @@ func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *r
 		_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
 		return nil
 	}
+	// JetStream delivers at least once: after a server restart a ticket
+	// one of our slots holds can come again. The broker lets this agent
+	// re-claim its own jobs (a claim reply lost to a restart must not
+	// strand the job), so the agent itself must not claim what it holds,
+	// from the claim until the run has reported and acknowledged.
+	key := t.User + "/" + t.JobID
+	if !s.a.enter(key) {
+		s.log.Info().Str("job", t.JobID).Msg("ticket for a job this agent already holds; deferring it")
+		_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
+		return nil
+	}
+	held := false
+	defer func() {
+		if !held {
+			s.a.leave(key)
+		}
+	}()
 	reply, err := s.claim(ctx, t, meta.NumDelivered, prefetch)
 	if err != nil {
 		s.log.Warn().Err(err).Str("job", t.JobID).Msg("claim failed; ticket goes back")
@@ -359,6 +376,8 @@ func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *r
 			return nil
 		}
 		r := newRun(ctx, s, *reply.Job, reply.Attempt, msg, meta.NumDelivered, prefetch)
+		held = true
+		r.onEnd = func() { s.a.leave(key) }
 		if err := r.prepare(ctx); err != nil {
 			// Most likely ComfyUI itself (restarting, still starting):
 			// check its health before the next job.
