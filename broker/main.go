@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/broker"
+	"github.com/atelier-run/atelier/pkg/brokerd"
 	"github.com/atelier-run/atelier/pkg/cli"
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/logging"
@@ -106,7 +107,7 @@ func serve(args []string) error {
 
 	ctx, cancel := cli.SignalContext()
 	defer cancel()
-	return broker.Run(ctx, broker.Config{
+	return brokerd.Run(ctx, broker.Config{
 		DataDir: *dataDir, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: *natsPass,
 		NATSHost: host, NATSPort: port,
 		NATSMaxMemory: int64(*maxMem) << 20, NATSMaxStore: int64(*maxStore) << 30, NATSSyncAlways: *syncAlways,

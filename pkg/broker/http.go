@@ -17,9 +17,9 @@ func (b *Broker) serveHTTP() error {
 	mux.HandleFunc("GET /api/status", b.handleStatus)
 	mux.HandleFunc("POST /api/admin/{op}", b.handleAdmin)
 	mux.HandleFunc("GET /api/admin/{op}", b.handleAdmin)
+	// The instructor's dashboard, when mounted, is the front page.
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, "Atelier broker\n\nGET  /healthz            health\nGET  /api/status         queues, agents and job counts (JSON)\nPOST /api/admin/<op>     instructor API (Bearer token): pause, resume, policy, bump, cancel, drain, undrain\nGET  /api/admin/queues   the queues\n")
+		http.Redirect(w, r, "/dashboard/", http.StatusFound)
 	})
 	ln, err := net.Listen("tcp", b.cfg.HTTPAddr)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/agent"
 	"github.com/atelier-run/atelier/pkg/broker"
+	"github.com/atelier-run/atelier/pkg/brokerd"
 	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
@@ -48,6 +49,7 @@ type Config struct {
 // Stack is a running system.
 type Stack struct {
 	Broker   *broker.Broker
+	Daemon   *brokerd.Daemon
 	Proxy    *proxy.Proxy
 	Agent    *agent.Agent
 	Runtime  *agent.Simulated
@@ -75,16 +77,14 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}()
 
 	var err error
-	s.Broker, err = broker.New(broker.Config{
+	s.Daemon, err = brokerd.Start(ctx, broker.Config{
 		DataDir: s.Layout.Root, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
 		Limits: cfg.Limits, TickInterval: 200 * time.Millisecond, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := s.Broker.Start(ctx); err != nil {
-		return nil, err
-	}
+	s.Broker = s.Daemon.Broker
 
 	s.Registry, err = registry.Open(registry.Config{Path: s.Layout.RegistryPath(), BcryptCost: bcrypt.MinCost})
 	if err != nil {
@@ -170,7 +170,7 @@ func (s *Stack) Stop(ctx context.Context) {
 	if s.proxyConn != nil {
 		s.proxyConn.Close()
 	}
-	if s.Broker != nil {
-		_ = s.Broker.Stop(ctx)
+	if s.Daemon != nil {
+		_ = s.Daemon.Stop(ctx)
 	}
 }

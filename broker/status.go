@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/broker"
+	"github.com/atelier-run/atelier/pkg/cli"
+	"github.com/atelier-run/atelier/pkg/dashboard"
+)
+
+// status prints the workshop as tables: from the dashboard's snapshot API
+// when instructor credentials are given (participants, positions,
+// progress, failures), else from the broker's open /api/status (queues and
+// agents only). --watch redraws it until Ctrl-C.
+func status(args []string) error {
+	fs := flag.NewFlagSet("status", flag.ExitOnError)
+	var (
+		url      = cli.String(fs, "url", "ATELIER_BROKER_URL", "http://127.0.0.1:8191", "the broker's HTTP address")
+		user     = cli.String(fs, "user", "ATELIER_INSTRUCTOR", "", "instructor account for the full picture (dashboard API)")
+		password = cli.String(fs, "password", "ATELIER_INSTRUCTOR_PASSWORD", "", "its password")
+		watch    = fs.Bool("watch", false, "redraw every --interval until interrupted")
+		interval = cli.Duration(fs, "interval", "ATELIER_STATUS_INTERVAL", 2*time.Second, "redraw interval with --watch")
+		asJSON   = fs.Bool("json", false, "print the snapshot as JSON")
+	)
+	_ = fs.Parse(args)
+	src := statusSource{base: strings.TrimRight(*url, "/"), user: *user, password: *password, client: &http.Client{Timeout: 10 * time.Second}}
+	if !*watch {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		return printStatus(ctx, os.Stdout, src, *asJSON)
+	}
+	ctx, cancel := cli.SignalContext()
+	defer cancel()
+	tick := time.NewTicker(*interval)
+	defer tick.Stop()
+	for {
+		// Clear the screen and home the cursor, then draw.
+		fmt.Print("\033[H\033[2J")
+		if err := printStatus(ctx, os.Stdout, src, *asJSON); err != nil {
+			fmt.Fprintln(os.Stdout, "atelier-broker status:", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+type statusSource struct {
+	base, user, password string
+	client               *http.Client
+}
+
+func printStatus(ctx context.Context, w io.Writer, src statusSource, asJSON bool) error {
+	snap, err := src.fetch(ctx)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(snap)
+	}
+	return dashboard.WriteText(w, snap)
+}
+
+func (s statusSource) fetch(ctx context.Context) (dashboard.Snapshot, error) {
+	if s.user != "" {
+		var snap dashboard.Snapshot
+		err := s.get(ctx, "/dashboard/api/snapshot", true, &snap)
+		return snap, err
+	}
+	var st broker.Status
+	if err := s.get(ctx, "/api/status", false, &st); err != nil {
+		return dashboard.Snapshot{}, err
+	}
+	return dashboard.FromStatus(st, time.Now()), nil
+}
+
+func (s statusSource) get(ctx context.Context, path string, auth bool, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.base+path, nil)
+	if err != nil {
+		return err
+	}
+	if auth {
+		req.SetBasicAuth(s.user, s.password)
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("status: GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return errors.Join(fmt.Errorf("status: decode %s", path), err)
+	}
+	return nil
+}

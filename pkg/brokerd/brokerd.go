@@ -1,0 +1,79 @@
+// Package brokerd is what atelier-broker runs on mello: the broker with its
+// Prometheus metrics and the instructor dashboard mounted on its HTTP
+// server. The main and the in-process stack both start it here, so they
+// cannot drift apart.
+package brokerd
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/broker"
+	"github.com/atelier-run/atelier/pkg/dashboard"
+	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/metrics"
+	"github.com/atelier-run/atelier/pkg/registry"
+)
+
+// Daemon is a running broker with metrics and dashboard.
+type Daemon struct {
+	Broker    *broker.Broker
+	Metrics   *metrics.Metrics
+	Dashboard *dashboard.Dashboard
+}
+
+// Start starts the broker (cfg), mounts /metrics and /dashboard/, and
+// starts the dashboard's watchers.
+func Start(ctx context.Context, cfg broker.Config) (*Daemon, error) {
+	layout := datalayout.New(cfg.DataDir)
+	if err := layout.Ensure(); err != nil {
+		return nil, fmt.Errorf("brokerd: data dir: %w", err)
+	}
+	log := cfg.Logger
+	reg, err := registry.Open(registry.Config{Path: layout.RegistryPath(), Logger: &log})
+	if err != nil {
+		return nil, fmt.Errorf("brokerd: registry: %w", err)
+	}
+	met, err := metrics.New(metrics.Config{DataDir: cfg.DataDir, Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("brokerd: metrics: %w", err)
+	}
+	cfg.Observer = met
+	b, err := broker.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dash, err := dashboard.Mount(b, dashboard.Config{Registry: reg, Store: filestore.NewDisk(layout), Logger: cfg.Logger}, met)
+	if err != nil {
+		return nil, fmt.Errorf("brokerd: dashboard: %w", err)
+	}
+	if err := b.Start(ctx); err != nil {
+		return nil, err
+	}
+	if err := dash.Start(ctx); err != nil {
+		_ = b.Stop(context.Background())
+		return nil, fmt.Errorf("brokerd: dashboard: %w", err)
+	}
+	return &Daemon{Broker: b, Metrics: met, Dashboard: dash}, nil
+}
+
+// Stop stops the dashboard first (its open event streams would hold up
+// the HTTP shutdown), then the broker.
+func (d *Daemon) Stop(ctx context.Context) error {
+	d.Dashboard.Stop()
+	return d.Broker.Stop(ctx)
+}
+
+// Run starts a daemon and blocks until ctx is done, then stops it.
+func Run(ctx context.Context, cfg broker.Config) error {
+	d, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return d.Stop(stopCtx)
+}

@@ -1,0 +1,197 @@
+package dashboard
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// watch feeds the model until ctx ends: the JOBS and AGENTS buckets (their
+// current values first, then every change), the live evt.* progress, and a
+// periodic poll of the broker API and Status. A watcher that ends (the
+// connection dropped) is started again.
+func (d *Dashboard) watch(ctx context.Context, nc *nats.Conn) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("dashboard: jetstream: %w", err)
+	}
+	sub, err := nc.Subscribe("evt.*.*.*", func(msg *nats.Msg) {
+		// evt.<agent>.<user>.<job>
+		parts := strings.SplitN(msg.Subject, ".", 4)
+		if len(parts) != 4 {
+			return
+		}
+		// Previews are binary frames: skip them before decoding.
+		var ev wire.Event
+		if json.Unmarshal(msg.Data, &ev) != nil || ev.Type == "" {
+			return
+		}
+		d.model.event(parts[1], parts[2], parts[3], ev)
+	})
+	if err != nil {
+		return fmt.Errorf("dashboard: subscribe to events: %w", err)
+	}
+	// Events are lossy by design: drop them rather than grow without bound
+	// if the dashboard falls behind a burst of previews.
+	_ = sub.SetPendingLimits(4096, 64<<20)
+
+	d.wg.Add(3)
+	go func() {
+		defer d.wg.Done()
+		<-ctx.Done()
+		_ = sub.Unsubscribe()
+	}()
+	go func() {
+		defer d.wg.Done()
+		d.keepWatching(ctx, js, wire.BucketJobs, d.applyJob)
+	}()
+	go func() {
+		defer d.wg.Done()
+		d.keepWatching(ctx, js, wire.BucketAgents, d.applyAgent)
+	}()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.poll(ctx, nc)
+	}()
+	return nil
+}
+
+// keepWatching watches one bucket, starting over after an error.
+func (d *Dashboard) keepWatching(ctx context.Context, js jetstream.JetStream, bucket string, apply func(jetstream.KeyValueEntry)) {
+	for {
+		err := d.watchBucket(ctx, js, bucket, apply)
+		if ctx.Err() != nil {
+			return
+		}
+		d.log.Warn().Err(err).Str("bucket", bucket).Msg("dashboard: watch ended; starting over")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (d *Dashboard) watchBucket(ctx context.Context, js jetstream.JetStream, bucket string, apply func(jetstream.KeyValueEntry)) error {
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", bucket, err)
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", bucket, err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("watcher closed")
+			}
+			if e == nil {
+				continue // the end of the initial values
+			}
+			apply(e)
+		}
+	}
+}
+
+func (d *Dashboard) applyJob(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		d.model.deleteJob(e.Key())
+		return
+	}
+	var rec wire.JobRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		d.log.Warn().Err(err).Str("key", e.Key()).Msg("dashboard: undecodable job record")
+		return
+	}
+	d.model.putJob(rec)
+}
+
+func (d *Dashboard) applyAgent(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		d.model.deleteAgent(e.Key())
+		return
+	}
+	var hb wire.Heartbeat
+	if err := json.Unmarshal(e.Value(), &hb); err != nil {
+		d.log.Warn().Err(err).Str("key", e.Key()).Msg("dashboard: undecodable heartbeat")
+		return
+	}
+	d.model.putAgent(hb, e.Created())
+}
+
+// poll asks the broker API for the queues (paused, policy, positions) and
+// the broker for its Status, every PollInterval and whenever an action
+// asks for a refresh.
+func (d *Dashboard) poll(ctx context.Context, nc *nats.Conn) {
+	tick := time.NewTicker(d.cfg.PollInterval)
+	defer tick.Stop()
+	for {
+		d.pollOnce(ctx, nc)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-d.refresh:
+		}
+	}
+}
+
+func (d *Dashboard) pollOnce(ctx context.Context, nc *nats.Conn) {
+	var q wire.QueuesReply
+	err := d.request(ctx, nc, wire.OpQueues, wire.QueuesRequest{Caller: dashboardCaller}, &q)
+	if err != nil || q.Error != "" {
+		if err != nil && !errors.Is(err, nats.ErrNoResponders) && ctx.Err() == nil {
+			d.log.Debug().Err(err).Msg("dashboard: queues")
+		}
+		d.model.setQueues(nil)
+	} else {
+		d.model.setQueues(&q)
+	}
+	if d.cfg.Status != nil {
+		sctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
+		st, err := d.cfg.Status(sctx)
+		cancel()
+		if err == nil {
+			agents := make([]string, 0, len(st.Agents))
+			for _, a := range st.Agents {
+				agents = append(agents, a.Agent)
+			}
+			d.model.setLive(agents, st.Catalogs)
+		}
+	}
+}
+
+// dashboardCaller is who the dashboard is when it reads for itself (not
+// on behalf of a logged-in instructor).
+var dashboardCaller = wire.Caller{User: "dashboard", Role: wire.RoleAdmin}
+
+// request sends a broker API request and decodes the reply.
+func (d *Dashboard) request(ctx context.Context, nc *nats.Conn, op string, req, reply any) error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
+	defer cancel()
+	msg, err := nc.RequestWithContext(ctx, wire.BrokerAPISubject(op), data)
+	if err != nil {
+		return fmt.Errorf("broker API %s: %w", op, err)
+	}
+	if err := json.Unmarshal(msg.Data, reply); err != nil {
+		return fmt.Errorf("broker API %s: decode reply: %w", op, err)
+	}
+	return nil
+}

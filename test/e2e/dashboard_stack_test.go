@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/agent"
+	"github.com/atelier-run/atelier/pkg/broker"
+	"github.com/atelier-run/atelier/pkg/dashboard"
+	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/metrics"
+	"github.com/atelier-run/atelier/pkg/proxy"
+	"github.com/atelier-run/atelier/pkg/registry"
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// dashStack is the whole system in one process with the dashboard and the
+// metrics wired the way broker/main.go wires them (pkg/stack has no hook
+// for companions yet).
+type dashStack struct {
+	ctx      context.Context
+	broker   *broker.Broker
+	dash     *dashboard.Dashboard
+	metrics  *metrics.Metrics
+	proxyURL string
+	layout   datalayout.Layout
+}
+
+const dashPassword = "pw-dashboard"
+
+func startDashStack(t *testing.T, gpus int, stepDelay time.Duration) *dashStack {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	dir := t.TempDir()
+	layout := datalayout.New(filepath.Join(dir, "data"))
+	log := zerolog.Nop()
+	s := &dashStack{ctx: ctx, layout: layout}
+
+	reg, err := registry.Open(registry.Config{Path: layout.RegistryPath(), BcryptCost: bcrypt.MinCost})
+	require.NoError(t, err)
+	require.NoError(t, layout.Ensure())
+	_, err = reg.Create(ctx, registry.User{ID: "teacher", Role: registry.RoleInstructor}, dashPassword)
+	require.NoError(t, err)
+	for _, u := range []string{"user001", "user002"} {
+		_, err = reg.Create(ctx, registry.User{ID: u}, dashPassword)
+		require.NoError(t, err)
+		require.NoError(t, layout.EnsureInstance(u))
+	}
+
+	// The wiring of broker/main.go: metrics as the observer, the
+	// dashboard and /metrics mounted before Start, the dashboard started
+	// after it and stopped before it.
+	s.metrics, err = metrics.New(metrics.Config{DataDir: layout.Root, FileStoreRefresh: time.Millisecond, Logger: log})
+	require.NoError(t, err)
+	s.broker, err = broker.New(broker.Config{DataDir: layout.Root, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
+		Limits: wire.SmallLimits(), TickInterval: 200 * time.Millisecond, Observer: s.metrics, Logger: log})
+	require.NoError(t, err)
+	s.dash, err = dashboard.Mount(s.broker, dashboard.Config{Registry: reg, Store: filestore.NewDisk(layout), Logger: log,
+		PollInterval: 500 * time.Millisecond}, s.metrics)
+	require.NoError(t, err)
+	require.NoError(t, s.broker.Start(ctx))
+	t.Cleanup(func() { _ = s.broker.Stop(context.Background()) })
+	require.NoError(t, s.dash.Start(ctx))
+	t.Cleanup(s.dash.Stop)
+
+	pc, err := nats.Connect(s.broker.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(pc.Close)
+	px, err := proxy.New(proxy.Config{Addr: "127.0.0.1:0", Conn: pc, Registry: reg, Store: filestore.NewDisk(layout), Logger: log})
+	require.NoError(t, err)
+	require.NoError(t, px.Start(ctx))
+	t.Cleanup(func() { _ = px.Stop(context.Background()) })
+	s.proxyURL = px.URL()
+
+	ag, err := agent.New(agent.Config{ID: "dash-box", NATSURL: s.broker.ClientURL(),
+		Runtime:           &agent.Simulated{GPUs: gpus, Dir: filepath.Join(dir, "sim"), StepDelay: stepDelay, Logger: log},
+		HeartbeatInterval: 200 * time.Millisecond, RetryDelay: 500 * time.Millisecond, Logger: log})
+	require.NoError(t, err)
+	require.NoError(t, ag.Start(ctx))
+	t.Cleanup(func() { _ = ag.Stop(context.Background()) })
+	require.Eventually(t, func() bool {
+		st, err := s.broker.Status(ctx)
+		return err == nil && len(st.Agents) > 0 && st.Catalogs > 0
+	}, 30*time.Second, 20*time.Millisecond, "agent never joined")
+	return s
+}
+
+// submit queues a txt2img job (model nodes: progress steps) for user and
+// returns its id; tag makes each prompt distinct so none is cached.
+func (s *dashStack) submit(t *testing.T, user, tag string) string {
+	t.Helper()
+	wf, err := os.ReadFile(filepath.Join(repoRoot(), "examples", "workflows", "txt2img.json"))
+	require.NoError(t, err)
+	wf = bytes.Replace(wf, []byte("a lighthouse"), []byte("a lighthouse "+tag), 1)
+	req, _ := http.NewRequestWithContext(s.ctx, http.MethodPost, s.proxyURL+"/"+user+"/prompt",
+		bytes.NewReader(fmt.Appendf(nil, `{"prompt": %s}`, wf)))
+	req.SetBasicAuth(user, dashPassword)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	var r struct {
+		PromptID string `json:"prompt_id"`
+	}
+	require.NoError(t, json.Unmarshal(body, &r))
+	return r.PromptID
+}
