@@ -156,13 +156,7 @@ func (b *Broker) Cancel(ctx context.Context, req wire.CancelRequest) wire.Cancel
 	if req.User == "" && req.AllPending {
 		return wire.CancelReply{APIReply: apiError(fmt.Errorf("%w: all_pending needs a user", ErrInvalid))}
 	}
-	var (
-		affected []string
-		ctls     []ctlCall
-		failure  error
-	)
-	err := b.do(ctx, func() {
-		var targets []*jobEntry
+	return b.stopJobs(ctx, "cancelled by "+callerName(req.Caller), func() (targets []*jobEntry, failure error) {
 		if req.AllPending {
 			for _, e := range b.state.jobs {
 				if e.rec.User == req.User && (e.rec.State == wire.StateQueued || e.rec.State == wire.StateDispatched) {
@@ -175,15 +169,29 @@ func (b *Broker) Cancel(ctx context.Context, req wire.CancelRequest) wire.Cancel
 				targets = append(targets, e)
 			}
 		}
-		for _, e := range targets {
+		return slices.DeleteFunc(targets, func(e *jobEntry) bool {
 			if err := mayActOn(req.Caller, e.rec.User); err != nil {
 				failure = err
-				continue
+				return true
 			}
-			if req.PendingOnly && e.rec.State == wire.StateRunning {
-				continue
-			}
-			c, err := b.cancelJob(ctx, e, "cancelled by "+callerName(req.Caller))
+			return req.PendingOnly && e.rec.State == wire.StateRunning
+		}), failure
+	})
+}
+
+// stopJobs cancels or interrupts the jobs pick chooses (pick runs on the
+// core), then sends their agents the interrupts.
+func (b *Broker) stopJobs(ctx context.Context, reason string, pick func() ([]*jobEntry, error)) wire.CancelReply {
+	var (
+		affected []string
+		ctls     []ctlCall
+		failure  error
+	)
+	err := b.do(ctx, func() {
+		var targets []*jobEntry
+		targets, failure = pick()
+		for _, e := range targets {
+			c, err := b.cancelJob(ctx, e, reason)
 			if err != nil {
 				failure = err
 				continue
@@ -301,32 +309,14 @@ func (b *Broker) Interrupt(ctx context.Context, req wire.InterruptRequest) wire.
 	if err := mayActOn(req.Caller, req.User); err != nil {
 		return wire.CancelReply{APIReply: apiError(err)}
 	}
-	var (
-		affected []string
-		ctls     []ctlCall
-		failure  error
-	)
-	err := b.do(ctx, func() {
+	return b.stopJobs(ctx, "interrupted by "+callerName(req.Caller), func() (targets []*jobEntry, _ error) {
 		for _, e := range b.state.jobs {
-			if e.rec.User != req.User || e.rec.State != wire.StateRunning || (req.JobID != "" && e.rec.ID != req.JobID) {
-				continue
-			}
-			c, err := b.cancelJob(ctx, e, "interrupted by "+callerName(req.Caller))
-			if err != nil {
-				failure = err
-				continue
-			}
-			affected = append(affected, e.rec.ID)
-			if c != nil {
-				ctls = append(ctls, *c)
+			if e.rec.User == req.User && e.rec.State == wire.StateRunning && (req.JobID == "" || e.rec.ID == req.JobID) {
+				targets = append(targets, e)
 			}
 		}
+		return targets, nil
 	})
-	if err != nil {
-		return wire.CancelReply{APIReply: apiError(err)}
-	}
-	b.sendControls(ctx, ctls)
-	return wire.CancelReply{APIReply: apiError(failure), Affected: affected}
 }
 
 // Forget deletes final jobs from the history.
