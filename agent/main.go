@@ -54,13 +54,15 @@ func serve(args []string) int {
 		image        = cli.String(fs, "docker-image", "ATELIER_DOCKER_IMAGE", "", "docker runtime: ComfyUI image")
 		models       = cli.String(fs, "models-dir", "ATELIER_MODELS_DIR", "", "docker runtime: models folder, mounted read-only")
 		noDevReq     = cli.String(fs, "docker-no-gpu", "ATELIER_DOCKER_NO_GPU", "", "docker runtime: set to 1 to leave out the GPU device request (machines without GPUs)")
-		healthCmd    = cli.String(fs, "docker-health-cmd", "ATELIER_DOCKER_HEALTH_CMD", "", "docker runtime: health check command run in the container (default: curl on /system_stats)")
+		healthCmd    = cli.String(fs, "docker-health-cmd", "ATELIER_DOCKER_HEALTH_CMD", "", "docker runtime: health check command run in the container (default: curl on /system_stats; the simulator image: /atelier-healthcheck healthcheck)")
+		healthEvery  = cli.Duration(fs, "docker-health-interval", "ATELIER_DOCKER_HEALTH_INTERVAL", 5*time.Second, "docker runtime: period of the container health check")
 		simDir       = cli.String(fs, "sim-dir", "ATELIER_SIM_DIR", filepath.Join(os.TempDir(), "atelier-sim"), "simulated runtime: simulators' input/output/temp root")
 		simStep      = cli.Duration(fs, "sim-step-delay", "ATELIER_SIM_STEP_DELAY", 20*time.Millisecond, "simulated runtime: time per sampler step")
 		spool        = cli.String(fs, "spool", "ATELIER_SPOOL", "", "spool directory for outputs on their way to mello (default: a temp dir)")
 		noPrefetch   = cli.String(fs, "no-prefetch", "ATELIER_NO_PREFETCH", "", "set to 1 to fetch a slot's next job only when it is idle")
 		eventTimeout = cli.Duration(fs, "event-timeout", "ATELIER_EVENT_TIMEOUT", 10*time.Minute, "watchdog: no event from ComfyUI for this long restarts it and retries the job")
 		drainTimeout = cli.Duration(fs, "drain-timeout", "ATELIER_DRAIN_TIMEOUT", 5*time.Minute, "on SIGTERM or drain: how long running jobs may finish before they are released")
+		retryDelay   = cli.Duration(fs, "retry-delay", "ATELIER_RETRY_DELAY", 5*time.Second, "how long a job given back (ComfyUI crashed, claim failed) waits before it is offered again")
 		logFormat    = cli.String(fs, "log-format", "ATELIER_LOG_FORMAT", "json", "json or console")
 		logLevel     = cli.String(fs, "log-level", "ATELIER_LOG_LEVEL", "info", "debug, info, warn, error")
 	)
@@ -76,7 +78,7 @@ func serve(args []string) int {
 	cfg := agent.Config{
 		ID: *id, Pool: *pool, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: *natsPass,
 		SpoolDir: *spool, DisablePrefetch: *noPrefetch == "1" || *noPrefetch == "true",
-		EventTimeout: *eventTimeout, DrainTimeout: *drainTimeout, Logger: log,
+		EventTimeout: *eventTimeout, DrainTimeout: *drainTimeout, RetryDelay: *retryDelay, Logger: log,
 	}
 	if cfg.ID == "" {
 		h, _ := os.Hostname()
@@ -143,7 +145,7 @@ func serve(args []string) int {
 		d := &agent.Docker{
 			Agent: cfg.ID, Image: *image, ExtraArgs: strings.Fields(*comfyArgs), GPUs: g,
 			DeviceRequests: !(*noDevReq == "1" || *noDevReq == "true"),
-			ScratchDir:     *scratch, ModelsDir: *models, BasePort: *basePort, Logger: log,
+			ScratchDir:     *scratch, ModelsDir: *models, BasePort: *basePort, HealthInterval: *healthEvery, Logger: log,
 		}
 		if *healthCmd != "" {
 			d.HealthCmd = append([]string{"CMD"}, strings.Fields(*healthCmd)...)

@@ -48,18 +48,25 @@ type Agent struct {
 	// included).
 	active atomic.Int64
 
-	// Drain state, under dmu. fetchCtx is cancelled when a drain
-	// starts; changedCh is closed at every drain or undrain.
-	dmu         sync.Mutex
-	draining    bool
-	drainEpoch  int
-	fetchCtx    context.Context
-	fetchCancel context.CancelFunc
-	changedCh   chan struct{}
+	// Drain state, under dmu. changedCh is closed at every drain or
+	// undrain.
+	dmu        sync.Mutex
+	draining   bool
+	drainEpoch int
+	changedCh  chan struct{}
 
 	scratchBytes atomic.Int64
 	ctlSub       *nats.Subscription
+
+	// hbKick asks the heartbeat loop for a heartbeat now: a slot changed
+	// state (the dashboard shows it within hbMinGap, not at the next tick).
+	hbKick chan struct{}
 }
+
+// hbMinGap is the least time between two heartbeats a state change sends
+// early. Each heartbeat costs the broker a KV write on its core goroutine;
+// with many short jobs a heartbeat per change would be hundreds a second.
+const hbMinGap = 100 * time.Millisecond
 
 // New validates the configuration and returns an agent ready to Start.
 func New(cfg Config) (*Agent, error) {
@@ -73,8 +80,8 @@ func New(cfg Config) (*Agent, error) {
 		boot:      uuid.NewString(),
 		stopped:   make(chan struct{}),
 		changedCh: make(chan struct{}),
+		hbKick:    make(chan struct{}, 1),
 	}
-	a.fetchCtx, a.fetchCancel = context.WithCancel(context.Background())
 	return a, nil
 }
 
@@ -212,17 +219,37 @@ func (a *Agent) Shutdown() {
 	}
 }
 
+// heartbeatLoop sends a heartbeat every HeartbeatInterval, and soon
+// (within hbMinGap of the last one) after a slot changed state.
 func (a *Agent) heartbeatLoop(ctx context.Context) {
 	defer a.wg.Done()
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()
 	for {
 		a.sendHeartbeat()
+		last := time.Now()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-a.hbKick:
+			if !sleep(ctx, hbMinGap-time.Since(last)) {
+				return
+			}
+			// Changes meanwhile are in the heartbeat about to go.
+			select {
+			case <-a.hbKick:
+			default:
+			}
 		}
+	}
+}
+
+// kickHeartbeat asks for a heartbeat soon: a slot changed state.
+func (a *Agent) kickHeartbeat() {
+	select {
+	case a.hbKick <- struct{}{}:
+	default:
 	}
 }
 

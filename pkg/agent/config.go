@@ -39,8 +39,9 @@ type Config struct {
 
 	// HeartbeatInterval paces heartbeats (default 2 s).
 	HeartbeatInterval time.Duration
-	// FetchWait bounds one pull for a ticket (default 30 s); a free slot
-	// pulls again right after.
+	// FetchWait bounds one pull for a ticket (default 3 s); a free slot
+	// pulls again right after. A drain waits for pulls under way, so it
+	// is also what a drain may take beyond the running jobs.
 	FetchWait time.Duration
 	// ClaimTimeout bounds the claim request to the broker (default 10 s).
 	ClaimTimeout time.Duration
@@ -90,7 +91,7 @@ func (c *Config) setDefaults() {
 		c.HeartbeatInterval = 2 * time.Second
 	}
 	if c.FetchWait == 0 {
-		c.FetchWait = 30 * time.Second
+		c.FetchWait = 3 * time.Second
 	}
 	if c.ClaimTimeout == 0 {
 		c.ClaimTimeout = 10 * time.Second

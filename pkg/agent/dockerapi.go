@@ -181,13 +181,16 @@ func (d *dockerAPI) inspect(ctx context.Context, id string) (containerState, err
 	return out, err
 }
 
-// wait blocks until the container next exits (the request is a long
-// poll), and returns its exit code.
+// wait blocks until the container is not running (the request is a
+// long poll), and returns its exit code. It answers at once for a
+// container that already stopped: "next-exit" would miss an exit between
+// a start and the wait (a ComfyUI that dies as it starts) and wait for
+// one that never comes.
 func (d *dockerAPI) wait(ctx context.Context, id string) (int, error) {
 	var out struct {
 		StatusCode int `json:"StatusCode"`
 	}
-	err := d.do(ctx, http.MethodPost, "/containers/"+id+"/wait", url.Values{"condition": {"next-exit"}}, nil, &out)
+	err := d.do(ctx, http.MethodPost, "/containers/"+id+"/wait", url.Values{"condition": {"not-running"}}, nil, &out)
 	return out.StatusCode, err
 }
 

@@ -19,23 +19,6 @@ func (a *Agent) changed() <-chan struct{} {
 	return a.changedCh
 }
 
-// fetchContext is ctx, also cancelled when the agent starts draining, so
-// pulls under way stop at once.
-func (a *Agent) fetchContext(ctx context.Context) context.Context {
-	a.dmu.Lock()
-	fctx := a.fetchCtx
-	a.dmu.Unlock()
-	c, cancel := context.WithCancel(ctx)
-	go func() {
-		select {
-		case <-fctx.Done():
-		case <-c.Done():
-		}
-		cancel()
-	}()
-	return c
-}
-
 // Drain stops fetching, gives prefetched jobs back at once, and lets
 // running jobs finish for up to deadline (0: Config.DrainTimeout); jobs
 // still running then are interrupted and released back to the queue. It
@@ -53,7 +36,6 @@ func (a *Agent) Drain(deadline time.Duration) bool {
 	a.draining = true
 	a.drainEpoch++
 	epoch := a.drainEpoch
-	a.fetchCancel()
 	close(a.changedCh)
 	a.changedCh = make(chan struct{})
 	a.dmu.Unlock()
@@ -106,7 +88,6 @@ func (a *Agent) Undrain() bool {
 		return false
 	}
 	a.draining = false
-	a.fetchCtx, a.fetchCancel = context.WithCancel(context.Background())
 	close(a.changedCh)
 	a.changedCh = make(chan struct{})
 	a.dmu.Unlock()
@@ -117,14 +98,17 @@ func (a *Agent) Undrain() bool {
 	return true
 }
 
-// Idle reports whether no job is running, being finished or held.
+// Idle reports whether no job is running, being finished or held, and no
+// pull for a ticket is under way.
 func (a *Agent) Idle() bool {
 	if a.active.Load() > 0 {
 		return false
 	}
 	for _, s := range a.slots {
 		s.mu.Lock()
-		busy := s.cur != nil || s.pending != nil
+		// A pull under way counts: a ticket it brings back during a
+		// drain is handed back at once (see slot.fetch).
+		busy := s.cur != nil || s.pending != nil || s.fetching
 		s.mu.Unlock()
 		if busy {
 			return false

@@ -57,10 +57,23 @@ type run struct {
 	onEnd   func()
 	endOnce sync.Once
 
+	// submitted is closed once this attempt's prompt went to ComfyUI (or
+	// will not): a prefetched successor is queued in ComfyUI only after
+	// it, so ComfyUI runs them in order.
+	submitted     chan struct{}
+	submittedOnce sync.Once
+
 	mu          sync.Mutex
 	phase       runPhase
 	interrupted bool // an interrupt was requested (ctl)
 	startedSent bool
+	// Queued ahead: a prefetched prompt goes into ComfyUI's own queue
+	// while the slot's current one runs, so ComfyUI starts it the instant
+	// the current one ends. aheadDone is closed when that POST is over;
+	// queuedAhead says it went in, on ComfyUI generation aheadGen.
+	aheadDone   chan struct{}
+	queuedAhead bool
+	aheadGen    uint64
 }
 
 type runPhase int
@@ -90,10 +103,11 @@ var (
 func newRun(ctx context.Context, s *slot, job wire.Job, attempt int, ticket jetstream.Msg, delivered uint64, prefetched bool) *run {
 	r := &run{
 		s: s, job: job, attempt: attempt, ticket: ticket, delivered: delivered, prefetched: prefetched,
-		comfyID: uuid.NewString(),
-		sid:     strings.ReplaceAll(uuid.NewString(), "-", ""),
-		shipped: map[fileKey]outputFile{},
-		gpuFree: make(chan struct{}),
+		comfyID:   uuid.NewString(),
+		sid:       strings.ReplaceAll(uuid.NewString(), "-", ""),
+		shipped:   map[fileKey]outputFile{},
+		gpuFree:   make(chan struct{}),
+		submitted: make(chan struct{}),
 	}
 	r.log = s.log.With().Str("job", job.ID).Str("user", job.User).Int("attempt", attempt).Logger()
 	// The lease runs from the claim: a prefetched ticket waiting for the
@@ -134,12 +148,97 @@ func (r *run) end() {
 	})
 	r.stopLease()
 	r.freeGPU()
+	r.markSubmitted()
 	if r.conn != nil {
 		r.conn.Close()
 	}
 }
 
 func (r *run) freeGPU() { r.freeOnce.Do(func() { close(r.gpuFree) }) }
+
+func (r *run) markSubmitted() { r.submittedOnce.Do(func() { close(r.submitted) }) }
+
+// queueAhead puts a prefetched run's prompt into ComfyUI's queue behind
+// the prompt of cur (the slot's running job; nil when none), so that
+// ComfyUI starts it the moment cur ends, with no round trip through the
+// agent in between. It runs in the background; execute waits for it and
+// then only follows the prompt. A run dropped or interrupted before it
+// started takes its prompt out of ComfyUI's queue again (cancelAhead).
+func (r *run) queueAhead(ctx context.Context, cur *run) {
+	if cur != nil {
+		select {
+		case <-cur.submitted:
+		case <-ctx.Done():
+			return
+		}
+	}
+	r.mu.Lock()
+	// Once the phase check passed, execute waits for aheadDone before it
+	// touches the run's prompt, connection or id.
+	if r.phase != phasePending || r.aheadDone != nil || r.promptErr != nil || r.conn == nil {
+		r.mu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	r.aheadDone = done
+	gen := r.gen
+	r.mu.Unlock()
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err := r.s.comfy.QueuePrompt(qctx, comfyclient.PromptRequest{
+		Prompt: r.prompt, ClientID: r.sid, PromptID: r.comfyID, ExtraData: r.extraData(),
+	})
+	cancel()
+	r.mu.Lock()
+	r.queuedAhead = err == nil
+	r.aheadGen = gen
+	dropped := r.phase == phaseDropped
+	r.mu.Unlock()
+	close(done)
+	if err != nil {
+		// execute queues it the usual way and handles the error there.
+		r.log.Debug().Err(err).Msg("queue ahead in ComfyUI")
+		return
+	}
+	r.log.Debug().Msg("queued ahead in ComfyUI")
+	if dropped {
+		r.cancelAhead()
+	}
+}
+
+// awaitAhead waits for a queueAhead under way and reports whether the
+// prompt is in ComfyUI's queue (on generation gen).
+func (r *run) awaitAhead() (queued bool, gen uint64) {
+	r.mu.Lock()
+	done := r.aheadDone
+	r.mu.Unlock()
+	if done == nil {
+		return false, 0
+	}
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.queuedAhead, r.aheadGen
+}
+
+// cancelAhead takes a prompt queued ahead out of ComfyUI: deleted from the
+// queue if it is still pending, interrupted if ComfyUI started it
+// meanwhile (an interrupt names the prompt, so it touches nothing else).
+func (r *run) cancelAhead() {
+	if queued, _ := r.awaitAhead(); !queued {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.s.comfy.DeleteQueued(ctx, r.comfyID); err != nil {
+		r.log.Debug().Err(err).Msg("delete queued prompt")
+	}
+	if err := r.s.comfy.Interrupt(ctx, r.comfyID); err != nil {
+		r.log.Debug().Err(err).Msg("interrupt prompt queued ahead")
+	}
+}
 
 // begin moves a pending run to started; false if it was dropped.
 func (r *run) begin() bool {
@@ -162,6 +261,7 @@ func (r *run) dropBeforeStart(ctx context.Context, reason string, delay bool) bo
 	r.phase = phaseDropped
 	r.mu.Unlock()
 	defer r.end()
+	r.cancelAhead()
 	r.log.Info().Str("reason", reason).Msg("giving a prefetched job back")
 	r.report(ctx, wire.Report{Kind: wire.ReportReleased, Reason: reason})
 	if delay {
@@ -177,7 +277,7 @@ func (r *run) dropBeforeStart(ctx context.Context, reason string, delay bool) bo
 func (r *run) interrupt(ctx context.Context) {
 	r.mu.Lock()
 	r.interrupted = true
-	phase := r.phase
+	phase, comfyID := r.phase, r.comfyID
 	if phase == phasePending {
 		r.phase = phaseDropped
 	}
@@ -185,6 +285,7 @@ func (r *run) interrupt(ctx context.Context) {
 	switch phase {
 	case phasePending:
 		defer r.end()
+		r.cancelAhead()
 		r.log.Info().Msg("interrupted before it started: dropped")
 		r.report(ctx, wire.Report{Kind: wire.ReportInterrupted, Reason: "interrupted before it started"})
 		// The ticket comes back once the broker recorded the end, and its
@@ -193,7 +294,7 @@ func (r *run) interrupt(ctx context.Context) {
 	case phaseStarted:
 		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		if err := r.s.comfy.Interrupt(ictx, r.comfyID); err != nil {
+		if err := r.s.comfy.Interrupt(ictx, comfyID); err != nil {
 			r.log.Warn().Err(err).Msg("interrupt in ComfyUI")
 		}
 	}
@@ -215,6 +316,17 @@ func (r *run) execute(parent context.Context) {
 		r.finish(ctx, outcome{kind: wire.ReportFailed, reason: "the prompt cannot run: " + r.promptErr.Error()}, nil)
 		return
 	}
+	queued, gen := r.awaitAhead()
+	ahead := queued && r.conn != nil && gen == r.gen && gen == r.s.healthy.Load()
+	if queued && !ahead {
+		// ComfyUI restarted (or was taken for down) since the prompt was
+		// queued ahead: make sure it is gone, and queue it afresh under
+		// a new id.
+		r.cancelAhead()
+		r.mu.Lock()
+		r.comfyID = uuid.NewString()
+		r.mu.Unlock()
+	}
 	if r.conn == nil || r.gen != r.s.healthy.Load() {
 		// ComfyUI restarted since the job was staged.
 		if r.conn != nil {
@@ -229,12 +341,16 @@ func (r *run) execute(parent context.Context) {
 	}
 	exited := r.s.exited()
 
-	_, err := r.s.comfy.QueuePrompt(ctx, comfyclient.PromptRequest{
-		Prompt:    r.prompt,
-		ClientID:  r.sid,
-		PromptID:  r.comfyID,
-		ExtraData: r.extraData(),
-	})
+	var err error
+	if !ahead {
+		_, err = r.s.comfy.QueuePrompt(ctx, comfyclient.PromptRequest{
+			Prompt:    r.prompt,
+			ClientID:  r.sid,
+			PromptID:  r.comfyID,
+			ExtraData: r.extraData(),
+		})
+	}
+	r.markSubmitted()
 	var perr *comfyclient.PromptError
 	switch {
 	case errors.As(err, &perr):
@@ -554,7 +670,7 @@ func (r *run) history(ctx context.Context) (*historyEntry, error) {
 // awaitHistory polls ComfyUI's history when the WebSocket is gone.
 func (r *run) awaitHistory(ctx context.Context, exited <-chan struct{}) (outcome, error) {
 	deadline := time.Now().Add(10 * time.Minute)
-	fails := 0
+	fails, polls, lost := 0, 0, 0
 	for time.Now().Before(deadline) {
 		_, err := r.history(ctx)
 		switch {
@@ -568,12 +684,38 @@ func (r *run) awaitHistory(ctx context.Context, exited <-chan struct{}) (outcome
 			if fails++; fails > 20 {
 				return outcome{}, err
 			}
+		default:
+			// Neither finished nor queued nor running: ComfyUI lost it
+			// (a restart we did not see, say). Asked twice, 2 s apart.
+			if polls++; polls%4 == 0 && r.lostByComfy(ctx) {
+				if lost++; lost >= 2 {
+					return outcome{}, errors.New("ComfyUI has the prompt neither queued nor in its history")
+				}
+			} else if polls%4 == 0 {
+				lost = 0
+			}
 		}
 		if !sleep(ctx, 500*time.Millisecond) {
 			return outcome{}, ctx.Err()
 		}
 	}
 	return outcome{}, errors.New("prompt did not finish")
+}
+
+// lostByComfy reports whether ComfyUI has the prompt neither running, nor
+// pending, nor in its history.
+func (r *run) lostByComfy(ctx context.Context) bool {
+	running, pending, err := r.s.comfy.Queue(ctx)
+	if err != nil {
+		return false
+	}
+	for _, q := range append(running, pending...) {
+		if q.PromptID == r.comfyID {
+			return false
+		}
+	}
+	_, err = r.history(ctx)
+	return errors.Is(err, errNotInHistory)
 }
 
 // outcomeFromHistory reads how the prompt ended from its history entry.

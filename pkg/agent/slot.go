@@ -90,9 +90,7 @@ func (s *slot) exited() <-chan struct{} {
 // restart asks the runtime for a fresh ComfyUI (a hung or out-of-memory
 // one). The slot counts as down until the new one answers.
 func (s *slot) restart(ctx context.Context, why string) {
-	s.mu.Lock()
-	s.state = wire.SlotDown
-	s.mu.Unlock()
+	s.setState(wire.SlotDown)
 	sup, ok := s.a.cfg.Runtime.(Supervisor)
 	if !ok {
 		s.log.Warn().Str("why", why).Msg("ComfyUI needs a restart, which this runtime cannot do")
@@ -130,6 +128,12 @@ func (s *slot) run(ctx context.Context) {
 			continue
 		}
 		r := s.takePending()
+		if r != nil && s.a.Draining() {
+			// A drain began since the check above: the prefetched job
+			// goes back, as Drain promises.
+			r.dropBeforeStart(context.Background(), "the agent is draining", false)
+			continue
+		}
 		if r == nil {
 			s.startFetch(ctx, false)
 			select {
@@ -147,20 +151,14 @@ func (s *slot) run(ctx context.Context) {
 // execute starts r and returns once ComfyUI is done with it (r may still
 // be shipping outputs and reporting). Meanwhile the next job is fetched.
 func (s *slot) execute(ctx context.Context, r *run) {
-	s.mu.Lock()
-	s.cur = r
-	s.mu.Unlock()
+	s.setCur(r, nil)
 	s.a.wg.Add(1)
 	s.a.active.Add(1)
 	go func() {
 		defer s.a.wg.Done()
 		defer s.a.active.Add(-1)
 		r.execute(ctx)
-		s.mu.Lock()
-		if s.cur == r {
-			s.cur = nil
-		}
-		s.mu.Unlock()
+		s.setCur(nil, r)
 	}()
 	if !s.a.cfg.DisablePrefetch && !s.a.Draining() {
 		s.startFetch(ctx, true)
@@ -169,11 +167,7 @@ func (s *slot) execute(ctx context.Context, r *run) {
 	case <-r.gpuFree:
 	case <-ctx.Done():
 	}
-	s.mu.Lock()
-	if s.cur == r {
-		s.cur = nil
-	}
-	s.mu.Unlock()
+	s.setCur(nil, r)
 }
 
 func (s *slot) ensureConsumer(ctx context.Context) bool {
@@ -229,10 +223,20 @@ func (s *slot) startFetch(ctx context.Context, prefetch bool) {
 			s.mu.Unlock()
 			r.dropBeforeStart(context.Background(), "the agent is draining", false)
 		} else {
+			cur := s.cur
 			if r != nil {
 				s.pending = r
 			}
 			s.mu.Unlock()
+			if r != nil && prefetch {
+				// Into ComfyUI's own queue behind the running prompt:
+				// ComfyUI starts it the instant that one ends.
+				s.a.wg.Add(1)
+				go func() {
+					defer s.a.wg.Done()
+					r.queueAhead(ctx, cur)
+				}()
+			}
 		}
 		select {
 		case s.wake <- struct{}{}:
@@ -248,9 +252,13 @@ func (s *slot) fetch(ctx context.Context, prefetch bool) *run {
 	if cons == nil {
 		return nil
 	}
-	// The pull is bound to the fetch context, which a drain cancels, so
-	// a draining agent takes no new ticket.
-	fctx, cancel := context.WithTimeout(s.a.fetchContext(ctx), s.a.cfg.FetchWait)
+	// A drain does not cancel a pull under way: a ticket the server is
+	// sending as the pull is cancelled is lost to us and comes back only
+	// after AckWait (a minute of a participant waiting). The pull runs
+	// out on its own (FetchWait), and a ticket it brings during a drain
+	// is handed back at once, for another agent. (Stop cancels it; Run
+	// drains first and waits for the pulls to end.)
+	fctx, cancel := context.WithTimeout(ctx, s.a.cfg.FetchWait)
 	defer cancel()
 	batch, err := (*cons).Fetch(1, jetstream.FetchContext(fctx))
 	if err != nil {
@@ -262,6 +270,10 @@ func (s *slot) fetch(ctx context.Context, prefetch bool) *run {
 	}
 	var r *run
 	for msg := range batch.Messages() {
+		if s.a.Draining() {
+			_ = msg.Nak()
+			continue
+		}
 		r = s.acquire(ctx, msg, prefetch)
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && fctx.Err() == nil {
@@ -282,9 +294,35 @@ func (s *slot) needsHealthCheck() bool {
 // markDown records that ComfyUI is gone (exited, unreachable): the slot
 // waits for its health before the next job.
 func (s *slot) markDown() {
+	s.setState(wire.SlotDown)
+}
+
+// setState records the slot's state; a change goes out in a heartbeat at
+// once.
+func (s *slot) setState(st wire.SlotState) {
 	s.mu.Lock()
-	s.state = wire.SlotDown
+	changed := s.state != st
+	s.state = st
 	s.mu.Unlock()
+	if changed {
+		s.a.kickHeartbeat()
+	}
+}
+
+// setCur makes r the job the slot's ComfyUI works on (nil: none, when
+// cur is still want); the slot's busy or idle state goes out in a
+// heartbeat at once.
+func (s *slot) setCur(r, want *run) {
+	s.mu.Lock()
+	changed := false
+	if want == nil || s.cur == want {
+		changed = s.cur != r
+		s.cur = r
+	}
+	s.mu.Unlock()
+	if changed {
+		s.a.kickHeartbeat()
+	}
 }
 
 // awaitHealthy polls ComfyUI's /system_stats until it answers.
@@ -307,6 +345,7 @@ func (s *slot) awaitHealthy(ctx context.Context) bool {
 			}
 			s.mu.Unlock()
 			if becameHealthy {
+				s.a.kickHeartbeat()
 				s.healthy.Add(1)
 				s.log.Info().Str("comfyui", s.ep.URL).Msg("ComfyUI healthy")
 			}
@@ -316,10 +355,14 @@ func (s *slot) awaitHealthy(ctx context.Context) bool {
 			s.log.Warn().Err(err).Str("comfyui", s.ep.URL).Msg("ComfyUI not answering; waiting")
 			wasDown = true
 			s.mu.Lock()
-			if s.state != wire.SlotStarting {
+			down := s.state != wire.SlotStarting && s.state != wire.SlotDown
+			if down {
 				s.state = wire.SlotDown
 			}
 			s.mu.Unlock()
+			if down {
+				s.a.kickHeartbeat()
+			}
 		}
 		if !sleep(ctx, 200*time.Millisecond) {
 			return false

@@ -29,23 +29,36 @@ import (
 // (OnDone); the gap is the end of one job to the start of the next on the
 // same slot. "prefetch" is the agent's default (the next job claimed and
 // staged while the current runs); "no-prefetch" fetches only when idle.
-// Each call runs the whole experiment once (b.N is not a job count).
+//
+// b.N is not a job count: the experiment (400 jobs) is the measurement
+// and runs exactly once per sub-benchmark, whatever -benchtime says.
+// `make bench` passes -benchtime 200x for the other benchmarks; the
+// testing package then calls this function twice (b.N = 1, then b.N =
+// 200), so the result of the first call is kept and reported again
+// instead of running the experiment 1 + 200 times.
+//
+// Goal: gap p99 < 20 ms and busy > 99 % with prefetch. The agent queues
+// the prefetched prompt in ComfyUI's own queue while the current one
+// runs, so ComfyUI starts it the instant the current one ends.
 func BenchmarkIdleGap(b *testing.B) {
 	for _, tc := range []struct {
 		name     string
 		prefetch bool
 	}{{"prefetch", true}, {"no-prefetch", false}} {
+		var (
+			ran  bool
+			gaps latencies
+			busy float64
+		)
 		b.Run(tc.name, func(b *testing.B) {
-			for range b.N {
-				gaps, busy := idleGapRun(b, tc.prefetch, 4, 400)
-				b.ReportMetric(gaps.pct(0.50), "gap-p50-ms")
-				b.ReportMetric(gaps.pct(0.99), "gap-p99-ms")
-				b.ReportMetric(busy*100, "busy-pct")
-				b.ReportMetric(0, "ns/op")
-				if b.N > 1 {
-					break // one experiment is the measurement
-				}
+			if !ran {
+				gaps, busy = idleGapRun(b, tc.prefetch, 4, 400)
+				ran = true
 			}
+			b.ReportMetric(gaps.pct(0.50), "gap-p50-ms")
+			b.ReportMetric(gaps.pct(0.99), "gap-p99-ms")
+			b.ReportMetric(busy*100, "busy-pct")
+			b.ReportMetric(0, "ns/op")
 		})
 	}
 }

@@ -1,0 +1,277 @@
+package e2e
+
+// Helpers for the agent's end-to-end tests (agent_*_test.go): a system
+// without the default simulated agent, agents started with any flags,
+// the simulator binary, and reading the agents' JSON logs.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/stretchr/testify/require"
+)
+
+// startCore starts the broker and the proxy as startSystem does, but no
+// agent: the test starts its own with startAgent.
+func startCore(t *testing.T, users []string, brokerArgs ...string) *system {
+	t.Helper()
+	s := &system{
+		t: t, dataDir: filepath.Join(t.TempDir(), "data"), password: "pw-" + t.Name(),
+		procs: map[string]*exec.Cmd{}, args: map[string][]string{}, logs: map[string]*bytes.Buffer{},
+	}
+	natsAddr := freeAddr(t)
+	s.natsURL = "nats://" + natsAddr
+	s.brokerAt = freeAddr(t)
+	proxyAt := freeAddr(t)
+	s.proxyURL = "http://" + proxyAt
+	for _, u := range users {
+		out, err := exec.Command(filepath.Join(binDir, "atelier-broker"), "user", "add",
+			"--data", s.dataDir, "--id", u, "--password", s.password).CombinedOutput()
+		require.NoError(t, err, string(out))
+	}
+	// stop ends "agent", "proxy" and "broker" and keeps the logs of all.
+	t.Cleanup(s.stop)
+	s.start("broker", "atelier-broker", append([]string{"serve", "--data", s.dataDir, "--nats-listen", natsAddr, "--http", s.brokerAt}, brokerArgs...)...)
+	s.awaitHealthy("http://" + s.brokerAt + "/healthz")
+	s.start("proxy", "atelier-proxy", "--data", s.dataDir, "--listen", proxyAt, "--nats-url", s.natsURL)
+	s.awaitHealthy(s.proxyURL + "/healthz")
+	return s
+}
+
+// startAgent starts an atelier-agent process under name ("agent" is
+// stopped by system.stop; others are stopped with SIGTERM before it).
+func (s *system) startAgent(name string, args ...string) {
+	s.t.Helper()
+	s.start(name, "atelier-agent", append(args, "--nats-url", s.natsURL)...)
+	if name != "agent" {
+		s.t.Cleanup(func() {
+			if err := s.stopProc(name, 30*time.Second); err != nil {
+				s.t.Errorf("%s: %v", name, err)
+			}
+		})
+	}
+}
+
+// stopProc sends SIGTERM to the named process and waits for it to exit.
+// It returns an error if the exit status is not 0 or it does not exit
+// within d (it is then killed).
+func (s *system) stopProc(name string, d time.Duration) error {
+	cmd := s.procs[name]
+	if cmd == nil || cmd.ProcessState != nil {
+		return nil
+	}
+	_ = cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		_ = cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("did not exit within %s of SIGTERM", d)
+	}
+}
+
+// log returns what the named process logged so far.
+func (s *system) log(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b := s.logs[name]; b != nil {
+		return b.String()
+	}
+	return ""
+}
+
+// awaitSlots waits until the broker's status shows agent id with n
+// slots, all idle.
+func (s *system) awaitSlots(id string, n int, within time.Duration) {
+	s.t.Helper()
+	require.Eventually(s.t, func() bool {
+		var st struct {
+			Agents   []wire.Heartbeat `json:"agents"`
+			Catalogs int              `json:"catalogs"`
+		}
+		if getJSON("http://"+s.brokerAt+"/api/status", "", "", &st) != nil || st.Catalogs == 0 {
+			return false
+		}
+		for _, hb := range st.Agents {
+			if hb.Agent != id || len(hb.Slots) != n {
+				continue
+			}
+			for _, sl := range hb.Slots {
+				if sl.State != wire.SlotIdle {
+					return false
+				}
+			}
+			return true
+		}
+		return false
+	}, within, 50*time.Millisecond, "agent %s never had %d idle slots", id, n)
+}
+
+var (
+	comfysimOnce sync.Once
+	comfysimErr  error
+)
+
+// comfysimBin builds the simulator binary (static, for the FROM scratch
+// image too) once for the package.
+func comfysimBin(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(binDir, "atelier-comfysim")
+	comfysimOnce.Do(func() {
+		cmd := exec.Command("go", "build", "-o", path, "./comfysim")
+		cmd.Dir = repoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			comfysimErr = fmt.Errorf("build atelier-comfysim: %v\n%s", err, out)
+		}
+	})
+	require.NoError(t, comfysimErr)
+	return path
+}
+
+// freePorts finds n consecutive free loopback ports (the process and
+// docker runtimes give slot i the port base+i).
+func freePorts(t *testing.T, n int) int {
+	t.Helper()
+	for try := 0; try < 50; try++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		base := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		ok := base+n < 65535
+		for i := 1; ok && i < n; i++ {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(base+i))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free consecutive ports")
+	return 0
+}
+
+// logLine is the part of an agent's JSON log line the tests read.
+type logLine struct {
+	Message string `json:"message"`
+	Job     string `json:"job"`
+	Slot    string `json:"slot"`
+	Result  string `json:"result"`
+	Reason  string `json:"reason"`
+	PID     int    `json:"pid"`
+}
+
+// logLines parses a JSON log.
+func logLines(log string) []logLine {
+	var out []logLine
+	sc := bufio.NewScanner(strings.NewReader(log))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var l logLine
+		if json.Unmarshal(sc.Bytes(), &l) == nil {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// completions counts, per job, the "job done" lines with result
+// succeeded across the given logs: a job the GPU side completed twice
+// shows 2.
+func completions(logs ...string) map[string]int {
+	done := map[string]int{}
+	for _, log := range logs {
+		for _, l := range logLines(log) {
+			if l.Message == "job done" && l.Result == "succeeded" {
+				done[l.Job]++
+			}
+		}
+	}
+	return done
+}
+
+// queueJobs queues n txt2img jobs with steps sampler steps, spread over
+// the users, and returns job → user.
+func (s *system) queueJobs(t *testing.T, users []string, n, steps int) map[string]string {
+	t.Helper()
+	wf := workflow(t, "txt2img.json")
+	wf = bytes.Replace(wf, []byte(`"steps": 20`), fmt.Appendf(nil, `"steps": %d`, steps), 1)
+	ids := map[string]string{}
+	for i := range n {
+		u := users[i%len(users)]
+		prompt := bytes.Replace(wf, []byte(`"seed": 424242`), fmt.Appendf(nil, `"seed": %d`, 1000+i), 1)
+		ids[s.participant(u).queue(prompt, "")] = u
+	}
+	require.Len(t, ids, n)
+	return ids
+}
+
+// awaitSuccess waits until every job's history entry, read through the
+// proxy as its participant, says success.
+func (s *system) awaitSuccess(t *testing.T, ids map[string]string, within time.Duration) {
+	t.Helper()
+	pending, bad := map[string]string{}, map[string]string{}
+	for id, u := range ids {
+		pending[id] = u
+	}
+	require.Eventually(t, func() bool {
+		for id, u := range pending {
+			var h map[string]struct {
+				Status struct {
+					StatusStr string `json:"status_str"`
+				} `json:"status"`
+			}
+			code, body := s.participant(u).do(http.MethodGet, "/history/"+id, nil)
+			if code != http.StatusOK || json.Unmarshal(body, &h) != nil {
+				return false
+			}
+			e, ok := h[id]
+			if !ok {
+				return false
+			}
+			if e.Status.StatusStr != "success" {
+				bad[id] = e.Status.StatusStr
+			}
+			delete(pending, id)
+		}
+		return true
+	}, within, 100*time.Millisecond, "jobs without a history entry: %v", pending)
+	require.Empty(t, bad, "jobs whose history entry is not a success")
+}
+
+// awaitLog waits until the named process logged a line for which match
+// holds, and returns it.
+func (s *system) awaitLog(name string, within time.Duration, match func(logLine) bool) logLine {
+	s.t.Helper()
+	var found logLine
+	require.Eventually(s.t, func() bool {
+		for _, l := range logLines(s.log(name)) {
+			if match(l) {
+				found = l
+				return true
+			}
+		}
+		return false
+	}, within, 20*time.Millisecond, "%s never logged the expected line", name)
+	return found
+}

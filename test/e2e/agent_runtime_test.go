@@ -1,0 +1,176 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+)
+
+// The process runtime spawns atelier-comfysim as "ComfyUI" (the command
+// template is --comfy-command; the runtime appends ComfyUI's own flags),
+// one per GPU. One of them is killed with SIGKILL while it runs a job: the
+// agent sees it exit, starts it again, and the job is retried; every job
+// succeeds, none completes twice.
+func TestAgentProcessRuntimeRestartsKilledComfyUI(t *testing.T) {
+	t.Parallel()
+	sim := comfysimBin(t)
+	users := []string{"user001", "user002"}
+	s := startCore(t, users)
+	scratch := filepath.Join(t.TempDir(), "scratch")
+	s.startAgent("agent", "--id", "e2e-proc", "--runtime", "process", "--gpus", "2",
+		"--comfy-command", sim, "--comfy-args", "--step-delay 20ms --log-format json",
+		"--base-port", fmt.Sprint(freePorts(t, 2)), "--scratch", scratch,
+		"--retry-delay", "200ms", "--drain-timeout", "10s")
+	s.awaitSlots("e2e-proc", 2, 30*time.Second)
+
+	started := s.awaitLog("agent", 5*time.Second, func(l logLine) bool { return l.Message == "ComfyUI started" && l.Slot == "gpu0" })
+	require.NotZero(t, started.PID)
+	// The simulator is a real child process, started with ComfyUI's flags.
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", started.PID))
+	if err == nil {
+		args := strings.Split(string(cmdline), "\x00")
+		require.Equal(t, sim, args[0])
+		require.Contains(t, args, "--cuda-device")
+		require.Contains(t, args, filepath.Join(scratch, "outputs"))
+	}
+	require.FileExists(t, filepath.Join(scratch, "logs", "comfyui-gpu0.log"))
+
+	ids := s.queueJobs(t, users, 6, 20) // ~0.5 s each
+	running := s.awaitLog("agent", 20*time.Second, func(l logLine) bool { return l.Message == "running job" && l.Slot == "gpu0" })
+	time.Sleep(100 * time.Millisecond) // into the sampler
+	require.NoError(t, syscall.Kill(started.PID, syscall.SIGKILL))
+
+	s.awaitLog("agent", 10*time.Second, func(l logLine) bool {
+		return l.Message == "ComfyUI started" && l.Slot == "gpu0" && l.PID != started.PID
+	})
+	s.awaitSuccess(t, ids, 60*time.Second)
+	s.awaitSlots("e2e-proc", 2, 10*time.Second)
+	// A run logs "job done" after its report is recorded: stop the agent
+	// (which stops its ComfyUIs) so its log is complete.
+	require.NoError(t, s.stopProc("agent", 30*time.Second))
+	done := completions(s.log("agent"))
+	for id := range ids {
+		require.Equal(t, 1, done[id], "job %s completed %d times", id, done[id])
+	}
+	// The job the killed process ran was given back and ran again.
+	released := false
+	for _, l := range logLines(s.log("agent")) {
+		if l.Message == "releasing job for another attempt" && l.Job == running.Job {
+			released = true
+		}
+	}
+	require.True(t, released, "job %s was running when its ComfyUI was killed and should have been retried", running.Job)
+}
+
+// dockerOK skips the test when no Docker Engine answers.
+func dockerOK(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("docker"); err != nil {
+		t.Skip("docker CLI not installed: skipping the docker runtime test")
+	}
+	if out, err := exec.Command("docker", "info").CombinedOutput(); err != nil {
+		t.Skipf("docker info failed, no Docker Engine to test against: %v\n%s", err, tail(string(out), 500))
+	}
+}
+
+func docker(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	require.NoError(t, err, "docker %s: %s", strings.Join(args, " "), out)
+	return strings.TrimSpace(string(out))
+}
+
+// The docker runtime against the real Docker Engine: an image built here
+// FROM scratch with the simulator (deploy/comfysim.Dockerfile), one
+// container per "GPU" (no device request: this machine has no GPU),
+// published on 127.0.0.1 (the agent reaches each container at
+// 127.0.0.1:<base-port+i>, as on a GPU box; host networking would need
+// one ComfyUI port per container inside the container too). The
+// containers pass their health check; one is killed with `docker kill`
+// while it runs a job and the agent starts it again; every job succeeds
+// once. Stopping the agent removes its containers; the test removes its
+// image.
+func TestAgentDockerRuntime(t *testing.T) {
+	dockerOK(t)
+	t.Parallel()
+	sim := comfysimBin(t)
+
+	// The build context: the static binaries under bin/.
+	ctxDir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(ctxDir, "bin"), 0o755))
+	for src, dst := range map[string]string{sim: "atelier-comfysim", filepath.Join(binDir, "atelier-agent"): "atelier-agent"} {
+		data, err := os.ReadFile(src)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(ctxDir, "bin", dst), data, 0o755))
+	}
+	run := strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+	image := "atelier-comfysim-e2e:" + run
+	agentID := "e2e-docker-" + run
+	t.Cleanup(func() {
+		// Whatever the agent left (it removes its containers when it
+		// stops), then the image.
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=atelier.agent="+agentID).Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("docker", "rm", "-f", id).Run()
+		}
+		_ = exec.Command("docker", "rmi", "-f", image).Run()
+	})
+	docker(t, "build", "-q", "-t", image, "--label", "atelier.test=e2e",
+		"-f", filepath.Join(repoRoot(), "deploy", "comfysim.Dockerfile"), ctxDir)
+
+	users := []string{"user001", "user002"}
+	s := startCore(t, users)
+	s.startAgent("agent", "--id", agentID, "--runtime", "docker", "--gpus", "2",
+		"--docker-image", image, "--docker-no-gpu", "1",
+		"--docker-health-cmd", "/atelier-healthcheck healthcheck --url http://127.0.0.1:8188/system_stats",
+		"--docker-health-interval", "1s", "--comfy-args", "--step-delay 20ms",
+		"--base-port", fmt.Sprint(freePorts(t, 2)), "--scratch", filepath.Join(t.TempDir(), "scratch"),
+		"--retry-delay", "200ms", "--drain-timeout", "10s")
+	s.awaitSlots(agentID, 2, 60*time.Second)
+
+	names := []string{"atelier-" + agentID + "-gpu0", "atelier-" + agentID + "-gpu1"}
+	for _, n := range names {
+		require.Equal(t, agentID, docker(t, "inspect", "--format", `{{index .Config.Labels "atelier.agent"}}`, n))
+		require.Eventually(t, func() bool {
+			out, err := exec.Command("docker", "inspect", "--format", "{{.State.Health.Status}}", n).Output()
+			return err == nil && strings.TrimSpace(string(out)) == "healthy"
+		}, 30*time.Second, 200*time.Millisecond, "container %s never healthy", n)
+	}
+
+	ids := s.queueJobs(t, users, 6, 20) // ~0.5 s each
+	running := s.awaitLog("agent", 20*time.Second, func(l logLine) bool { return l.Message == "running job" && l.Slot == "gpu0" })
+	firstStart := docker(t, "inspect", "--format", "{{.State.StartedAt}}", names[0])
+	time.Sleep(100 * time.Millisecond)
+	docker(t, "kill", names[0])
+
+	s.awaitLog("agent", 10*time.Second, func(l logLine) bool { return l.Message == "ComfyUI container exited" && l.Slot == "gpu0" })
+	require.Eventually(t, func() bool {
+		out, err := exec.Command("docker", "inspect", "--format", "{{.State.Running}} {{.State.StartedAt}}", names[0]).Output()
+		f := strings.Fields(string(out))
+		return err == nil && len(f) == 2 && f[0] == "true" && f[1] != firstStart
+	}, 20*time.Second, 100*time.Millisecond, "the killed container was not started again")
+
+	s.awaitSuccess(t, ids, 60*time.Second)
+	// Stopping the agent removes its containers (and completes its log).
+	require.NoError(t, s.stopProc("agent", 30*time.Second))
+	require.Empty(t, docker(t, "ps", "-aq", "--filter", "label=atelier.agent="+agentID))
+	done := completions(s.log("agent"))
+	for id := range ids {
+		require.Equal(t, 1, done[id], "job %s completed %d times", id, done[id])
+	}
+	released := false
+	for _, l := range logLines(s.log("agent")) {
+		if l.Message == "releasing job for another attempt" && l.Job == running.Job {
+			released = true
+		}
+	}
+	require.True(t, released, "job %s was running when its container was killed and should have been retried", running.Job)
+}
