@@ -44,8 +44,10 @@ func TestDashboardMetricsAndStatusCommand(t *testing.T) {
 	s.submit(t, "user002", "d")
 	api("cancel", `{`+caller+`,"user":"user001","job_ids":["`+doomed+`"]}`)
 	m := waitFor(func(m string) bool {
+		// The slot turns idle with the agent's next heartbeat.
 		return contains(m, `atelier_jobs_finished_total{pool="default",state="cancelled"} 1`) &&
-			contains(m, `atelier_queue_depth{pool="default"} 1`)
+			contains(m, `atelier_queue_depth{pool="default"} 1`) &&
+			contains(m, `atelier_agent_slots{agent="dash-box",pool="default",state="idle"} 1`)
 	})
 	for _, want := range []string{
 		`atelier_jobs_submitted_total{pool="default"} 4`,
