@@ -91,8 +91,11 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	sum := hex.EncodeToString(h.Sum(nil))
 	ref := filestore.Ref{User: r.job.User, Kind: kind, Subfolder: stripUser(r.job.User, k.subfolder), Name: k.name}
 	// The transfer id is stable across retries and agent restarts, so an
-	// interrupted upload resumes where it stopped.
-	tid := sha256.Sum256(fmt.Appendf(nil, "%s/%d/%s/%s/%s/%s", r.job.ID, r.attempt, k.kind, k.subfolder, k.name, sum))
+	// interrupted upload resumes where it stopped. It leaves the attempt
+	// out: an agent restarted while shipping comes back with a new attempt
+	// of the same job, and the same file (name and content, the sum is part
+	// of the id) must pick up the staged part instead of starting over.
+	tid := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%s/%s/%s", r.job.ID, k.kind, k.subfolder, k.name, sum))
 	stored, err := filetransfer.SendFile(ctx, r.s.a.nc, wire.FilePutPrefix, r.s.a.cfg.ID,
 		filetransfer.Meta{TransferID: hex.EncodeToString(tid[:16]), Ref: ref, Size: size, SHA256: sum}, spool.Name())
 	if err != nil {

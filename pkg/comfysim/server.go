@@ -98,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 
 		closeDone: make(chan struct{}),
 	}
-	s.nodeList = buildNodeDefs()
+	s.nodeList = append(buildNodeDefs(), bigFileNodeDef())
 	for _, d := range s.nodeList {
 		s.nodes[d.name] = d
 	}

@@ -179,7 +179,7 @@ type chunkResult struct {
 func (f *fetcher) fetch(ctx context.Context, info filestore.Info, start int64, h hash.Hash, w io.WriterAt) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	window := max(f.o.window, 1)
+	window := windowFor(f.o.window, f.o.chunkSize)
 	pending := make([]chan chunkResult, 0, window)
 	next := start
 	launch := func() {

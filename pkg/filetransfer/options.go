@@ -29,7 +29,6 @@ type options struct {
 func newOptions(opts []Option) options {
 	o := options{
 		chunkSize:      DefaultChunkSize,
-		window:         8,
 		requestTimeout: 10 * time.Second,
 		commitTimeout:  2 * time.Minute,
 		maxRetries:     8,
@@ -49,7 +48,7 @@ func newOptions(opts []Option) options {
 func WithChunkSize(n int) Option { return func(o *options) { o.chunkSize = n } }
 
 // WithWindow sets how many chunks may be in flight. The receiver's advertised
-// window caps it on uploads. Default 8.
+// window caps it on uploads. Default: DefaultWindowBytes worth of chunks.
 func WithWindow(n int) Option { return func(o *options) { o.window = n } }
 
 // WithRequestTimeout bounds the wait for each reply (open, stat, a chunk
@@ -92,6 +91,21 @@ type Stats struct {
 	Resends int64
 	// Attempts counts opens (uploads) or chunk request retries (downloads).
 	Attempts int
+}
+
+// DefaultWindowBytes is how much data may be in flight by default: enough to
+// keep a loopback or LAN link busy, small enough that the receiver's memory
+// (which holds the window, twice over counting the NATS client's buffers and
+// the garbage collector's slack) stays far below 100 MB per transfer.
+const DefaultWindowBytes = 16 << 20
+
+// windowFor is the number of chunks in flight: n when set, else
+// DefaultWindowBytes worth of chunks, at least 2.
+func windowFor(n, chunkSize int) int {
+	if n > 0 {
+		return n
+	}
+	return max(2, DefaultWindowBytes/max(chunkSize, 1))
 }
 
 func (o *options) backoff(attempt int) time.Duration {

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -44,7 +43,8 @@ type ReceiverConfig struct {
 	// Default DefaultChunkSize, capped by the connection's max payload.
 	ChunkSize int
 	// Window is the number of chunks a sender may have in flight, advertised
-	// in the open reply. Default 8.
+	// in the open reply. Default: DefaultWindowBytes worth of chunks (4 of
+	// 4 MiB on the embedded broker, 16 of ~1 MiB on a default NATS server).
 	Window int
 	// MaxTransfers bounds the transfers held open in memory at once; an open
 	// beyond it is answered busy. With Window and ChunkSize it bounds the
@@ -66,6 +66,14 @@ type ReceiverConfig struct {
 	// which NATS permissions tie to the agent's credentials. Default: allow
 	// output and temp files, refuse input files.
 	Authorize func(agentID string, ref filestore.Ref) error
+	// Admit, when set, decides on each open whether an upload of size bytes
+	// to ref may go ahead: the participant's disk quota (see
+	// retention.Quotas.Check). An error wrapping filestore.ErrQuotaExceeded
+	// reaches the sender as such and is not retried.
+	Admit func(agentID string, ref filestore.Ref, size int64) error
+	// Stored, when set, is told about every file committed into the Store
+	// (to count it against the quota at once, say). It must not block.
+	Stored func(agentID string, info filestore.Info)
 	// Logger. Default: disabled.
 	Logger *zerolog.Logger
 }
@@ -93,9 +101,7 @@ func (c *ReceiverConfig) withDefaults() (ReceiverConfig, error) {
 	if max := maxChunkFor(cfg.Conn); cfg.ChunkSize > max {
 		cfg.ChunkSize = max
 	}
-	if cfg.Window <= 0 {
-		cfg.Window = 8
-	}
+	cfg.Window = windowFor(cfg.Window, cfg.ChunkSize)
 	if cfg.MaxTransfers <= 0 {
 		cfg.MaxTransfers = 64
 	}
@@ -305,7 +311,7 @@ type transfer struct {
 	committed atomic.Bool
 
 	f    *os.File
-	h    hash.Hash
+	h    *asyncHash
 	done *CommitReply // set by the worker after a successful commit
 
 	queue   chan *nats.Msg
@@ -362,6 +368,14 @@ func (r *Receiver) open(agent string, req OpenRequest) (*transfer, error) {
 	if err := r.cfg.Authorize(agent, ref); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrForbidden, err)
 	}
+	// A transfer already under way was admitted when it began: a resume
+	// must not be refused because of what was stored since. Admit runs
+	// outside r.mu because a quota check may walk the participant's folders.
+	if r.cfg.Admit != nil && !r.underWay(agent, req) {
+		if err := r.cfg.Admit(agent, ref, req.Size); err != nil {
+			return nil, err
+		}
+	}
 
 	key := r.key(agent, req.TransferID)
 	r.mu.Lock()
@@ -401,6 +415,20 @@ func (r *Receiver) open(agent string, req OpenRequest) (*transfer, error) {
 	return t, nil
 }
 
+// underWay reports whether the transfer is open in memory or staged on disk
+// for the same file.
+func (r *Receiver) underWay(agent string, req OpenRequest) bool {
+	r.mu.Lock()
+	t, ok := r.transfers[r.key(agent, req.TransferID)]
+	r.mu.Unlock()
+	if ok && t.meta == req {
+		return true
+	}
+	var prev OpenRequest
+	data, err := os.ReadFile(filepath.Join(r.cfg.StagingDir, agent, req.TransferID+".meta"))
+	return err == nil && json.Unmarshal(data, &prev) == nil && prev == req
+}
+
 // evictCommittedLocked drops transfers whose file is already stored. A
 // sender that retries a commit after that reopens the transfer, sends the
 // file again and gets the same stored file back (same content, same name),
@@ -423,8 +451,10 @@ func (r *Receiver) load(agent string, req OpenRequest) (*transfer, error) {
 	}
 	t := &transfer{
 		r: r, agent: agent, id: req.TransferID, meta: req,
-		base:    filepath.Join(dir, req.TransferID),
-		h:       sha256.New(),
+		base: filepath.Join(dir, req.TransferID),
+		// Two chunks queued for hashing are enough to overlap it with the
+		// writes; more would only hold memory.
+		h:       newAsyncHash(sha256.New(), 2),
 		queue:   make(chan *nats.Msg, r.cfg.Window+2),
 		stopped: make(chan struct{}),
 	}
@@ -455,6 +485,13 @@ func (r *Receiver) load(agent string, req OpenRequest) (*transfer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("staging file: %w", err)
 	}
+	if err := preallocate(f, req.Size); err != nil {
+		f.Close()
+		_ = os.Remove(t.base + ".part")
+		_ = os.Remove(t.base + ".meta")
+		// ENOSPC: no room for the file; the sender retries later.
+		return nil, fmt.Errorf("%w: staging space for %d bytes: %v", ErrBusy, req.Size, err)
+	}
 	t.f = f
 	return t, nil
 }
@@ -469,13 +506,13 @@ func (t *transfer) resume(f *os.File) (int64, error) {
 	size := min(fi.Size(), t.meta.Size)
 	if data, err := os.ReadFile(t.base + ".hash"); err == nil && len(data) > 8 {
 		if off := int64(binary.BigEndian.Uint64(data)); off == size {
-			if err := t.h.(encoding.BinaryUnmarshaler).UnmarshalBinary(data[8:]); err == nil {
+			if err := t.h.h.(encoding.BinaryUnmarshaler).UnmarshalBinary(data[8:]); err == nil {
 				return off, f.Truncate(off)
 			}
 		}
-		t.h.Reset()
+		t.h.h.Reset()
 	}
-	n, err := io.Copy(t.h, io.NewSectionReader(f, 0, size))
+	n, err := io.Copy(t.h.h, io.NewSectionReader(f, 0, size))
 	if err != nil {
 		return 0, err
 	}
@@ -571,6 +608,7 @@ func (r *Receiver) handleQueued(m *nats.Msg) {
 func (t *transfer) run() {
 	defer t.r.wg.Done()
 	defer close(t.stopped)
+	t.h.start()
 	for m := range t.queue {
 		switch {
 		case strings.HasSuffix(m.Subject, ".chunk"):
@@ -586,10 +624,12 @@ func (t *transfer) run() {
 		t.f.Close()
 		t.f = nil
 	}
+	t.h.stop()
 }
 
 func (t *transfer) saveHashState() {
-	state, err := t.h.(encoding.BinaryMarshaler).MarshalBinary()
+	t.h.wait()
+	state, err := t.h.h.(encoding.BinaryMarshaler).MarshalBinary()
 	if err != nil {
 		return
 	}
@@ -636,7 +676,9 @@ func (t *transfer) chunk(m *nats.Msg) {
 		reply(fmt.Errorf("staging write: %w", err))
 		return
 	}
-	t.h.Write(m.Data)
+	// Hashing runs beside the next chunk's write: the acknowledgement only
+	// needs the data on disk, the sha256 is needed at commit.
+	t.h.write(m.Data)
 	t.offset.Store(off + int64(len(m.Data)))
 	reply(nil)
 }
@@ -655,11 +697,12 @@ func (t *transfer) commit(m *nats.Msg) {
 		fail(fmt.Errorf("%w: have %d of %d bytes", ErrOffsetMismatch, off, t.meta.Size))
 		return
 	}
-	sum := hex.EncodeToString(t.h.Sum(nil))
+	t.h.wait()
+	sum := hex.EncodeToString(t.h.h.Sum(nil))
 	if sum != t.meta.SHA256 {
 		// The staged data is wrong (or the sender's sum is): start over.
 		_ = t.f.Truncate(0)
-		t.h.Reset()
+		t.h.h.Reset()
 		t.offset.Store(0)
 		_ = os.Remove(t.base + ".hash")
 		fail(fmt.Errorf("%w: sha256 %s, want %s", filestore.ErrChecksumMismatch, sum, t.meta.SHA256))
@@ -683,6 +726,9 @@ func (t *transfer) commit(m *nats.Msg) {
 	}
 	t.done = &CommitReply{Ref: info.Ref, Size: info.Size, SHA256: sum}
 	t.committed.Store(true)
+	if t.r.cfg.Stored != nil {
+		t.r.cfg.Stored(t.agent, info)
+	}
 	log.Info().Stringer("stored", info.Ref).Int64("size", info.Size).Msg("file received")
 	_ = respondJSON(m, *t.done)
 }

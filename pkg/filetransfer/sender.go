@@ -153,7 +153,7 @@ func (s *sender) attempt(ctx context.Context) (filestore.Ref, bool, error) {
 	if open.ChunkSize > 0 {
 		chunk = min(chunk, open.ChunkSize)
 	}
-	window := max(s.o.window, 1)
+	window := windowFor(s.o.window, chunk)
 	if open.Window > 0 {
 		window = min(window, open.Window)
 	}

@@ -249,8 +249,12 @@ func TestCorruptedChunkIsResent(t *testing.T) {
 
 	data := randomBytes(t, 4<<20)
 	var corrupted atomic.Int32
+	var target atomic.Int64 // the second chunk's offset, whatever the chunk size
 	corrupt := func(off int64, chunk []byte) {
-		if off == 1<<20 && corrupted.Add(1) == 1 {
+		if off > 0 {
+			target.CompareAndSwap(0, off)
+		}
+		if off == target.Load() && corrupted.Add(1) == 1 {
 			chunk[100] ^= 0xff // flipped on the wire, after the CRC was computed
 		}
 	}
@@ -258,7 +262,8 @@ func TestCorruptedChunkIsResent(t *testing.T) {
 	ref, err := Send(b.ctx, b.agent, DefaultPutPrefix, agent, meta("corrupt", outRef("c.bin"), data), bytes.NewReader(data),
 		WithStats(&stats), func(o *options) { o.testCorrupt = corrupt })
 	require.NoError(t, err)
-	require.Equal(t, int32(2), corrupted.Load(), "the chunk at 1 MiB was sent twice")
+	// At least twice: a busy answer during the go-back may send it once more.
+	require.GreaterOrEqual(t, corrupted.Load(), int32(2), "the second chunk was sent again")
 	require.GreaterOrEqual(t, stats.Resends, int64(1), "the corrupted chunk was sent again")
 	requireSame(t, data, readStored(t, b, ref))
 }
@@ -411,7 +416,7 @@ func TestFetch(t *testing.T) {
 	_, err = FetchFile(b.ctx, b.agent, DefaultGetPrefix, agent, in, dest3, hexSum(data), WithStats(&stats),
 		func(o *options) {
 			o.testCorrupt = func(off int64, chunk []byte) {
-				if off == 1<<20 {
+				if off > 0 { // the second chunk, whatever the chunk size
 					once.Do(func() { chunk[0] ^= 1 })
 				}
 			}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package filetransfer_test
+
+const raceEnabled = false

@@ -1,0 +1,28 @@
+//go:build linux
+
+package filetransfer
+
+import (
+	"os"
+	"syscall"
+)
+
+// fallocKeepSize is FALLOC_FL_KEEP_SIZE: allocate without changing the
+// file's size, which resume reads as "bytes received".
+const fallocKeepSize = 0x1
+
+// preallocate reserves size bytes for a staging file so that the chunk
+// writes that follow do not allocate blocks one by one (on ext4 that
+// allocation was most of the receiver's write cost), and so that a full
+// disk shows up at open rather than in the middle of a transfer. Best
+// effort: file systems without fallocate just skip it.
+func preallocate(f *os.File, size int64) error {
+	if size <= 0 {
+		return nil
+	}
+	err := syscall.Fallocate(int(f.Fd()), fallocKeepSize, 0, size)
+	if err == syscall.EOPNOTSUPP || err == syscall.ENOSYS {
+		return nil
+	}
+	return err
+}
