@@ -87,6 +87,10 @@ func serve(args []string) error {
 		prefetch   = cli.Int(fs, "prefetch", "ATELIER_PREFETCH", 0, "tickets per pool beyond its agents' slots and their own prefetch")
 		policy     = cli.String(fs, "policy", "ATELIER_POLICY", "round-robin", "initial scheduling policy: round-robin, fifo or priority (a switch at run time is kept across restarts)")
 		maxRunning = cli.Int(fs, "max-running", "ATELIER_MAX_RUNNING", 0, "GPU slots one participant may hold at once (0: no cap)")
+		quotaGB    = cli.Int(fs, "quota-gb", "ATELIER_QUOTA_GB", 0, "each participant's disk quota on mello in GiB (0: none; the registry's quotas.storage_bytes overrides)")
+		outputTTL  = cli.Duration(fs, "output-ttl", "ATELIER_OUTPUT_TTL", 7*24*time.Hour, "how long outputs are kept on mello")
+		tempTTL    = cli.Duration(fs, "temp-ttl", "ATELIER_TEMP_TTL", 24*time.Hour, "how long temp files (previews) are kept")
+		inputTTL   = cli.Duration(fs, "input-ttl", "ATELIER_INPUT_TTL", 0, "how long uploads are kept (0: kept)")
 		adminToken = cli.String(fs, "admin-token", "ATELIER_ADMIN_TOKEN", "", "instructor token of the HTTP admin API (default: generated into <data>/meta/admin-token)")
 		historyTTL = cli.Duration(fs, "history-ttl", "ATELIER_HISTORY_TTL", def.HistoryTTL, "how long job history is kept")
 		ackWait    = cli.Duration(fs, "ack-wait", "ATELIER_ACK_WAIT", def.AckWait, "how long an agent may hold a ticket without a sign of life")
@@ -113,6 +117,7 @@ func serve(args []string) error {
 		NATSMaxMemory: int64(*maxMem) << 20, NATSMaxStore: int64(*maxStore) << 30, NATSSyncAlways: *syncAlways,
 		HTTPAddr: *httpAddr, Limits: limits, Prefetch: *prefetch, Logger: log,
 		Policy: scheduler.Policy(*policy), MaxRunningPerUser: *maxRunning, AdminToken: *adminToken,
+		QuotaBytes: int64(*quotaGB) << 30, OutputTTL: *outputTTL, TempTTL: *tempTTL, InputTTL: *inputTTL,
 	})
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/atelier-run/atelier/pkg/logging"
 	"github.com/atelier-run/atelier/pkg/proxy"
 	"github.com/atelier-run/atelier/pkg/registry"
+	"github.com/atelier-run/atelier/pkg/retention"
 	"github.com/nats-io/nats.go"
 )
 
@@ -37,6 +38,7 @@ func run() error {
 		natsPass   = cli.String(fs, "nats-password", "ATELIER_NATS_PASSWORD", "", "NATS password")
 		uiUpstream = cli.String(fs, "ui-upstream", "ATELIER_UI_UPSTREAM", "",
 			"URL template of each participant's own ComfyUI UI, e.g. 'http://127.0.0.1:{port}' ({user}: user id, {port}: the registry's port); a participant's registry ui_upstream overrides it")
+		quotaGB   = cli.Int(fs, "quota-gb", "ATELIER_QUOTA_GB", 0, "each participant's disk quota on mello in GiB, checked on uploads (0: none; the registry's quotas.storage_bytes overrides)")
 		logFormat = cli.String(fs, "log-format", "ATELIER_LOG_FORMAT", "json", "json or console")
 		logLevel  = cli.String(fs, "log-level", "ATELIER_LOG_LEVEL", "info", "debug, info, warn, error")
 	)
@@ -62,8 +64,22 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	store := filestore.NewDisk(layout)
+	quotas, err := retention.NewQuotas(retention.QuotaConfig{
+		Store: store, DefaultLimit: int64(*quotaGB) << 30,
+		Limit: func(user string) (int64, bool) {
+			u, err := reg.Get(user)
+			if err != nil || u.Quotas == nil || u.Quotas.StorageBytes <= 0 {
+				return 0, false
+			}
+			return u.Quotas.StorageBytes, true
+		},
+	})
+	if err != nil {
+		return err
+	}
 	p, err := proxy.New(proxy.Config{
-		Addr: *listen, Conn: nc, Registry: reg, Store: filestore.NewDisk(layout), Fallback: up, Logger: log,
+		Addr: *listen, Conn: nc, Registry: reg, Store: store, Quotas: quotas, Fallback: up, Logger: log,
 	})
 	if err != nil {
 		return err

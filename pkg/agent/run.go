@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/comfyclient"
+	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
@@ -390,6 +391,13 @@ func (r *run) execute(parent context.Context) {
 		r.freeGPU()
 		r.retryOrFail(ctx, "ComfyUI exited while running the job", nil, true)
 		return
+	case errors.Is(err, filestore.ErrQuotaExceeded):
+		// Retrying cannot help: the participant must make room first.
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_ = r.s.comfy.Interrupt(ictx, r.comfyID)
+		cancel()
+		r.finish(ctx, outcome{kind: wire.ReportFailed, reason: quotaReason(err)}, nil)
+		return
 	default:
 		r.log.Warn().Err(err).Msg("lost ComfyUI's events; reading the result from history")
 		out, err = r.awaitHistory(ctx, exited)
@@ -753,6 +761,10 @@ func (r *run) finish(ctx context.Context, out outcome, h *historyEntry) {
 				if ctx.Err() != nil {
 					return
 				}
+				if errors.Is(err, filestore.ErrQuotaExceeded) {
+					r.finish(ctx, outcome{kind: wire.ReportFailed, reason: quotaReason(err)}, nil)
+					return
+				}
 				r.release(ctx, "ship outputs: "+err.Error())
 				return
 			}
@@ -858,4 +870,9 @@ func (r *run) report(ctx context.Context, rep wire.Report) bool {
 			return false
 		}
 	}
+}
+
+// quotaReason is what a participant over their disk quota reads.
+func quotaReason(err error) string {
+	return "your outputs do not fit your disk quota on the workshop server; delete some files and queue again (" + err.Error() + ")"
 }

@@ -62,6 +62,15 @@ type Config struct {
 	// AdminToken authorizes the HTTP admin API (Authorization: Bearer).
 	// Empty: one is generated and kept in DataDir/meta/admin-token.
 	AdminToken string
+	// QuotaBytes is each participant's disk quota on mello over inputs,
+	// outputs and temp files (0: none); a registry entry's
+	// quotas.storage_bytes overrides it. An output that would exceed it is
+	// refused and the job fails with the reason.
+	QuotaBytes int64
+	// OutputTTL, TempTTL and InputTTL are how long files are kept on mello
+	// (defaults: outputs 7 days, temp 24 h, inputs kept).
+	OutputTTL, TempTTL, InputTTL time.Duration
+
 	// AgentTimeout is how long after its last heartbeat an agent is taken
 	// for dead: its slots stop counting and its jobs may be re-claimed.
 	AgentTimeout time.Duration

@@ -2,13 +2,16 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/filetransfer"
+	"github.com/atelier-run/atelier/pkg/retention"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -20,6 +23,8 @@ type fileService struct {
 	store    filestore.Store
 	receiver *filetransfer.Receiver
 	server   *filetransfer.Server
+	quotas   *retention.Quotas
+	janitor  *retention.Janitor
 
 	mu      sync.Mutex
 	holders map[string]map[string]int // agent → user → running jobs
@@ -36,11 +41,21 @@ func newFileService(ctx context.Context, b *Broker) (*fileService, error) {
 		holders: map[string]map[string]int{}, running: map[string]holder{},
 	}
 	var err error
+	f.quotas, err = retention.NewQuotas(retention.QuotaConfig{Store: f.store, DefaultLimit: b.cfg.QuotaBytes, Limit: b.userQuota})
+	if err != nil {
+		return nil, fmt.Errorf("broker: quotas: %w", err)
+	}
 	f.receiver, err = filetransfer.NewReceiver(filetransfer.ReceiverConfig{
 		Conn: b.nc, SubjectPrefix: wire.FilePutPrefix, Store: f.store,
 		StagingDir: filepath.Join(b.layout.Root, "staging", "uploads"),
 		Authorize:  f.authorize(filestore.KindOutput, filestore.KindTemp),
-		Logger:     &b.log,
+		Admit: func(_ string, ref filestore.Ref, size int64) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return f.quotas.Check(ctx, ref.User, size)
+		},
+		Stored: func(_ string, info filestore.Info) { f.quotas.Added(info.Ref.User, info.Size) },
+		Logger: &b.log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: file receiver: %w", err)
@@ -60,6 +75,17 @@ func newFileService(ctx context.Context, b *Broker) (*fileService, error) {
 	if err := f.server.Start(ctx); err != nil {
 		f.receiver.Stop()
 		return nil, fmt.Errorf("broker: file server: %w", err)
+	}
+	f.janitor, err = retention.NewJanitor(retention.JanitorConfig{
+		Store: f.store, OutputTTL: b.cfg.OutputTTL, TempTTL: b.cfg.TempTTL, InputTTL: b.cfg.InputTTL, Logger: &b.log,
+	})
+	if err == nil {
+		err = f.janitor.Start(context.WithoutCancel(ctx))
+	}
+	if err != nil {
+		f.server.Stop()
+		f.receiver.Stop()
+		return nil, fmt.Errorf("broker: retention: %w", err)
 	}
 	return f, nil
 }
@@ -120,6 +146,36 @@ func (f *fileService) mayWrite(agent, user string) bool {
 }
 
 func (f *fileService) stop() {
+	f.janitor.Stop()
 	f.server.Stop()
 	f.receiver.Stop()
+}
+
+// userQuota is a participant's own disk quota from the registry.
+func (b *Broker) userQuota(user string) (int64, bool) {
+	if b.registry == nil {
+		return 0, false
+	}
+	u, err := b.registry.Get(user)
+	if err != nil || u.Quotas == nil || u.Quotas.StorageBytes <= 0 {
+		return 0, false
+	}
+	return u.Quotas.StorageBytes, true
+}
+
+// handleUsage is GET /api/admin/usage: disk use per participant and kind
+// on mello, with their quota.
+func (b *Broker) handleUsage(w http.ResponseWriter, r *http.Request) {
+	if !b.adminAuthorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="atelier-broker"`)
+		http.Error(w, "admin token required", http.StatusUnauthorized)
+		return
+	}
+	rep, err := b.files.quotas.Report(r.Context())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(rep)
 }

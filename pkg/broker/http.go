@@ -15,6 +15,7 @@ func (b *Broker) serveHTTP() error {
 	mux := b.mux
 	mux.HandleFunc("GET /healthz", b.handleHealth)
 	mux.HandleFunc("GET /api/status", b.handleStatus)
+	mux.HandleFunc("GET /api/admin/usage", b.handleUsage)
 	mux.HandleFunc("POST /api/admin/{op}", b.handleAdmin)
 	mux.HandleFunc("GET /api/admin/{op}", b.handleAdmin)
 	// The instructor's dashboard, when mounted, is the front page.

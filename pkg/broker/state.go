@@ -111,9 +111,11 @@ func (b *Broker) accountState(e *jobEntry, prev wire.JobState) {
 		st.counts[cur]++
 		delete(st.jobs, e.rec.Key())
 		b.files.forget(e.rec)
-	} else if cur == wire.StateRunning {
+	} else if cur == wire.StateRunning || (cur == wire.StateDispatched && e.rec.Agent != "") {
+		// A slot that holds the job (running, or prefetched: it stages the
+		// inputs before it starts) may move the user's files.
 		b.files.allow(e.rec)
-	} else if prev == wire.StateRunning {
+	} else if prev == wire.StateRunning || prev == wire.StateDispatched {
 		b.files.forget(e.rec)
 	}
 }

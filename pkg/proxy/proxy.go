@@ -30,6 +30,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/registry"
+	"github.com/atelier-run/atelier/pkg/retention"
 )
 
 // Defaults of Config.
@@ -85,6 +86,9 @@ type Config struct {
 	AuthCacheTTL time.Duration
 	// RequestTimeout bounds each NATS operation of a request. Default 10 s.
 	RequestTimeout time.Duration
+	// Quotas, when set, refuses uploads that would put a participant over
+	// their disk quota on mello (413 with the reason). Nil: no quota.
+	Quotas *retention.Quotas
 	// Fallback serves authenticated requests under /<user>/ that the proxy
 	// does not answer itself (the participant's ComfyUI UI upstream). The
 	// request path still carries the /<user> prefix. Nil: 404.

@@ -205,6 +205,22 @@ func (p *Proxy) handleUploadImage(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) finishUpload(w http.ResponseWriter, r *http.Request, u *upload, content io.ReadSeeker, sum string) {
 	sess := sessionFrom(r.Context())
 	ref := filestore.Ref{User: sess.User, Kind: u.kind, Subfolder: u.subfolder, Name: u.name}
+	size, err := content.Seek(0, io.SeekEnd)
+	if err != nil {
+		writePlain(w, http.StatusInternalServerError, "cannot read the upload")
+		return
+	}
+	if q := p.cfg.Quotas; q != nil {
+		if err := q.Check(r.Context(), sess.User, size); err != nil {
+			if errors.Is(err, filestore.ErrQuotaExceeded) {
+				writePlain(w, http.StatusRequestEntityTooLarge, err.Error())
+				return
+			}
+			p.log.Error().Err(err).Str("user", sess.User).Msg("check disk quota")
+			writePlain(w, http.StatusInternalServerError, "cannot check your disk quota")
+			return
+		}
+	}
 	name, err := p.store(r.Context(), ref, content, sum, u.overwrite)
 	if err != nil {
 		if errors.Is(err, filestore.ErrInvalidName) {
@@ -214,6 +230,9 @@ func (p *Proxy) finishUpload(w http.ResponseWriter, r *http.Request, u *upload, 
 		p.log.Error().Err(err).Str("ref", ref.String()).Msg("store upload")
 		writePlain(w, http.StatusInternalServerError, "cannot store the file")
 		return
+	}
+	if q := p.cfg.Quotas; q != nil {
+		q.Added(sess.User, size)
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"name": name, "subfolder": u.subfolder, "type": string(u.kind)})
 }

@@ -67,6 +67,11 @@ func (p *Proxy) handleView(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Disposition", contentDisposition(name))
 	h.Set("ETag", info.ETag())
+	// A Range in a unit other than bytes is ignored (RFC 9110 §14.2), not
+	// refused as ServeContent would.
+	if rg := r.Header.Get("Range"); rg != "" && !strings.HasPrefix(rg, "bytes=") {
+		r.Header.Del("Range")
+	}
 	http.ServeContent(w, r, name, info.ModTime, f)
 }
 

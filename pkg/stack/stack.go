@@ -19,6 +19,7 @@ import (
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/proxy"
 	"github.com/atelier-run/atelier/pkg/registry"
+	"github.com/atelier-run/atelier/pkg/retention"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
@@ -38,6 +39,9 @@ type Config struct {
 	StepDelay time.Duration
 	// ConfigureSim adjusts each simulator (hooks, faults).
 	ConfigureSim func(slot int, cfg *comfysim.Config)
+	// QuotaBytes is each participant's disk quota on mello (0: none), for
+	// the broker (outputs) and the proxy (uploads).
+	QuotaBytes int64
 	// UIFallback serves what the proxy does not answer itself (the
 	// participants' ComfyUI UI upstream); nil: 404.
 	UIFallback http.Handler
@@ -79,7 +83,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	var err error
 	s.Daemon, err = brokerd.Start(ctx, broker.Config{
 		DataDir: s.Layout.Root, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
-		Limits: cfg.Limits, TickInterval: 200 * time.Millisecond, Logger: cfg.Logger,
+		Limits: cfg.Limits, TickInterval: 200 * time.Millisecond, QuotaBytes: cfg.QuotaBytes, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err
@@ -103,9 +107,14 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
+	store := filestore.NewDisk(s.Layout)
+	quotas, err := retention.NewQuotas(retention.QuotaConfig{Store: store, DefaultLimit: cfg.QuotaBytes})
+	if err != nil {
+		return nil, err
+	}
 	s.Proxy, err = proxy.New(proxy.Config{
 		Addr: "127.0.0.1:0", Conn: s.proxyConn, Registry: s.Registry,
-		Store: filestore.NewDisk(s.Layout), Fallback: cfg.UIFallback, Logger: cfg.Logger,
+		Store: store, Quotas: quotas, Fallback: cfg.UIFallback, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err
