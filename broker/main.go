@@ -91,6 +91,7 @@ func serve(args []string) error {
 		outputTTL  = cli.Duration(fs, "output-ttl", "ATELIER_OUTPUT_TTL", 7*24*time.Hour, "how long outputs are kept on mello")
 		tempTTL    = cli.Duration(fs, "temp-ttl", "ATELIER_TEMP_TTL", 24*time.Hour, "how long temp files (previews) are kept")
 		inputTTL   = cli.Duration(fs, "input-ttl", "ATELIER_INPUT_TTL", 0, "how long uploads are kept (0: kept)")
+		store      = cli.StoreFlags(fs)
 		adminToken = cli.String(fs, "admin-token", "ATELIER_ADMIN_TOKEN", "", "instructor token of the HTTP admin API (default: generated into <data>/meta/admin-token)")
 		historyTTL = cli.Duration(fs, "history-ttl", "ATELIER_HISTORY_TTL", def.HistoryTTL, "how long job history is kept")
 		ackWait    = cli.Duration(fs, "ack-wait", "ATELIER_ACK_WAIT", def.AckWait, "how long an agent may hold a ticket without a sign of life")
@@ -109,9 +110,14 @@ func serve(args []string) error {
 	limits.HistoryTTL = *historyTTL
 	limits.AckWait = *ackWait
 
+	st, err := store(datalayout.New(*dataDir))
+	if err != nil {
+		return err
+	}
 	ctx, cancel := cli.SignalContext()
 	defer cancel()
 	return brokerd.Run(ctx, broker.Config{
+		Store:   st,
 		DataDir: *dataDir, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: *natsPass,
 		NATSHost: host, NATSPort: port,
 		NATSMaxMemory: int64(*maxMem) << 20, NATSMaxStore: int64(*maxStore) << 30, NATSSyncAlways: *syncAlways,

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/natsembed"
 	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -58,6 +59,9 @@ func New(cfg Config) (*Broker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if cfg.Store == nil {
+		cfg.Store = filestore.NewDisk(datalayout.New(cfg.DataDir))
+	}
 	return &Broker{
 		cfg:    cfg,
 		log:    cfg.Logger.With().Str("component", "broker").Logger(),
@@ -75,6 +79,9 @@ func (b *Broker) Handle(pattern string, h http.Handler) { b.mux.Handle(pattern, 
 // Conn is the broker's own NATS connection (valid after Start), for
 // in-process companions such as the dashboard.
 func (b *Broker) Conn() *nats.Conn { return b.nc }
+
+// Store is where participants' files live.
+func (b *Broker) Store() filestore.Store { return b.cfg.Store }
 
 // DataDir is the broker's data directory.
 func (b *Broker) DataDir() string { return b.cfg.DataDir }

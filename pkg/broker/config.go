@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/scheduler"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/rs/zerolog"
@@ -62,6 +63,9 @@ type Config struct {
 	// AdminToken authorizes the HTTP admin API (Authorization: Bearer).
 	// Empty: one is generated and kept in DataDir/meta/admin-token.
 	AdminToken string
+	// Store keeps participants' files (default: the disk store under
+	// DataDir/instances).
+	Store filestore.Store
 	// QuotaBytes is each participant's disk quota on mello over inputs,
 	// outputs and temp files (0: none); a registry entry's
 	// quotas.storage_bytes overrides it. An output that would exceed it is

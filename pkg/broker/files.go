@@ -37,7 +37,7 @@ func newFileService(ctx context.Context, b *Broker) (*fileService, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	f := &fileService{
-		b: b, store: filestore.NewDisk(b.layout),
+		b: b, store: b.cfg.Store,
 		holders: map[string]map[string]int{}, running: map[string]holder{},
 	}
 	var err error

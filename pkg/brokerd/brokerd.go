@@ -12,7 +12,6 @@ import (
 	"github.com/atelier-run/atelier/pkg/broker"
 	"github.com/atelier-run/atelier/pkg/dashboard"
 	"github.com/atelier-run/atelier/pkg/datalayout"
-	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/metrics"
 	"github.com/atelier-run/atelier/pkg/registry"
 )
@@ -45,7 +44,7 @@ func Start(ctx context.Context, cfg broker.Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	dash, err := dashboard.Mount(b, dashboard.Config{Registry: reg, Store: filestore.NewDisk(layout), Logger: cfg.Logger}, met)
+	dash, err := dashboard.Mount(b, dashboard.Config{Registry: reg, Store: b.Store(), Logger: cfg.Logger}, met)
 	if err != nil {
 		return nil, fmt.Errorf("brokerd: dashboard: %w", err)
 	}

@@ -1,0 +1,24 @@
+package cli
+
+import (
+	"flag"
+
+	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore"
+)
+
+// StoreFlags defines the file store flags shared by the broker and the
+// proxy (they must agree on where participants' files live) and returns a
+// function that builds the store once the flags are parsed.
+func StoreFlags(fs *flag.FlagSet) func(datalayout.Layout) (filestore.Store, error) {
+	kind := String(fs, "store", "ATELIER_STORE", "disk", "where participants' files live: disk (the data directory) or s3 (an S3-compatible bucket; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+	endpoint := String(fs, "s3-endpoint", "ATELIER_S3_ENDPOINT", "", "S3-compatible endpoint URL (R2, MinIO; empty: AWS)")
+	region := String(fs, "s3-region", "ATELIER_S3_REGION", "auto", "S3 region")
+	bucket := String(fs, "s3-bucket", "ATELIER_S3_BUCKET", "", "S3 bucket")
+	prefix := String(fs, "s3-prefix", "ATELIER_S3_PREFIX", "", "key prefix in the bucket (ending in /)")
+	return func(layout datalayout.Layout) (filestore.Store, error) {
+		return filestore.New(filestore.Config{
+			Kind: *kind, Layout: layout, S3Endpoint: *endpoint, S3Region: *region, S3Bucket: *bucket, S3Prefix: *prefix,
+		})
+	}
+}
