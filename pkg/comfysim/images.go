@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"github.com/atelier-run/atelier/pkg/comfyview"
 	"hash/crc32"
 	"image"
 	"image/color"
@@ -364,25 +365,6 @@ func writeChunk(w *bytes.Buffer, typ string, payload []byte) {
 	w.Write(n[:])
 }
 
-// hasAlpha reports whether a decoded image carries an alpha channel the way
-// Pillow would report an "A" band.
-func hasAlpha(img image.Image) bool {
-	switch m := img.ColorModel().(type) {
-	case color.Palette:
-		for _, c := range m {
-			if _, _, _, a := c.RGBA(); a != 0xffff {
-				return true
-			}
-		}
-		return false
-	}
-	switch img.ColorModel() {
-	case color.NRGBAModel, color.RGBAModel, color.NRGBA64Model, color.RGBA64Model, color.AlphaModel, color.Alpha16Model:
-		return true
-	}
-	return false
-}
-
 // loadImageFile is LoadImage: the RGB image and the inverted alpha as MASK
 // (a 64×64 zero mask when there is no alpha).
 func loadImageFile(path string) (*imageBatch, *maskBatch, error) {
@@ -398,7 +380,7 @@ func loadImageFile(path string) (*imageBatch, *maskBatch, error) {
 	bounds := src.Bounds()
 	w, h := bounds.Dx(), bounds.Dy()
 	img := newImage(1, h, w)
-	alpha := hasAlpha(src)
+	alpha := comfyview.HasAlpha(src)
 	mask := &maskBatch{n: 1, h: 64, w: 64, pix: make([]float32, 64*64)}
 	if alpha {
 		mask = &maskBatch{n: 1, h: h, w: w, pix: make([]float32, h*w)}

@@ -6,18 +6,16 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/atelier-run/atelier/pkg/comfyview"
 	"image"
 	"image/color"
-	"image/jpeg"
 	"image/png"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 )
 
@@ -36,28 +34,9 @@ func (s *Server) annotatedFilepath(name string) (string, string) {
 	return name, ""
 }
 
-// lenientQuery parses a query string like aiohttp does: ';' is an ordinary
-// character (preview=webp;90), which Go's url.ParseQuery would reject.
-func lenientQuery(raw string) url.Values {
-	v := url.Values{}
-	for _, part := range strings.Split(raw, "&") {
-		if part == "" {
-			continue
-		}
-		k, val, _ := strings.Cut(part, "=")
-		k, err1 := url.QueryUnescape(k)
-		val, err2 := url.QueryUnescape(val)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		v.Add(k, val)
-	}
-	return v
-}
-
 // handleView is GET /view.
 func (s *Server) handleView(w http.ResponseWriter, r *http.Request) {
-	q := lenientQuery(r.URL.RawQuery)
+	q := comfyview.Query(r.URL.RawQuery)
 	if !q.Has("filename") {
 		writeEmpty(w, http.StatusNotFound)
 		return
@@ -98,99 +77,38 @@ func (s *Server) handleView(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	disposition := fmt.Sprintf("filename=%q", filename)
-	channel := q.Get("channel")
-
-	if q.Has("preview") {
-		s.viewPreview(w, r, file, disposition, q.Get("preview"), channel)
-		return
-	}
-	if !q.Has("channel") {
-		channel = "rgba"
-	}
-	switch channel {
-	case "rgb", "a":
-		src, err := decodeFile(file)
-		if err != nil {
-			s.writeServerError(w, r, err)
-			return
-		}
-		var out image.Image
-		if channel == "rgb" {
-			out = opaqueCopy(src)
-		} else {
-			out = alphaOnly(src)
-		}
-		var buf bytes.Buffer
-		if err := png.Encode(&buf, out); err != nil {
-			s.writeServerError(w, r, err)
-			return
-		}
-		w.Header().Set("Content-Disposition", disposition)
-		w.Header().Set("Content-Type", "image/png")
-		_, _ = w.Write(buf.Bytes())
-	default:
-		ct := guessMIME(filename)
-		switch ct {
-		case "text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css":
-			// Forced download for types a browser would render.
-			ct = "application/octet-stream"
-		}
+	if t := comfyview.TransformOf(q); t.Needed() {
 		f, err := os.Open(file)
 		if err != nil {
 			writeEmpty(w, http.StatusNotFound)
 			return
 		}
-		defer f.Close()
+		body, ct, err := t.Apply(f)
+		f.Close()
+		if err != nil {
+			s.writeServerError(w, r, fmt.Errorf("%s: %w", filename, err))
+			return
+		}
 		w.Header().Set("Content-Disposition", disposition)
 		w.Header().Set("Content-Type", ct)
-		http.ServeContent(w, r, filename, st.ModTime(), f)
-	}
-}
-
-// viewPreview re-encodes for ?preview=fmt[;quality]. ComfyUI produces WebP
-// by default; Go has no WebP encoder, so where ComfyUI would send WebP the
-// simulator sends JPEG (image/jpeg), or PNG (image/png) when the alpha
-// channel was requested. The Content-Type always names what is sent.
-func (s *Server) viewPreview(w http.ResponseWriter, r *http.Request, file, disposition, preview, channel string) {
-	parts := strings.Split(preview, ";")
-	format := parts[0]
-	if (format != "webp" && format != "jpeg") || strings.Contains(channel, "a") {
-		format = "webp"
-	}
-	quality := 90
-	if last := parts[len(parts)-1]; last != "" && isDigits(last) {
-		quality, _ = strconv.Atoi(last)
-	}
-	src, err := decodeFile(file)
-	if err != nil {
-		s.writeServerError(w, r, err)
+		_, _ = w.Write(body)
 		return
 	}
-	var buf bytes.Buffer
-	contentType := "image/jpeg"
-	switch {
-	case format == "webp" && strings.Contains(channel, "a"):
-		contentType = "image/png"
-		err = png.Encode(&buf, src)
-	default:
-		err = jpeg.Encode(&buf, opaqueCopy(src), &jpeg.Options{Quality: min(max(quality, 1), 100)})
+	ct := guessMIME(filename)
+	switch ct {
+	case "text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css":
+		// Forced download for types a browser would render.
+		ct = "application/octet-stream"
 	}
+	f, err := os.Open(file)
 	if err != nil {
-		s.writeServerError(w, r, err)
+		writeEmpty(w, http.StatusNotFound)
 		return
 	}
+	defer f.Close()
 	w.Header().Set("Content-Disposition", disposition)
-	w.Header().Set("Content-Type", contentType)
-	_, _ = w.Write(buf.Bytes())
-}
-
-func isDigits(s string) bool {
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return s != ""
+	w.Header().Set("Content-Type", ct)
+	http.ServeContent(w, r, filename, st.ModTime(), f)
 }
 
 func decodeFile(path string) (image.Image, error) {
@@ -204,37 +122,6 @@ func decodeFile(path string) (image.Image, error) {
 		return nil, fmt.Errorf("decoding %s: %w", filepath.Base(path), err)
 	}
 	return img, nil
-}
-
-// opaqueCopy drops alpha (PIL's split+merge to RGB).
-func opaqueCopy(src image.Image) *image.NRGBA {
-	b := src.Bounds()
-	out := image.NewNRGBA(image.Rect(0, 0, b.Dx(), b.Dy()))
-	for y := 0; y < b.Dy(); y++ {
-		for x := 0; x < b.Dx(); x++ {
-			c := color.NRGBAModel.Convert(src.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA)
-			c.A = 255
-			out.SetNRGBA(x, y, c)
-		}
-	}
-	return out
-}
-
-// alphaOnly is ?channel=a: black RGB with the source alpha (255 without).
-func alphaOnly(src image.Image) *image.NRGBA {
-	b := src.Bounds()
-	out := image.NewNRGBA(image.Rect(0, 0, b.Dx(), b.Dy()))
-	withAlpha := hasAlpha(src)
-	for y := 0; y < b.Dy(); y++ {
-		for x := 0; x < b.Dx(); x++ {
-			a := uint8(255)
-			if withAlpha {
-				a = color.NRGBAModel.Convert(src.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA).A
-			}
-			out.SetNRGBA(x, y, color.NRGBA{A: a})
-		}
-	}
-	return out
 }
 
 // guessMIME approximates Python's mimetypes.guess_type for common media.
@@ -466,7 +353,7 @@ func (s *Server) handleUploadMask(w http.ResponseWriter, r *http.Request) {
 			return errors.New("images do not match")
 		}
 		out := image.NewNRGBA(image.Rect(0, 0, ob.Dx(), ob.Dy()))
-		maskAlpha := hasAlpha(mask)
+		maskAlpha := comfyview.HasAlpha(mask)
 		for y := 0; y < ob.Dy(); y++ {
 			for x := 0; x < ob.Dx(); x++ {
 				c := color.NRGBAModel.Convert(original.At(ob.Min.X+x, ob.Min.Y+y)).(color.NRGBA)

@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/jpeg"
+	"image/png"
 	"net/http"
 	"strings"
 	"testing"
@@ -510,4 +514,38 @@ func TestPromptGoesToAPoolThatCanRunIt(t *testing.T) {
 	r = b.postPrompt(carol, `{"prompt": {"1": {"class_type": "NoPoolHasThis", "inputs": {}}}}`)
 	require.Equal(t, http.StatusBadRequest, r.status)
 	require.Equal(t, "invalid_prompt", r.json(t)["error"].(map[string]any)["type"])
+}
+
+// /view's preview and channel options re-encode like ComfyUI (and the
+// simulator, whose code this is).
+func TestViewPreviewAndChannel(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	img := image.NewNRGBA(image.Rect(0, 0, 4, 3))
+	for i := range img.Pix {
+		img.Pix[i] = 0x80
+	}
+	var buf bytes.Buffer
+	require.NoError(t, png.Encode(&buf, img))
+	ref := filestore.Ref{User: alice, Kind: filestore.KindOutput, Name: "p.png"}
+	w, err := b.store.Create(b.ctx, ref)
+	require.NoError(t, err)
+	_, err = w.Write(buf.Bytes())
+	require.NoError(t, err)
+	_, err = w.Commit(b.ctx, "")
+	require.NoError(t, err)
+
+	r := b.do(http.MethodGet, "/user001/view?filename=p.png&preview=jpeg;50", alice, "")
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, "image/jpeg", r.header.Get("Content-Type"))
+	_, err = jpeg.Decode(bytes.NewReader(r.body))
+	require.NoError(t, err)
+
+	r = b.do(http.MethodGet, "/user001/view?filename=p.png&channel=a", alice, "")
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, "image/png", r.header.Get("Content-Type"))
+	out, err := png.Decode(bytes.NewReader(r.body))
+	require.NoError(t, err)
+	_, _, _, a := out.At(0, 0).RGBA()
+	require.Equal(t, uint32(0x8080), a, "the source's alpha")
 }

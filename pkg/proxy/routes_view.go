@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/atelier-run/atelier/pkg/comfyview"
 	"github.com/atelier-run/atelier/pkg/filestore"
 )
 
@@ -15,7 +16,8 @@ import (
 // the participant's files from the mello store, with Range and ETag. The
 // store is per user, so another participant's file is simply not found.
 func (p *Proxy) handleView(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
+	// aiohttp's query parsing: "preview=webp;90" keeps its ';'.
+	q := comfyview.Query(r.URL.RawQuery)
 	if !q.Has("filename") {
 		writePlain(w, http.StatusNotFound, "filename is required")
 		return
@@ -61,6 +63,23 @@ func (p *Proxy) handleView(w http.ResponseWriter, r *http.Request) {
 	}
 	defer func() { _ = f.Close() }()
 	info := f.Info()
+
+	if t := comfyview.TransformOf(q); t.Needed() {
+		// ComfyUI's preview re-encoding and channel extraction, as the
+		// simulator does them.
+		body, ct, err := t.Apply(f)
+		if err != nil {
+			p.log.Warn().Err(err).Str("ref", ref.String()).Msg("re-encode for /view")
+			writePlain(w, http.StatusInternalServerError, "cannot re-encode the file: "+err.Error())
+			return
+		}
+		h := w.Header()
+		h.Set("Content-Type", ct)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Content-Disposition", contentDisposition(name))
+		_, _ = w.Write(body)
+		return
+	}
 
 	h := w.Header()
 	h.Set("Content-Type", viewContentType(name))

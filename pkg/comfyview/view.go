@@ -1,0 +1,157 @@
+// Package comfyview is what ComfyUI's GET /view does to a file beyond
+// serving it: the ?preview= re-encoding and the ?channel= extraction
+// (comfyui-api.md §2.3). The simulator and the proxy both use it, so the
+// proxy answers exactly as the oracle does.
+package comfyview
+
+import (
+	"bytes"
+	"fmt"
+	"image"
+	"image/color"
+	"image/jpeg"
+	"image/png"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+
+	_ "image/gif" // decoders for what participants upload
+	_ "golang.org/x/image/webp"
+)
+
+// Query parses a /view query the way aiohttp does: ';' is an ordinary
+// character (preview=webp;90), which Go's url.ParseQuery would reject.
+func Query(raw string) url.Values {
+	v := url.Values{}
+	for _, part := range strings.Split(raw, "&") {
+		if part == "" {
+			continue
+		}
+		k, val, _ := strings.Cut(part, "=")
+		k, err1 := url.QueryUnescape(k)
+		val, err2 := url.QueryUnescape(val)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		v.Add(k, val)
+	}
+	return v
+}
+
+// Transform is what ?preview= and ?channel= ask of /view.
+type Transform struct {
+	Preview    string
+	HasPreview bool
+	Channel    string
+	HasChannel bool
+}
+
+// TransformOf reads the transform from a /view query.
+func TransformOf(q url.Values) Transform {
+	return Transform{Preview: q.Get("preview"), HasPreview: q.Has("preview"), Channel: q.Get("channel"), HasChannel: q.Has("channel")}
+}
+
+// Needed reports whether the file must be re-encoded; otherwise it is
+// served as it is (ComfyUI's default channel rgba).
+func (t Transform) Needed() bool {
+	return t.HasPreview || (t.HasChannel && (t.Channel == "rgb" || t.Channel == "a"))
+}
+
+// Apply decodes the image and re-encodes it, returning the body and its
+// content type.
+//
+// preview=fmt[;quality]: ComfyUI produces WebP by default; Go has no WebP
+// encoder, so where ComfyUI would send WebP this sends JPEG (image/jpeg),
+// or PNG (image/png) when the alpha channel was requested. The content type
+// always names what is sent. channel=rgb is a PNG without alpha, channel=a
+// a PNG whose alpha is the source's (black RGB).
+func (t Transform) Apply(src io.Reader) ([]byte, string, error) {
+	img, _, err := image.Decode(src)
+	if err != nil {
+		return nil, "", fmt.Errorf("decode image: %w", err)
+	}
+	var buf bytes.Buffer
+	if t.HasPreview {
+		parts := strings.Split(t.Preview, ";")
+		format := parts[0]
+		if (format != "webp" && format != "jpeg") || strings.Contains(t.Channel, "a") {
+			format = "webp"
+		}
+		quality := 90
+		if last := parts[len(parts)-1]; last != "" && isDigits(last) {
+			quality, _ = strconv.Atoi(last)
+		}
+		if format == "webp" && strings.Contains(t.Channel, "a") {
+			err = png.Encode(&buf, img)
+			return buf.Bytes(), "image/png", err
+		}
+		err = jpeg.Encode(&buf, OpaqueCopy(img), &jpeg.Options{Quality: min(max(quality, 1), 100)})
+		return buf.Bytes(), "image/jpeg", err
+	}
+	out := OpaqueCopy(img)
+	if t.Channel == "a" {
+		out = AlphaOnly(img)
+	}
+	err = png.Encode(&buf, out)
+	return buf.Bytes(), "image/png", err
+}
+
+func isDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// OpaqueCopy drops alpha (PIL's split+merge to RGB).
+func OpaqueCopy(src image.Image) *image.NRGBA {
+	b := src.Bounds()
+	out := image.NewNRGBA(image.Rect(0, 0, b.Dx(), b.Dy()))
+	for y := 0; y < b.Dy(); y++ {
+		for x := 0; x < b.Dx(); x++ {
+			c := color.NRGBAModel.Convert(src.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA)
+			c.A = 255
+			out.SetNRGBA(x, y, c)
+		}
+	}
+	return out
+}
+
+// AlphaOnly is ?channel=a: black RGB with the source alpha (255 without).
+func AlphaOnly(src image.Image) *image.NRGBA {
+	b := src.Bounds()
+	out := image.NewNRGBA(image.Rect(0, 0, b.Dx(), b.Dy()))
+	withAlpha := HasAlpha(src)
+	for y := 0; y < b.Dy(); y++ {
+		for x := 0; x < b.Dx(); x++ {
+			a := uint8(255)
+			if withAlpha {
+				a = color.NRGBAModel.Convert(src.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA).A
+			}
+			out.SetNRGBA(x, y, color.NRGBA{A: a})
+		}
+	}
+	return out
+}
+
+// HasAlpha reports whether a decoded image carries an alpha channel the
+// way PIL's modes do (RGBA, LA, P with transparency).
+func HasAlpha(img image.Image) bool {
+	switch m := img.ColorModel().(type) {
+	case color.Palette:
+		for _, c := range m {
+			if _, _, _, a := c.RGBA(); a != 0xffff {
+				return true
+			}
+		}
+		return false
+	}
+	switch img.ColorModel() {
+	case color.NRGBAModel, color.RGBAModel, color.NRGBA64Model, color.RGBA64Model, color.AlphaModel, color.Alpha16Model:
+		return true
+	}
+	return false
+}
