@@ -16,8 +16,8 @@ import (
 	"strconv"
 	"strings"
 
-	_ "image/gif" // decoders for what participants upload
 	_ "golang.org/x/image/webp"
+	_ "image/gif" // decoders for what participants upload
 )
 
 // Query parses a /view query the way aiohttp does: ';' is an ordinary
