@@ -33,7 +33,8 @@ test: vet fmt-check
 
 # Benchmarks print each figure beside its reference measured in the same run.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 200x -timeout 30m ./test/bench/
+	$(GO) test -run '^$$' -bench 'SubmitToComfy|RawJetStream' -benchtime 200x -timeout 30m ./test/bench/
+	$(GO) test -run '^$$' -bench 'IdleGap|OutputTransfer|LargeOutputMemory' -benchtime 1x -timeout 30m ./test/bench/
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./pkg/scheduler/
 
 clean:
