@@ -84,6 +84,9 @@ type Config struct {
 	// AuthCacheTTL is how long a successful password check is remembered
 	// (bcrypt per request would cost more than the request). Default 1 min.
 	AuthCacheTTL time.Duration
+	// PositionInterval paces the queue-position updates sent to a
+	// participant's sockets (QueuePositionMessage). Default 2 s.
+	PositionInterval time.Duration
 	// RequestTimeout bounds each NATS operation of a request. Default 10 s.
 	RequestTimeout time.Duration
 	// Quotas, when set, refuses uploads that would put a participant over
@@ -127,6 +130,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.AuthCacheTTL == 0 {
 		c.AuthCacheTTL = DefaultAuthCacheTTL
+	}
+	if c.PositionInterval == 0 {
+		c.PositionInterval = 2 * time.Second
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout

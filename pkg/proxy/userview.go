@@ -217,6 +217,8 @@ func (v *userView) run() {
 		return
 	}
 	defer stopWatcher(w)
+	v.p.wg.Add(1)
+	go v.queuePositions()
 
 	for {
 		select {
