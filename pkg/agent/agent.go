@@ -33,12 +33,14 @@ type Agent struct {
 	slots []*slot
 	// live are the jobs (user/job) the agent holds, from claim to the
 	// end of their run.
-	liveMu    sync.Mutex
-	live      map[string]bool
-	files     atomic.Pointer[uploadInputs] // learnt from the catalog
-	startedAt time.Time
-	spoolDir  string
-	ownSpool  bool
+	liveMu sync.Mutex
+	live   map[string]bool
+	// inputLocks serializes fetches of one content into the input cache.
+	inputLocks sync.Map
+	files      atomic.Pointer[uploadInputs] // learnt from the catalog
+	startedAt  time.Time
+	spoolDir   string
+	ownSpool   bool
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup

@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
+	"sync"
 
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/filetransfer"
@@ -119,8 +122,9 @@ func (r *run) stageInputs(ctx context.Context) error {
 
 // stageInput puts one input file into ComfyUI's input folder under
 // <user>/[subfolder/], through ComfyUI's own upload route (so the external
-// runtime needs no shared disk). A slot remembers what it staged, by
-// content, and skips files its ComfyUI already has.
+// runtime needs no shared disk). The file comes from the agent's
+// content-addressed cache, so it crosses the network once per box however
+// many slots use it; a slot remembers what its ComfyUI already has.
 func (s *slot) stageInput(ctx context.Context, user string, in wire.InputFile) error {
 	subfolder := user
 	if in.Subfolder != "" {
@@ -137,17 +141,11 @@ func (s *slot) stageInput(ctx context.Context, user string, in wire.InputFile) e
 	if done {
 		return nil
 	}
-	spool, err := os.CreateTemp(s.a.spoolDir, "in-*")
+	path, err := s.a.cachedInput(ctx, user, in)
 	if err != nil {
-		return fmt.Errorf("spool: %w", err)
+		return err
 	}
-	spool.Close()
-	defer os.Remove(spool.Name())
-	ref := filestore.Ref{User: user, Kind: filestore.KindInput, Subfolder: in.Subfolder, Name: in.Name}
-	if _, err := filetransfer.FetchFile(ctx, s.a.nc, wire.FileGetPrefix, s.a.cfg.ID, ref, spool.Name(), in.SHA256); err != nil {
-		return fmt.Errorf("fetch from mello: %w", err)
-	}
-	f, err := os.Open(spool.Name())
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
@@ -159,4 +157,34 @@ func (s *slot) stageInput(ctx context.Context, user string, in wire.InputFile) e
 	s.staged[key] = true
 	s.mu.Unlock()
 	return nil
+}
+
+// cachedInput returns the path of an input in the agent's
+// content-addressed cache (<spool>/inputs/<sha256>), fetching it from
+// mello when the box does not have it yet. Concurrent requests for the
+// same content fetch once.
+func (a *Agent) cachedInput(ctx context.Context, user string, in wire.InputFile) (string, error) {
+	if len(in.SHA256) != 64 || strings.Trim(in.SHA256, "0123456789abcdef") != "" {
+		return "", fmt.Errorf("input %s: bad sha256 %q in the manifest", in.Name, in.SHA256)
+	}
+	dir := filepath.Join(a.spoolDir, "inputs")
+	path := filepath.Join(dir, in.SHA256)
+	mu, _ := a.inputLocks.LoadOrStore(in.SHA256, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	if st, err := os.Stat(path); err == nil && st.Size() == in.Size {
+		return path, nil
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", fmt.Errorf("input cache: %w", err)
+	}
+	tmp := path + ".part"
+	ref := filestore.Ref{User: user, Kind: filestore.KindInput, Subfolder: in.Subfolder, Name: in.Name}
+	if _, err := filetransfer.FetchFile(ctx, a.nc, wire.FileGetPrefix, a.cfg.ID, ref, tmp, in.SHA256); err != nil {
+		return "", fmt.Errorf("fetch %s from mello: %w", in.Name, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("input cache: %w", err)
+	}
+	return path, nil
 }

@@ -31,9 +31,9 @@ func TestFilesInputStagedOnce(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	// One GPU: the cache is kept per ComfyUI instance, and a second slot
-	// would be a second ComfyUI that legitimately lacks the file.
-	s, err := stack.Start(ctx, stack.Config{Dir: t.TempDir(), Users: []string{"user001"}, Password: "pw", GPUs: 1, StepDelay: -1, Logger: zerolog.Nop()})
+	// Two GPUs: the cache is the box's, so whichever slot runs the second
+	// job, nothing is fetched from mello again.
+	s, err := stack.Start(ctx, stack.Config{Dir: t.TempDir(), Users: []string{"user001"}, Password: "pw", GPUs: 2, StepDelay: -1, Logger: zerolog.Nop()})
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Stop(context.Background()) })
 
