@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -62,8 +63,10 @@ func (r *run) shipOutput(ctx context.Context, output json.RawMessage) (json.RawM
 	return json.Marshal(lists)
 }
 
-// shipFile copies one file from ComfyUI to a spool file (hashing it on the
-// way) and sends it to mello's file store. A file is shipped once per run.
+// shipFile sends one output file to mello's file store. A file is shipped
+// once per run. When the agent can read ComfyUI's folders (the process and
+// simulated runtimes), it reads the file where ComfyUI wrote it; otherwise
+// it copies it through ComfyUI's /view into a spool file first.
 func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	if done, ok := r.shipped[k]; ok {
 		return done, nil
@@ -72,26 +75,15 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	if err != nil {
 		return outputFile{}, fmt.Errorf("output %s: %w", k.name, err)
 	}
-	body, _, err := r.s.comfy.View(ctx, k.name, k.subfolder, k.kind)
+	src, size, sum, cleanup, err := r.localOutput(k)
 	if err != nil {
-		return outputFile{}, fmt.Errorf("read %s/%s from ComfyUI: %w", k.subfolder, k.name, err)
+		r.log.Debug().Err(err).Str("file", k.name).Msg("output not readable in place; copying it through /view")
+		src, size, sum, cleanup, err = r.spoolOutput(ctx, k)
+		if err != nil {
+			return outputFile{}, err
+		}
 	}
-	spool, err := os.CreateTemp(r.s.a.spoolDir, "out-*")
-	if err != nil {
-		body.Close()
-		return outputFile{}, fmt.Errorf("spool: %w", err)
-	}
-	defer os.Remove(spool.Name())
-	h := sha256.New()
-	size, err := io.Copy(io.MultiWriter(spool, h), body)
-	body.Close()
-	if cerr := spool.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return outputFile{}, fmt.Errorf("spool %s: %w", k.name, err)
-	}
-	sum := hex.EncodeToString(h.Sum(nil))
+	defer cleanup()
 	ref := filestore.Ref{User: r.job.User, Kind: kind, Subfolder: stripUser(r.job.User, k.subfolder), Name: k.name}
 	// The transfer id is stable across retries and agent restarts, so an
 	// interrupted upload resumes where it stopped. It leaves the attempt
@@ -99,14 +91,69 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	// of the same job, and the same file (name and content, the sum is part
 	// of the id) must pick up the staged part instead of starting over.
 	tid := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%s/%s/%s", r.job.ID, k.kind, k.subfolder, k.name, sum))
-	stored, err := filetransfer.SendFile(ctx, r.s.a.nc, wire.FilePutPrefix, r.s.a.cfg.ID,
-		filetransfer.Meta{TransferID: hex.EncodeToString(tid[:16]), Ref: ref, Size: size, SHA256: sum}, spool.Name())
+	stored, err := filetransfer.Send(ctx, r.s.a.nc, wire.FilePutPrefix, r.s.a.cfg.ID,
+		filetransfer.Meta{TransferID: hex.EncodeToString(tid[:16]), Ref: ref, Size: size, SHA256: sum}, src)
 	if err != nil {
 		return outputFile{}, fmt.Errorf("send %s to mello: %w", k.name, err)
 	}
 	out := outputFile{subfolder: stored.Subfolder, name: stored.Name}
 	r.shipped[k] = out
 	return out, nil
+}
+
+// localOutput opens an output where ComfyUI wrote it, through an os.Root of
+// the slot's output (or temp) folder so that no name leads outside it, and
+// hashes it.
+func (r *run) localOutput(k fileKey) (io.ReaderAt, int64, string, func(), error) {
+	dir := r.s.ep.OutputDir
+	if k.kind == string(filestore.KindTemp) {
+		dir = r.s.ep.TempDir
+	}
+	if dir == "" || k.kind == string(filestore.KindInput) {
+		return nil, 0, "", nil, errors.New("the runtime does not expose this folder")
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, 0, "", nil, err
+	}
+	defer root.Close()
+	f, err := root.Open(filepath.Join(filepath.FromSlash(k.subfolder), k.name))
+	if err != nil {
+		return nil, 0, "", nil, err
+	}
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		return nil, 0, "", nil, fmt.Errorf("%s is not a regular file", k.name)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, st.Size())); err != nil {
+		f.Close()
+		return nil, 0, "", nil, err
+	}
+	return f, st.Size(), hex.EncodeToString(h.Sum(nil)), func() { f.Close() }, nil
+}
+
+// spoolOutput copies an output from ComfyUI's /view into a spool file,
+// hashing it on the way.
+func (r *run) spoolOutput(ctx context.Context, k fileKey) (io.ReaderAt, int64, string, func(), error) {
+	body, _, err := r.s.comfy.View(ctx, k.name, k.subfolder, k.kind)
+	if err != nil {
+		return nil, 0, "", nil, fmt.Errorf("read %s/%s from ComfyUI: %w", k.subfolder, k.name, err)
+	}
+	defer body.Close()
+	spool, err := os.CreateTemp(r.s.a.spoolDir, "out-*")
+	if err != nil {
+		return nil, 0, "", nil, fmt.Errorf("spool: %w", err)
+	}
+	cleanup := func() { spool.Close(); os.Remove(spool.Name()) }
+	h := sha256.New()
+	size, err := io.Copy(io.MultiWriter(spool, h), body)
+	if err != nil {
+		cleanup()
+		return nil, 0, "", nil, fmt.Errorf("spool %s: %w", k.name, err)
+	}
+	return spool, size, hex.EncodeToString(h.Sum(nil)), cleanup, nil
 }
 
 // stageInputs makes the job's uploaded inputs available to ComfyUI under

@@ -552,7 +552,6 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 				return outcome{}, n.err
 			}
 			m = n.m
-			quiet.Reset(historyCheckInterval)
 		}
 		if m.Type == "" {
 			stall.Reset(r.s.a.cfg.EventTimeout)
@@ -568,7 +567,10 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 			continue
 		}
 		if head.PromptID == r.comfyID {
+			// Only news of this prompt counts: status broadcasts and the
+			// like must not keep the history check from running.
 			stall.Reset(r.s.a.cfg.EventTimeout)
+			quiet.Reset(historyCheckInterval)
 		}
 		data := r.translate(m.Data)
 		switch m.Type {

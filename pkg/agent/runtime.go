@@ -25,6 +25,10 @@ type Endpoint struct {
 	GPUUUID  string
 	// URL is ComfyUI's base URL.
 	URL string
+	// OutputDir and TempDir are ComfyUI's output and temp folders on this
+	// host, when the runtime knows them: the agent then reads outputs in
+	// place instead of copying them through /view ("": it cannot).
+	OutputDir, TempDir string
 }
 
 // Runtime provides and supervises the ComfyUI instances of the slots. The
@@ -140,9 +144,12 @@ func (s *Simulated) Start(ctx context.Context) ([]Endpoint, error) {
 			return nil, fmt.Errorf("simulated runtime: start gpu%d: %w", i, err)
 		}
 		s.mu.Lock()
-		url := s.sims[i].URL()
+		sim := s.sims[i]
 		s.mu.Unlock()
-		out = append(out, Endpoint{Slot: "gpu" + strconv.Itoa(i), GPU: "Simulated GPU " + strconv.Itoa(i), GPUIndex: i, URL: url})
+		out = append(out, Endpoint{
+			Slot: "gpu" + strconv.Itoa(i), GPU: "Simulated GPU " + strconv.Itoa(i), GPUIndex: i, URL: sim.URL(),
+			OutputDir: sim.OutputDir(), TempDir: sim.TempDir(),
+		})
 	}
 	return out, nil
 }

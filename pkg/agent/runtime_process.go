@@ -123,7 +123,10 @@ func (p *Process) Start(ctx context.Context) ([]Endpoint, error) {
 		go p.supervise(sp)
 		eps = append(eps, Endpoint{
 			Slot: sp.slot, GPU: g.Name, GPUIndex: g.Index, GPUUUID: g.UUID,
-			URL: "http://" + hostPort(p.Listen, sp.port),
+			URL:       "http://" + hostPort(p.Listen, sp.port),
+			OutputDir: p.OutputDir,
+			// ComfyUI's --temp-directory T puts its temp folder at T/temp.
+			TempDir: filepath.Join(p.TempRoot, sp.slot, "temp"),
 		})
 	}
 	return eps, nil

@@ -221,6 +221,18 @@ func New(cfg Config) (*Proxy, error) {
 	p.handler = p.routes()
 	p.wg.Add(1)
 	go p.views.janitor()
+	// After a reconnect (the broker restarted, say) the watches behind the
+	// cached views may have lost their server-side consumers and can take
+	// minutes to notice: drop the views, so that the next request or
+	// socket (ComfyUI's frontend reconnects at once) builds a fresh one.
+	prev := cfg.Conn.Opts.ReconnectedCB
+	cfg.Conn.SetReconnectHandler(func(nc *nats.Conn) {
+		if prev != nil {
+			prev(nc)
+		}
+		p.log.Info().Msg("NATS reconnected: rebuilding participants' views of the job state")
+		p.views.closeAll()
+	})
 	return p, nil
 }
 

@@ -66,20 +66,31 @@ func TestBrokerKilledMidRunLosesNothing(t *testing.T) {
 		return true
 	}, 3*time.Minute, 200*time.Millisecond, "not every job succeeded")
 
-	// And none ran to completion twice on the GPU side.
-	done := map[string]int{}
-	sc := bufio.NewScanner(strings.NewReader(s.agentLog()))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var l struct {
-			Message string `json:"message"`
-			Job     string `json:"job"`
-			Result  string `json:"result"`
+	// And none ran to completion twice on the GPU side. The agent logs a
+	// job done once its ticket is acknowledged, which may come a little
+	// after the broker recorded the result.
+	var done map[string]int
+	require.Eventually(t, func() bool {
+		done = map[string]int{}
+		sc := bufio.NewScanner(strings.NewReader(s.agentLog()))
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var l struct {
+				Message string `json:"message"`
+				Job     string `json:"job"`
+				Result  string `json:"result"`
+			}
+			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Message == "job done" && l.Result == "succeeded" {
+				done[l.Job]++
+			}
 		}
-		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Message == "job done" && l.Result == "succeeded" {
-			done[l.Job]++
+		for id := range ids {
+			if done[id] == 0 {
+				return false
+			}
 		}
-	}
+		return true
+	}, time.Minute, 100*time.Millisecond, "not every job was logged done by the agent")
 	for id := range ids {
 		require.Equal(t, 1, done[id], "job %s completed %d times on the GPU side", id, done[id])
 	}
