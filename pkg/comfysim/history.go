@@ -112,22 +112,13 @@ func (s *Server) handleGetHistoryItem(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handlePostHistory(w http.ResponseWriter, r *http.Request) {
-	body, err := readJSONObject(r)
+	clear, toDelete, err := readClearDelete(r)
 	if err != nil {
 		s.writeServerError(w, r, err)
 		return
 	}
-	var toDelete []any
-	if v, ok := body.Get("delete"); ok {
-		list, isList := v.([]any)
-		if !isList {
-			s.writeServerError(w, r, fmt.Errorf("delete is a %s", pyTypeName(v)))
-			return
-		}
-		toDelete = list
-	}
 	s.mu.Lock()
-	if v, ok := body.Get("clear"); ok && pyTruthy(v) {
+	if clear {
 		s.history.clear()
 	}
 	for _, e := range toDelete {
@@ -135,4 +126,23 @@ func (s *Server) handlePostHistory(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	writeEmpty(w, http.StatusOK)
+}
+
+// readClearDelete reads the {"clear": bool, "delete": [ids]} body that
+// POST /queue and POST /history share. A non-list delete is an unhandled
+// exception in ComfyUI (500).
+func readClearDelete(r *http.Request) (clear bool, toDelete []any, err error) {
+	body, err := readJSONObject(r)
+	if err != nil {
+		return false, nil, err
+	}
+	if v, ok := body.Get("delete"); ok {
+		list, isList := v.([]any)
+		if !isList {
+			return false, nil, fmt.Errorf("delete is a %s", pyTypeName(v))
+		}
+		toDelete = list
+	}
+	v, ok := body.Get("clear")
+	return ok && pyTruthy(v), toDelete, nil
 }

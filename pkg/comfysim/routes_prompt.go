@@ -139,22 +139,13 @@ func (s *Server) handleGetQueue(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handlePostQueue(w http.ResponseWriter, r *http.Request) {
-	body, err := readJSONObject(r)
+	clear, toDelete, err := readClearDelete(r)
 	if err != nil {
 		s.writeServerError(w, r, err)
 		return
 	}
-	var toDelete []any
-	if v, ok := body.Get("delete"); ok {
-		list, isList := v.([]any)
-		if !isList {
-			s.writeServerError(w, r, fmt.Errorf("delete is a %s", pyTypeName(v)))
-			return
-		}
-		toDelete = list
-	}
 	s.mu.Lock()
-	if v, ok := body.Get("clear"); ok && pyTruthy(v) {
+	if clear {
 		s.pending = nil
 		s.broadcastStatusLocked()
 	}
