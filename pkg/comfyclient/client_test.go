@@ -27,7 +27,13 @@ type bundle struct {
 
 func setup(t *testing.T) *bundle {
 	t.Helper()
-	sim, err := comfysim.New(comfysim.Config{Dir: t.TempDir(), StepDelay: -1})
+	return setupWith(t, comfysim.Config{StepDelay: -1})
+}
+
+func setupWith(t *testing.T, cfg comfysim.Config) *bundle {
+	t.Helper()
+	cfg.Dir = t.TempDir()
+	sim, err := comfysim.New(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, sim.Close()) })
 	require.NoError(t, sim.Start(context.Background(), "127.0.0.1:0"))
@@ -39,6 +45,39 @@ func workflow(t *testing.T, name string) json.RawMessage {
 	data, err := os.ReadFile(filepath.Join("..", "comfysim", "testdata", name))
 	require.NoError(t, err)
 	return data
+}
+
+// TestDialWaitsForRegistration queues a prompt the moment Dial returns, on
+// a ComfyUI that registers sockets late: the prompt's first messages must
+// still arrive, in order.
+func TestDialWaitsForRegistration(t *testing.T) {
+	t.Parallel()
+	b := setupWith(t, comfysim.Config{StepDelay: -1, WSRegisterDelay: 300 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	conn, err := b.client.Dial(ctx, "early-bird")
+	require.NoError(t, err)
+	defer conn.Close()
+	require.Equal(t, "early-bird", conn.SID())
+	resp, err := b.client.QueuePrompt(ctx, comfyclient.PromptRequest{
+		Prompt: workflow(t, "workflow-noweights.json"), ClientID: "early-bird",
+	})
+	require.NoError(t, err)
+	var types []string
+	for {
+		m, err := conn.Next(ctx)
+		require.NoError(t, err)
+		if m.Type == "status" || m.Type == "progress_state" {
+			continue
+		}
+		types = append(types, m.Type)
+		if m.Type == "executing" && string(m.Data) == `{"node": null, "prompt_id": "`+resp.PromptID+`"}` {
+			break
+		}
+	}
+	require.GreaterOrEqual(t, len(types), 3)
+	require.Equal(t, []string{"execution_start", "execution_cached"}, types[:2], "all: %v", types)
 }
 
 func TestInfo(t *testing.T) {
@@ -78,9 +117,7 @@ func TestPromptLifecycle(t *testing.T) {
 	conn, err := b.client.Dial(ctx, "agent-1")
 	require.NoError(t, err)
 	defer conn.Close()
-	hello, err := conn.Next(ctx)
-	require.NoError(t, err)
-	require.Equal(t, "status", hello.Type)
+	require.Equal(t, "agent-1", conn.SID(), "Dial consumed the first status, which names the sid")
 
 	resp, err := b.client.QueuePrompt(ctx, comfyclient.PromptRequest{
 		Prompt: workflow(t, "workflow-noweights.json"), ClientID: "agent-1",

@@ -32,10 +32,15 @@ func (m Message) BinaryEvent() (uint32, []byte, bool) {
 // Conn is a WebSocket to /ws.
 type Conn struct {
 	conn *websocket.Conn
+	sid  string
 }
 
-// Dial opens /ws?clientId=clientID ("" lets the server choose the sid,
-// announced in the first "status" message).
+// SID is the session id ComfyUI announced for this socket: the clientId
+// asked for, or the one it chose.
+func (c *Conn) SID() string { return c.sid }
+
+// Dial opens /ws?clientId=clientID ("" lets the server choose the sid)
+// and consumes the first "status" message, which carries the sid.
 func (c *Client) Dial(ctx context.Context, clientID string) (*Conn, error) {
 	u := *c.base
 	switch u.Scheme {
@@ -48,13 +53,36 @@ func (c *Client) Dial(ctx context.Context, clientID string) (*Conn, error) {
 	if clientID != "" {
 		u.RawQuery = url.Values{"clientId": {clientID}}.Encode()
 	}
-	conn, _, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{HTTPClient: c.hc})
+	ws, _, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{HTTPClient: c.hc})
 	if err != nil {
 		return nil, fmt.Errorf("comfyclient: dial %s: %w", u.Redacted(), err)
 	}
 	// executed messages and previews can be large.
-	conn.SetReadLimit(256 << 20)
-	return &Conn{conn: conn}, nil
+	ws.SetReadLimit(256 << 20)
+	conn := &Conn{conn: ws}
+	// ComfyUI registers the socket after the upgrade answer has gone out
+	// and announces it with "status" (comfyui-api.md §3.1): a prompt
+	// queued before that message arrives may run before the socket is
+	// registered, and its first events would go nowhere. So Dial returns
+	// only once the socket is known to receive the prompt's messages.
+	hello, err := conn.Next(ctx)
+	if err != nil {
+		_ = ws.CloseNow()
+		return nil, fmt.Errorf("comfyclient: waiting for the first status on %s: %w", u.Redacted(), err)
+	}
+	if hello.Type != "status" {
+		_ = ws.CloseNow()
+		return nil, fmt.Errorf("comfyclient: %s sent %q before status", u.Redacted(), hello.Type)
+	}
+	var st struct {
+		SID string `json:"sid"`
+	}
+	_ = json.Unmarshal(hello.Data, &st)
+	conn.sid = st.SID
+	if conn.sid == "" {
+		conn.sid = clientID
+	}
+	return conn, nil
 }
 
 // Next reads the next message.

@@ -82,6 +82,14 @@ type Config struct {
 	// missing_node_type, instead of the baseline's invalid_prompt.
 	MissingNodeType bool
 
+	// WSRegisterDelay holds a new WebSocket between the upgrade answer and
+	// its registration. ComfyUI (aiohttp) registers a socket only after
+	// the 101 has gone out, so a client that queues a prompt as soon as
+	// its dial returns can miss the prompt's first messages; a delay makes
+	// that window wide enough for tests to prove a client waits for the
+	// first "status" instead.
+	WSRegisterDelay time.Duration
+
 	// Argv is reported as system.argv by /system_stats.
 	Argv []string
 

@@ -232,6 +232,14 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		sid = strings.ReplaceAll(uuid.NewString(), "-", "")
 	}
 	c := &wsClient{sid: sid, conn: conn, notify: make(chan struct{}, 1), done: make(chan struct{})}
+	if d := s.cfg.WSRegisterDelay; d > 0 {
+		select {
+		case <-time.After(d):
+		case <-s.ctx.Done():
+			_ = conn.CloseNow()
+			return
+		}
+	}
 
 	// Register and queue the connect messages under mu, so no execution
 	// event can slip in between or ahead of them.
