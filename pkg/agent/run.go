@@ -136,6 +136,13 @@ func (r *run) prepare(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ComfyUI WebSocket: %w", err)
 	}
+	// Previews with metadata (binary event 4) carry the node they belong
+	// to; the proxy turns them back into plain previews for participants
+	// whose frontend does not understand them.
+	if err := conn.SendFeatureFlags(ctx, map[string]any{"supports_preview_metadata": true}); err != nil {
+		conn.Close()
+		return fmt.Errorf("ComfyUI WebSocket: %w", err)
+	}
 	r.conn = conn
 	return nil
 }
@@ -187,6 +194,7 @@ func (r *run) queueAhead(ctx context.Context, cur *run) {
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	_, err := r.s.comfy.QueuePrompt(qctx, comfyclient.PromptRequest{
 		Prompt: r.prompt, ClientID: r.sid, PromptID: r.comfyID, ExtraData: r.extraData(),
+		PartialExecutionTargets: r.job.OutputsToExecute,
 	})
 	cancel()
 	r.mu.Lock()
@@ -349,6 +357,10 @@ func (r *run) execute(parent context.Context) {
 			ClientID:  r.sid,
 			PromptID:  r.comfyID,
 			ExtraData: r.extraData(),
+			// The outputs the proxy validated (all of them, or the
+			// participant's "queue selected outputs"): ComfyUI runs
+			// only these and what they depend on.
+			PartialExecutionTargets: r.job.OutputsToExecute,
 		})
 	}
 	r.markSubmitted()
