@@ -253,7 +253,10 @@ func TestBadInputIsRefusedAndNothingQueued(t *testing.T) {
 	require.Equal(t, http.StatusBadRequest, code)
 	require.NoError(t, json.Unmarshal(body, &e))
 	require.Equal(t, "no_prompt", e.Error.Type)
+	require.Equal(t, "No prompt provided", e.Error.Message)
+	require.Equal(t, "No prompt provided", e.Error.Details)
 	require.NotNil(t, e.NodeErrors)
+	require.Empty(t, e.NodeErrors)
 
 	code, body = p.do(http.MethodPost, "/api/prompt", []byte(`{"prompt": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}`))
 	require.Equal(t, http.StatusBadRequest, code)
