@@ -79,6 +79,7 @@ func (b *Broker) housekeep(ctx context.Context) {
 			b.cfg.Observer.AgentLost(id)
 		}
 	}
+	b.pruneStopped()
 	b.dispatchAll(ctx)
 }
 

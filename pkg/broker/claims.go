@@ -59,6 +59,15 @@ func (b *Broker) claim(ctx context.Context, req wire.ClaimRequest) wire.ClaimRep
 			return wire.ClaimReply{Action: wire.ClaimLater, Reason: "held by a live attempt on " + rec.Agent + "/" + rec.Slot}
 		}
 	}
+	if e.stopReason != "" {
+		// The job was stopped while running, and its attempt ended
+		// before it reported: it must not run again.
+		if err := b.endJob(ctx, e, wire.StateCancelled, e.stopReason+" (its attempt ended before the interrupt took)"); err != nil {
+			b.log.Error().Err(err).Str("job", req.JobID).Msg("end a stopped job")
+			return wire.ClaimReply{Action: wire.ClaimLater, Reason: "could not record the end"}
+		}
+		return wire.ClaimReply{Action: wire.ClaimSkip, Reason: "job was stopped"}
+	}
 	err := b.transition(ctx, e, func(r *wire.JobRecord) {
 		// A prefetching slot holds the job (dispatched, with an agent)
 		// until it reports the start; otherwise the job runs now.

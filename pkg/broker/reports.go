@@ -30,6 +30,7 @@ func (b *Broker) applyReport(ctx context.Context, r wire.Report) {
 	e := b.state.jobs[wire.JobKey(r.User, r.JobID)]
 	if e == nil {
 		log.Debug().Msg("report for a finished or unknown job ignored")
+		b.stoppedAttemptReported(ctx, r)
 		return
 	}
 	heldNotStarted := e.rec.State == wire.StateDispatched && (r.Kind == wire.ReportStarted || r.Kind == wire.ReportReleased)
@@ -87,6 +88,14 @@ func (b *Broker) applyReport(ctx context.Context, r wire.Report) {
 			rec.Reason = r.Reason
 		}
 	case wire.ReportReleased:
+		if e.stopReason != "" {
+			// Given back after it was stopped: it ends here rather than
+			// waiting for another attempt.
+			mutate = func(rec *wire.JobRecord) {
+				rec.State, rec.Reason, rec.FinishedAt = wire.StateInterrupted, e.stopReason, now()
+			}
+			break
+		}
 		mutate = func(rec *wire.JobRecord) {
 			rec.State = wire.StateDispatched
 			rec.Reason = r.Reason

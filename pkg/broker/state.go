@@ -27,11 +27,19 @@ type state struct {
 	pools    map[string]bool // pools whose DISPATCH consumer exists
 	catalogs map[string]wire.Catalog
 	counts   map[wire.JobState]int // jobs that reached each final state since start
+	// stopped are attempts the broker ended while their agent may still
+	// run them (see stop.go).
+	stopped map[string]*stoppedAttempt
 }
 
 type jobEntry struct {
 	rec wire.JobRecord
 	rev uint64
+	// stopReason is set when the instructor or the participant stopped
+	// the running job and its agent was asked to interrupt it: until the
+	// agent reports the end, a new claim or a release ends the job
+	// instead of running it again. Kept in memory only.
+	stopReason string
 }
 
 func newState(cfg Config) *state {
@@ -43,6 +51,7 @@ func newState(cfg Config) *state {
 		pools:    map[string]bool{},
 		catalogs: map[string]wire.Catalog{},
 		counts:   map[wire.JobState]int{},
+		stopped:  map[string]*stoppedAttempt{},
 	}
 }
 
