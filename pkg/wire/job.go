@@ -2,6 +2,7 @@ package wire
 
 import (
 	"encoding/json"
+	"strconv"
 	"time"
 )
 
@@ -50,7 +51,19 @@ type Ticket struct {
 }
 
 // MsgID is the Nats-Msg-Id of the ticket, for publish de-duplication.
-func (t Ticket) MsgID() string { return t.JobID + "/" + itoa(t.Release) }
+// Prompt ids are the participants' own (a client may choose one), so two
+// participants' jobs may share an id: the user keeps their tickets apart.
+func (t Ticket) MsgID() string { return t.User + "/" + t.JobID + "/" + itoa(t.Release) }
+
+// SubmitMsgID is the Nats-Msg-Id of a job's SUBMIT message. It names the
+// user (participants choose prompt ids, so two may pick the same) and the
+// run: generation is the SUBMIT sequence of the job's last finished run (0
+// for its first), so a second submission racing the first within the
+// duplicate window is recognised as a duplicate, while queueing a finished
+// prompt id again is a new run.
+func SubmitMsgID(user, jobID string, generation uint64) string {
+	return user + "/" + jobID + "/" + strconv.FormatUint(generation, 10)
+}
 
 func itoa(n int) string {
 	b, _ := json.Marshal(n)

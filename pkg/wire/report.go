@@ -50,7 +50,8 @@ type Report struct {
 // MsgID de-duplicates a report published twice (an agent retrying after a
 // lost publish acknowledgement).
 func (r Report) MsgID() string {
-	id := r.JobID + "/" + itoa(r.Attempt) + "/" + string(r.Kind)
+	// The user: two participants' jobs may share a (client-chosen) id.
+	id := r.User + "/" + r.JobID + "/" + itoa(r.Attempt) + "/" + string(r.Kind)
 	if r.Node != "" {
 		id += "/" + r.Node
 	}
