@@ -13,7 +13,9 @@ import (
 
 // intake takes one SUBMIT message: a new job gets its JOBS record (queued,
 // numbered by its stream sequence); a known unfinished job is indexed; a
-// job that already finished has its leftover submission removed. After a
+// job that already finished has its leftover submission removed, unless
+// the message is newer than the record: then the participant queued the
+// same prompt id again and it runs again, as in ComfyUI. After a
 // restart the ordered consumer replays SUBMIT from the start, which is how
 // the queues are rebuilt.
 func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
@@ -39,7 +41,13 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 		job.Pool = wire.DefaultPool
 	}
 	key := wire.JobKey(job.User, job.ID)
-	if _, ok := b.state.jobs[key]; ok {
+	if e, ok := b.state.jobs[key]; ok {
+		if seq != e.rec.SubmitSeq {
+			// The same prompt id again while it is unfinished (the proxy
+			// refuses that; two submissions raced past it): one JOBS record
+			// cannot run twice at once.
+			b.dropSubmission(ctx, job, seq, "the prompt id is already queued")
+		}
 		return
 	}
 
@@ -47,21 +55,7 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 	kve, err := b.res.Jobs.Get(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		e.rec = wire.JobRecord{
-			ID: job.ID, User: job.User, Pool: job.Pool, State: wire.StateQueued,
-			Number: seq, SubmitSeq: seq,
-			ClientID: job.ClientID, Prompt: job.Prompt, ExtraData: job.ExtraData,
-			OutputsToExecute: job.OutputsToExecute, Inputs: job.Inputs,
-			CreatedAt: job.SubmittedAt, ClientNumber: job.Number, Front: job.Front,
-		}
-		if e.rec.CreatedAt.IsZero() {
-			e.rec.CreatedAt = now()
-		}
-		// The instructor's own jobs (the demo) count as bumped: under the
-		// priority policy they go first.
-		if b.isInstructor(job.User) {
-			e.rec.Bumped, e.rec.BumpedAt = true, e.rec.CreatedAt
-		}
+		e.rec = b.newRecord(job, seq)
 		data, err := json.Marshal(e.rec)
 		if err != nil {
 			b.log.Error().Err(err).Str("job", job.ID).Msg("intake: encode record")
@@ -81,7 +75,33 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 		e.rev = kve.Revision()
-		if e.rec.State.Final() {
+		switch {
+		case seq < e.rec.SubmitSeq:
+			// Left over from an earlier run of this prompt id.
+			b.dropSubmission(ctx, job, seq, "")
+			return
+		case seq > e.rec.SubmitSeq && e.rec.State.Final():
+			// The participant queued a finished prompt id again: ComfyUI
+			// runs it again, so do we. The counters carry on, so the new
+			// run's tickets and reports never look like the old run's.
+			prev := e.rec
+			e.rec = b.newRecord(job, seq)
+			e.rec.Releases, e.rec.Attempt = prev.Releases, prev.Attempt
+			data, err := json.Marshal(e.rec)
+			if err != nil {
+				b.log.Error().Err(err).Str("job", job.ID).Msg("intake: encode record")
+				return
+			}
+			e.rev, err = b.res.Jobs.Update(ctx, key, data, kve.Revision())
+			if err != nil {
+				b.log.Error().Err(err).Str("job", job.ID).Msg("intake: record the new run of a prompt id")
+				return
+			}
+			b.log.Info().Str("job", job.ID).Str("user", job.User).Msg("finished prompt id queued again: it runs again")
+		case seq > e.rec.SubmitSeq:
+			b.dropSubmission(ctx, job, seq, "the prompt id is already queued")
+			return
+		case e.rec.State.Final():
 			b.finish(ctx, e.rec)
 			return
 		}
@@ -91,6 +111,39 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 	b.accountState(e, "")
 	b.log.Debug().Str("job", job.ID).Str("user", job.User).Str("state", string(e.rec.State)).Msg("job taken in")
 	b.dispatch(ctx, e.rec.Pool)
+}
+
+// newRecord is the queued JOBS record of a job taken in at seq.
+func (b *Broker) newRecord(job wire.Job, seq uint64) wire.JobRecord {
+	rec := wire.JobRecord{
+		ID: job.ID, User: job.User, Pool: job.Pool, State: wire.StateQueued,
+		Number: seq, SubmitSeq: seq,
+		ClientID: job.ClientID, Prompt: job.Prompt, ExtraData: job.ExtraData,
+		OutputsToExecute: job.OutputsToExecute, Inputs: job.Inputs,
+		CreatedAt: job.SubmittedAt, ClientNumber: job.Number, Front: job.Front,
+	}
+	if rec.CreatedAt.IsZero() {
+		rec.CreatedAt = now()
+	}
+	// The instructor's own jobs (the demo) count as bumped: under the
+	// priority policy they go first.
+	if b.isInstructor(job.User) {
+		rec.Bumped, rec.BumpedAt = true, rec.CreatedAt
+	}
+	return rec
+}
+
+// dropSubmission removes a SUBMIT message that will not become a run (a
+// leftover, or a second submission of an unfinished prompt id); reason,
+// when set, is logged as a warning.
+func (b *Broker) dropSubmission(ctx context.Context, job wire.Job, seq uint64, reason string) {
+	if reason != "" {
+		b.log.Warn().Str("job", job.ID).Str("user", job.User).Uint64("seq", seq).Str("reason", reason).
+			Msg("intake: submission dropped")
+	}
+	if err := b.res.Submit.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		b.log.Warn().Err(err).Str("job", job.ID).Uint64("seq", seq).Msg("remove submission from SUBMIT")
+	}
 }
 
 // isInstructor reports whether the registry knows user as an instructor or
