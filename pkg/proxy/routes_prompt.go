@@ -82,8 +82,26 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		Inputs:           req.Inputs,
 		SubmittedAt:      time.Now().UTC(),
 	}
+	// A client-chosen prompt_id may name a job of this participant that
+	// ran before (it runs again, as in ComfyUI) or one still queued or
+	// running (refused: one job record cannot run twice at once). Other
+	// participants' ids never collide: jobs are keyed by user.
+	var generation uint64
 	if job.ID == "" {
 		job.ID = uuid.NewString()
+	} else {
+		v, err := p.views.get(ctx, sess.User)
+		if err != nil {
+			p.unavailable(w, r, err)
+			return
+		}
+		if rec, ok := v.record(job.ID); ok {
+			if rec.State.Pending() {
+				writePromptIDInUse(w, job.ID)
+				return
+			}
+			generation = rec.SubmitSeq
+		}
 	}
 	data, err := json.Marshal(job)
 	if err != nil {
@@ -98,13 +116,17 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ack, err := p.js.Publish(ctx, wire.SubmitSubject(sess.User), data,
-		jetstream.WithMsgID(job.ID), jetstream.WithExpectStream(wire.StreamSubmit))
+		jetstream.WithMsgID(wire.SubmitMsgID(sess.User, job.ID, generation)), jetstream.WithExpectStream(wire.StreamSubmit))
 	if err != nil {
 		p.publishError(ctx, w, r, err)
 		return
 	}
 	if ack.Duplicate {
-		p.log.Info().Str("user", sess.User).Str("job", job.ID).Msg("prompt_id submitted again within the duplicate window")
+		// Another submission of this prompt id (a second tab, a client
+		// retrying) got there first and is queued: this one will not run.
+		p.log.Info().Str("user", sess.User).Str("job", job.ID).Msg("prompt_id submitted twice at once")
+		writePromptIDInUse(w, job.ID)
+		return
 	}
 	p.log.Info().Str("user", sess.User).Str("job", job.ID).Uint64("number", ack.Sequence).Msg("prompt queued")
 	nodeErrors := req.NodeErrors
@@ -122,6 +144,17 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		"number":      number,
 		"node_errors": nodeErrors,
 	})
+}
+
+// writePromptIDInUse refuses a client prompt_id that names a prompt of the
+// participant's that is still queued or running. ComfyUI would queue a
+// second copy under the same id; Atelier keeps one record per prompt id,
+// so it says no (in the error type newer ComfyUI uses for a bad
+// prompt_id, which the frontend shows) instead of answering 200 for a
+// prompt it would not run.
+func writePromptIDInUse(w http.ResponseWriter, id string) {
+	writePromptError(w, http.StatusBadRequest, "invalid_prompt_id", "prompt_id is already queued",
+		fmt.Sprintf("The prompt %s is still queued or running; use a new prompt_id, or queue it again once it has finished", id))
 }
 
 // publishError answers a refused publish: a full per-user backlog is the
