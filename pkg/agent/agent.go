@@ -32,9 +32,9 @@ type Agent struct {
 
 	slots []*slot
 	// live are the jobs (user/job) the agent holds, from claim to the
-	// end of their run.
+	// end of their run (held.go).
 	liveMu sync.Mutex
-	live   map[string]bool
+	live   map[string]*held
 	// inputLocks serializes fetches of one content into the input cache.
 	inputLocks sync.Map
 	files      atomic.Pointer[uploadInputs] // learnt from the catalog
@@ -425,26 +425,4 @@ func (a *Agent) scratchLoop(ctx context.Context) {
 			return
 		}
 	}
-}
-
-// enter records that a slot claims the job; false if the agent already
-// holds it (claiming, prefetched, running, or still reporting).
-func (a *Agent) enter(key string) bool {
-	a.liveMu.Lock()
-	defer a.liveMu.Unlock()
-	if a.live[key] {
-		return false
-	}
-	if a.live == nil {
-		a.live = map[string]bool{}
-	}
-	a.live[key] = true
-	return true
-}
-
-// leave records that the agent no longer holds the job.
-func (a *Agent) leave(key string) {
-	a.liveMu.Lock()
-	defer a.liveMu.Unlock()
-	delete(a.live, key)
 }

@@ -18,7 +18,7 @@ func (a *Agent) handleControl(ctx context.Context, m *nats.Msg) {
 	} else {
 		switch req.Op {
 		case wire.CtlInterrupt:
-			reply.Done = a.interruptJob(ctx, req.JobID)
+			reply.Done = a.interruptJob(ctx, req.User, req.JobID)
 		case wire.CtlDrain:
 			reply.Done = a.Drain(req.Deadline)
 		case wire.CtlUndrain:
@@ -34,25 +34,36 @@ func (a *Agent) handleControl(ctx context.Context, m *nats.Msg) {
 	}
 }
 
-// interruptJob interrupts jobID if a slot runs it, or drops it if a slot
-// holds it prefetched.
-func (a *Agent) interruptJob(ctx context.Context, jobID string) bool {
-	for _, s := range a.slots {
-		s.mu.Lock()
-		var r *run
-		switch {
-		case s.cur != nil && s.cur.job.ID == jobID:
-			r = s.cur
-		case s.pending != nil && s.pending.job.ID == jobID:
-			r, s.pending = s.pending, nil
-		}
-		s.mu.Unlock()
-		if r != nil {
-			ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			r.interrupt(ictx)
-			cancel()
-			return true
-		}
+// interruptJob interrupts jobID if a slot runs it, or drops it if the
+// agent holds it not yet started (claimed, being staged, prefetched). A
+// claim still in flight is waited for: the broker may have recorded the
+// job as ours before its answer reached the slot.
+func (a *Agent) interruptJob(ctx context.Context, user, jobID string) bool {
+	h := a.holding(user, jobID)
+	if h == nil {
+		return false
 	}
-	return false
+	select {
+	case <-h.resolved:
+	case <-time.After(min(a.cfg.ClaimTimeout, 3*time.Second)):
+		// The broker answered the claim before it sent this: the answer
+		// is at most a scheduling delay away, unless the claim failed.
+		return false
+	case <-ctx.Done():
+		return false
+	}
+	r := h.r
+	if r == nil {
+		return false // the claim did not give us the job
+	}
+	s := r.s
+	s.mu.Lock()
+	if s.pending == r {
+		s.pending = nil
+	}
+	s.mu.Unlock()
+	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	r.interrupt(ictx)
+	return true
 }

@@ -265,3 +265,22 @@ func (b *bundle) api(t *testing.T, op string, req any) {
 	require.NoError(t, json.Unmarshal(m.Data, &reply))
 	require.Empty(t, reply.Error, "%s: %s", op, m.Data)
 }
+
+// awaitQuiet waits until nothing is left in flight: the agent holds no
+// job and the pool's consumer has no ticket pending or unacknowledged (a
+// ticket handed back is redelivered, claimed and skipped first). Checks
+// of "exactly once" made after it would see a late duplicate.
+func (b *bundle) awaitQuiet(t *testing.T) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		if b.agent.Held() > 0 {
+			return false
+		}
+		c, err := b.js.Consumer(t.Context(), wire.StreamDispatch, wire.DispatchConsumer(wire.DefaultPool))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(t.Context())
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && b.agent.Held() == 0
+	}, 30*time.Second, 20*time.Millisecond, "the system never went quiet")
+}

@@ -67,6 +67,11 @@ type run struct {
 	mu          sync.Mutex
 	phase       runPhase
 	interrupted bool // an interrupt was requested (ctl)
+	// preparing: the slot that claimed the run is staging it; an
+	// interrupt meanwhile cancels the staging (cancelPrep) and leaves
+	// the rest to that slot (dropInterrupted).
+	preparing   bool
+	cancelPrep  context.CancelFunc
 	startedSent bool
 	// Queued ahead: a prefetched prompt goes into ComfyUI's own queue
 	// while the slot's current one runs, so ComfyUI starts it the instant
@@ -282,24 +287,25 @@ func (r *run) dropBeforeStart(ctx context.Context, reason string, delay bool) bo
 }
 
 // interrupt handles a ctl interrupt: a running prompt is interrupted in
-// ComfyUI (the run then ends as interrupted); a prefetched one is dropped.
+// ComfyUI (the run then ends as interrupted); one not started yet is
+// dropped, reported interrupted, and never runs.
 func (r *run) interrupt(ctx context.Context) {
 	r.mu.Lock()
 	r.interrupted = true
-	phase, comfyID := r.phase, r.comfyID
+	phase, comfyID, preparing, cancelPrep := r.phase, r.comfyID, r.preparing, r.cancelPrep
 	if phase == phasePending {
 		r.phase = phaseDropped
 	}
 	r.mu.Unlock()
 	switch phase {
 	case phasePending:
-		defer r.end()
-		r.cancelAhead()
-		r.log.Info().Msg("interrupted before it started: dropped")
-		r.report(ctx, wire.Report{Kind: wire.ReportInterrupted, Reason: "interrupted before it started"})
-		// The ticket comes back once the broker recorded the end, and its
-		// claim is then answered skip.
-		_ = r.ticket.NakWithDelay(r.s.a.cfg.RetryDelay)
+		if preparing {
+			// The claiming slot is staging it: it sees the drop when
+			// staging returns (at once: it is cancelled) and reports.
+			cancelPrep()
+			return
+		}
+		r.dropInterrupted(ctx)
 	case phaseStarted:
 		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
@@ -307,6 +313,20 @@ func (r *run) interrupt(ctx context.Context) {
 			r.log.Warn().Err(err).Msg("interrupt in ComfyUI")
 		}
 	}
+}
+
+// dropInterrupted ends a run interrupted before it started: out of
+// ComfyUI's queue if it was queued ahead, reported interrupted, ticket
+// back. Called once, by whoever saw the drop last (interrupt, or the slot
+// that was staging the run).
+func (r *run) dropInterrupted(ctx context.Context) {
+	defer r.end()
+	r.cancelAhead()
+	r.log.Info().Msg("interrupted before it started: dropped")
+	r.report(ctx, wire.Report{Kind: wire.ReportInterrupted, Reason: "interrupted before it started"})
+	// The ticket comes back once the broker recorded the end, and its
+	// claim is then answered skip.
+	_ = r.ticket.NakWithDelay(r.s.a.cfg.RetryDelay)
 }
 
 func (r *run) execute(parent context.Context) {

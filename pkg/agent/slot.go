@@ -389,7 +389,8 @@ func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *r
 	// strand the job), so the agent itself must not claim what it holds,
 	// from the claim until the run has reported and acknowledged.
 	key := t.User + "/" + t.JobID
-	if !s.a.enter(key) {
+	h := s.a.enter(key)
+	if h == nil {
 		s.log.Info().Str("job", t.JobID).Msg("ticket for a job this agent already holds; deferring it")
 		_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
 		return nil
@@ -397,7 +398,7 @@ func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *r
 	held := false
 	defer func() {
 		if !held {
-			s.a.leave(key)
+			s.a.leave(h)
 		}
 	}()
 	reply, err := s.claim(ctx, t, meta.NumDelivered, prefetch)
@@ -420,8 +421,26 @@ func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *r
 		}
 		r := newRun(ctx, s, *reply.Job, reply.Attempt, msg, meta.NumDelivered, prefetch)
 		held = true
-		r.onEnd = func() { s.a.leave(key) }
-		if err := r.prepare(ctx); err != nil {
+		r.onEnd = func() { s.a.leave(h) }
+		// From here an interrupt finds the run (the broker records the
+		// job running as it answers the claim); one that arrives while
+		// the job is staged cuts the staging short.
+		prepCtx, cancelPrep := context.WithCancel(ctx)
+		defer cancelPrep()
+		r.mu.Lock()
+		r.preparing, r.cancelPrep = true, cancelPrep
+		r.mu.Unlock()
+		h.resolve(r)
+		err := r.prepare(prepCtx)
+		r.mu.Lock()
+		r.preparing = false
+		dropped := r.phase == phaseDropped
+		r.mu.Unlock()
+		if dropped {
+			r.dropInterrupted(ctx)
+			return nil
+		}
+		if err != nil {
 			// Most likely ComfyUI itself (restarting, still starting):
 			// check its health before the next job.
 			s.markDown()
