@@ -22,7 +22,9 @@ import (
 //
 // A process that exits is started again after a back-off that doubles up
 // to MaxBackoff (and resets once a process stayed up for a minute). Each
-// slot's output goes to LogDir/comfyui-gpuN.log.
+// slot's output goes to LogDir/comfyui-gpuN.log. On Linux the kernel
+// kills the processes if the agent dies; LogDir/comfyui-gpuN.pid names
+// each one, and Start stops one an earlier run left (pidfile.go).
 type Process struct {
 	// Command is the ComfyUI command (default: python main.py); the
 	// agent appends the flags above and then ExtraArgs.
@@ -112,6 +114,10 @@ func (p *Process) Start(ctx context.Context) ([]Endpoint, error) {
 	var eps []Endpoint
 	for i, g := range p.GPUs {
 		sp := &supervised{slot: "gpu" + strconv.Itoa(g.Index), gpu: g, port: p.BasePort + i, restart: make(chan struct{}, 1)}
+		if err := p.stopLeftover(sp.slot); err != nil {
+			_ = p.Stop(ctx)
+			return nil, err
+		}
 		if err := p.spawn(sp); err != nil {
 			_ = p.Stop(ctx)
 			return nil, err
@@ -158,13 +164,15 @@ func (p *Process) spawn(sp *supervised) error {
 	cmd.Dir = p.Dir
 	cmd.Env = append(os.Environ(), p.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Its own process group: a signal to the agent's terminal does not
-	// reach ComfyUI behind the agent's back, and a kill takes its
-	// children (pip, workers) too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, killed by the kernel if the agent dies
+	// (childAttr).
+	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("process runtime: start %s for %s: %w", p.Command[0], sp.slot, err)
+	}
+	if err := p.writePID(sp.slot, cmd.Process.Pid); err != nil {
+		p.Logger.Warn().Err(err).Str("slot", sp.slot).Msg("write pid file")
 	}
 	exited := make(chan struct{})
 	p.mu.Lock()
@@ -172,6 +180,7 @@ func (p *Process) spawn(sp *supervised) error {
 	p.mu.Unlock()
 	go func() {
 		err := cmd.Wait()
+		p.removePID(sp.slot, cmd.Process.Pid)
 		logf.Close()
 		p.Logger.Warn().Str("slot", sp.slot).Int("pid", cmd.Process.Pid).AnErr("exit", err).Msg("ComfyUI exited")
 		close(exited)

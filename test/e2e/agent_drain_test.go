@@ -1,8 +1,8 @@
 package e2e
 
 import (
-	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,7 +59,7 @@ func testDrain(t *testing.T, drainTimeout time.Duration, steps int) {
 		}
 	}
 	sent := time.Now()
-	require.NoError(t, s.procs["agent"].Process.Signal(os.Interrupt))
+	require.NoError(t, s.procs["agent"].Process.Signal(syscall.SIGTERM))
 	require.NoError(t, s.stopProc("agent", drainTimeout+10*time.Second), "the draining agent exits 0")
 	took := time.Since(sent)
 	t.Logf("agent drained and exited %s after SIGTERM", took.Round(time.Millisecond))

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -65,15 +66,15 @@ func (s *system) startAgent(name string, args ...string) {
 	}
 }
 
-// stopProc sends SIGTERM to the named process and waits for it to exit.
-// It returns an error if the exit status is not 0 or it does not exit
-// within d (it is then killed).
+// stopProc sends SIGTERM (what systemd and docker send) to the named
+// process and waits for it to exit. It returns an error if the exit
+// status is not 0 or it does not exit within d (it is then killed).
 func (s *system) stopProc(name string, d time.Duration) error {
 	cmd := s.procs[name]
 	if cmd == nil || cmd.ProcessState != nil {
 		return nil
 	}
-	_ = cmd.Process.Signal(os.Interrupt)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {
@@ -179,6 +180,7 @@ type logLine struct {
 	Result  string `json:"result"`
 	Reason  string `json:"reason"`
 	PID     int    `json:"pid"`
+	Port    int    `json:"port"`
 }
 
 // logLines parses a JSON log.
@@ -274,4 +276,29 @@ func (s *system) awaitLog(name string, within time.Duration, match func(logLine)
 		return false
 	}, within, 20*time.Millisecond, "%s never logged the expected line", name)
 	return found
+}
+
+// procGone reports whether pid no longer names a live process (a zombie
+// nobody reaped counts as gone: it holds no port and no GPU memory).
+func procGone(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	f := strings.Fields(s[i+1:])
+	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
+}
+
+// comfyStarts returns the "ComfyUI started" lines of a process
+// runtime's log, per slot, in order.
+func comfyStarts(log string) map[string][]logLine {
+	out := map[string][]logLine{}
+	for _, l := range logLines(log) {
+		if l.Message == "ComfyUI started" {
+			out[l.Slot] = append(out[l.Slot], l)
+		}
+	}
+	return out
 }

@@ -70,6 +70,57 @@ func TestAgentProcessRuntimeRestartsKilledComfyUI(t *testing.T) {
 	require.True(t, released, "job %s was running when its ComfyUI was killed and should have been retried", running.Job)
 }
 
+// An agent running the process runtime is killed with SIGKILL (no drain,
+// no cleanup). Its ComfyUIs die with it (the kernel's parent-death
+// signal): no orphan keeps a port or GPU memory. Started again with the
+// same flags, the agent brings its ComfyUIs up on the same ports and runs
+// jobs.
+func TestAgentProcessRuntimeAfterAgentKilled(t *testing.T) {
+	t.Parallel()
+	sim := comfysimBin(t)
+	users := []string{"user001", "user002"}
+	s := startCore(t, users)
+	base := freePorts(t, 2)
+	args := []string{"--id", "e2e-kill9", "--runtime", "process", "--gpus", "2",
+		"--comfy-command", sim, "--comfy-args", "--step-delay 5ms --log-format json",
+		"--base-port", fmt.Sprint(base), "--scratch", filepath.Join(t.TempDir(), "scratch"),
+		"--retry-delay", "200ms", "--drain-timeout", "10s"}
+	s.startAgent("agent", args...)
+	s.awaitSlots("e2e-kill9", 2, 30*time.Second)
+	first := comfyStarts(s.log("agent"))
+	require.Len(t, first, 2)
+
+	cmd := s.procs["agent"]
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+	for slot, starts := range first {
+		pid := starts[len(starts)-1].PID
+		require.Eventually(t, func() bool { return procGone(pid) }, 10*time.Second, 20*time.Millisecond,
+			"%s's ComfyUI (pid %d) outlived its agent", slot, pid)
+	}
+
+	mark := len(s.log("agent"))
+	s.startAgent("agent", args...)
+	var again map[string][]logLine
+	require.Eventually(t, func() bool {
+		again = comfyStarts(s.log("agent")[mark:])
+		return len(again) == 2
+	}, 20*time.Second, 20*time.Millisecond, "the agent started its ComfyUIs again")
+	for slot, starts := range again {
+		require.Equal(t, first[slot][0].Port, starts[0].Port, "%s on the same port", slot)
+	}
+	ids := s.queueJobs(t, users, 4, 5)
+	s.awaitSuccess(t, ids, 60*time.Second)
+	// The ComfyUIs the second agent started are the ones that ran the jobs:
+	// none of them exited (a port still held would have made it exit).
+	for slot, starts := range comfyStarts(s.log("agent")[mark:]) {
+		require.Len(t, starts, 1, "%s's ComfyUI started once", slot)
+		require.False(t, procGone(starts[0].PID), "%s's ComfyUI is up", slot)
+	}
+	require.NotContains(t, s.log("agent")[mark:], "ComfyUI exited")
+	require.NoError(t, s.stopProc("agent", 30*time.Second))
+}
+
 // dockerOK skips the test when no Docker Engine answers.
 func dockerOK(t *testing.T) {
 	t.Helper()
