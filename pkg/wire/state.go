@@ -9,8 +9,9 @@ import (
 type JobState string
 
 // The job states. queued → dispatched → running → one of the final states;
-// queued and dispatched jobs may also be cancelled, and a running job that
-// an agent gives back returns to dispatched for another attempt.
+// queued and dispatched jobs may also be cancelled, a running job that an
+// agent gives back returns to dispatched for another attempt, and a
+// dispatched job whose attempts are used up fails.
 const (
 	StateQueued      JobState = "queued"
 	StateDispatched  JobState = "dispatched"
@@ -46,7 +47,7 @@ func CanTransition(from, to JobState) bool {
 	case StateQueued:
 		return to == StateDispatched || to == StateRunning || to == StateCancelled
 	case StateDispatched:
-		return to == StateRunning || to == StateQueued || to == StateCancelled
+		return to == StateRunning || to == StateQueued || to == StateCancelled || to == StateFailed
 	case StateRunning:
 		switch to {
 		case StateSucceeded, StateFailed, StateInterrupted, StateCancelled, StateDispatched:
