@@ -29,6 +29,10 @@ type poolCatalog struct {
 	// newerErrors: the pool's ComfyUI is 2026-era (0.38+), so the
 	// participant's frontend (bundled with it) expects newer error shapes.
 	newerErrors bool
+	// order is object_info's class order; uploads are the upload combos
+	// per class, whose options the proxy fills per participant.
+	order   []string
+	uploads map[string][]uploadInput
 }
 
 func (c *poolCatalog) hasClass(class string) bool {
@@ -55,6 +59,8 @@ func decodePoolCatalog(b []byte) (*poolCatalog, error) {
 		return nil, fmt.Errorf("decode object_info of pool %q: %w", cat.Pool, err)
 	}
 	pc.validate = vc
+	pc.order = vc.Classes()
+	pc.uploads = uploadInputsOf(vc)
 	pc.newerErrors = newerComfy(cat.SystemStats)
 	for class, raw := range pc.classes {
 		var def struct {

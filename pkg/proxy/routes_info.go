@@ -21,14 +21,54 @@ func (p *Proxy) poolCatalogFor(r *http.Request) *poolCatalog {
 	return cat
 }
 
-// handleObjectInfo is GET /object_info: the pool's merged object_info.
+// handleObjectInfo is GET /object_info: the pool's merged object_info, with
+// the upload combos (LoadImage's image …) listing the participant's own
+// input files, as ComfyUI lists its input folder there.
 func (p *Proxy) handleObjectInfo(w http.ResponseWriter, r *http.Request) {
 	cat := p.poolCatalogFor(r)
 	if cat == nil || len(cat.ObjectInfo) == 0 || isNull(cat.ObjectInfo) {
 		writeJSONBytes(w, http.StatusOK, []byte("{}"))
 		return
 	}
-	writeJSONBytes(w, http.StatusOK, cat.ObjectInfo)
+	if len(cat.uploads) == 0 {
+		writeJSONBytes(w, http.StatusOK, cat.ObjectInfo)
+		return
+	}
+	files := p.uploadListsFor(r)
+	// Splice the few patched classes into the pool's document: re-encoding
+	// megabytes of object_info per request would cost far more.
+	buf := make([]byte, 0, len(cat.ObjectInfo)+1024)
+	buf = append(buf, '{')
+	for i, class := range cat.order {
+		raw := cat.classes[class]
+		if ups := cat.uploads[class]; len(ups) > 0 {
+			raw = withUploadLists(raw, ups, files)
+		}
+		if i > 0 {
+			buf = append(buf, ", "...)
+		}
+		k, _ := json.Marshal(class)
+		buf = append(buf, k...)
+		buf = append(buf, ": "...)
+		buf = append(buf, raw...)
+	}
+	buf = append(buf, '}')
+	writeJSONBytes(w, http.StatusOK, buf)
+}
+
+// uploadListsFor is the participant's input files by media class; on a
+// store failure the lists are empty (logged): the GPU box's file names
+// would mean nothing to the participant.
+func (p *Proxy) uploadListsFor(r *http.Request) map[string][]string {
+	ctx, cancel := p.reqCtx(r)
+	defer cancel()
+	user := sessionFrom(r.Context()).User
+	files, err := p.participantInputs(ctx, user)
+	if err != nil {
+		p.log.Warn().Err(err).Str("user", user).Msg("list input files for object_info")
+		return nil
+	}
+	return files
 }
 
 // handleObjectInfoClass is GET /object_info/{class}: {} for an unknown class.
@@ -39,7 +79,11 @@ func (p *Proxy) handleObjectInfoClass(w http.ResponseWriter, r *http.Request) {
 		writeJSONBytes(w, http.StatusOK, []byte("{}"))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]json.RawMessage{class: cat.classes[class]})
+	raw := cat.classes[class]
+	if ups := cat.uploads[class]; len(ups) > 0 {
+		raw = withUploadLists(raw, ups, p.uploadListsFor(r))
+	}
+	writeJSON(w, http.StatusOK, map[string]json.RawMessage{class: raw})
 }
 
 // handleModels is GET /models: the model folder names.

@@ -325,11 +325,7 @@ func TestConformance(t *testing.T) {
 }
 
 // knownDifference lists documented, deliberate differences (README of this
-// package): the system_stats of a pool and the like. Kept empty-ish on
-// purpose; every entry needs a reason.
+// package). Every entry needs a reason.
 func knownDifference(sim, atelier string) bool {
-	// LoadImage's option list is the GPU box's input folder, which holds
-	// none of the participant's uploads (they are staged per job).
-	return strings.Contains(sim, "object_info") &&
-		strings.ReplaceAll(sim, "image:[[s]|{image_upload:b}]", "image:[[]|{image_upload:b}]") == atelier
+	return false
 }
