@@ -248,6 +248,8 @@ func (b *Broker) runCore(ctx context.Context) {
 	defer b.wg.Done()
 	tick := time.NewTicker(b.cfg.TickInterval)
 	defer tick.Stop()
+	tickets := time.NewTicker(b.cfg.TicketCheckInterval)
+	defer tickets.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -256,6 +258,8 @@ func (b *Broker) runCore(ctx context.Context) {
 			fn()
 		case <-tick.C:
 			b.housekeep(ctx)
+		case <-tickets.C:
+			b.checkTickets(ctx)
 		}
 	}
 }
@@ -313,6 +317,9 @@ func (b *Broker) subscribe(ctx context.Context) error {
 	}
 	b.consum = append(b.consum, cc)
 
+	if err := b.subscribeDeadTickets(ctx); err != nil {
+		return err
+	}
 	if err := b.subscribeAPI(ctx); err != nil {
 		return err
 	}

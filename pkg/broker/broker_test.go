@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,26 +23,39 @@ type testBundle struct {
 	js     jetstream.JetStream
 	jobs   jetstream.KeyValue
 	ctx    context.Context
+	// configure, when set, adjusts the broker's configuration.
+	configure func(*Config)
 }
 
-func setup(t *testing.T) *testBundle {
+func setup(t *testing.T) *testBundle { return setupWith(t, nil) }
+
+// setupWith starts a broker whose configuration configure adjusts.
+func setupWith(t *testing.T, configure func(*Config)) *testBundle {
 	t.Helper()
 	dir := t.TempDir()
-	tb := &testBundle{dir: dir, ctx: context.Background()}
+	tb := &testBundle{dir: dir, ctx: context.Background(), configure: configure}
 	tb.start(t)
 	return tb
 }
 
 func (tb *testBundle) start(t *testing.T) {
 	t.Helper()
-	b, err := New(Config{
+	cfg := Config{
 		DataDir: tb.dir, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
 		TickInterval: 50 * time.Millisecond, Prefetch: 0, Logger: zerolog.Nop(),
-	})
+	}
+	if tb.configure != nil {
+		tb.configure(&cfg)
+	}
+	b, err := New(cfg)
 	require.NoError(t, err)
 	require.NoError(t, b.Start(tb.ctx))
 	tb.broker = b
-	tb.nc, err = nats.Connect(b.ClientURL())
+	url := b.ClientURL()
+	if cfg.NATSUser != "" {
+		url = strings.Replace(url, "nats://", "nats://"+cfg.NATSUser+":"+cfg.NATSPassword+"@", 1)
+	}
+	tb.nc, err = nats.Connect(url)
 	require.NoError(t, err)
 	tb.js, err = jetstream.New(tb.nc)
 	require.NoError(t, err)

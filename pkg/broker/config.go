@@ -80,6 +80,10 @@ type Config struct {
 	AgentTimeout time.Duration
 	// TickInterval paces housekeeping (dead agents, dispatch retries).
 	TickInterval time.Duration
+	// TicketCheckInterval paces the check for waiting jobs whose ticket
+	// vanished, and how soon a dead ticket of a job a slot still holds is
+	// looked at again (default 30 s).
+	TicketCheckInterval time.Duration
 
 	// Observer is told about job and agent changes (metrics).
 	Observer Observer
@@ -112,6 +116,9 @@ func (c *Config) setDefaults() {
 	if c.TickInterval == 0 {
 		c.TickInterval = time.Second
 	}
+	if c.TicketCheckInterval == 0 {
+		c.TicketCheckInterval = 30 * time.Second
+	}
 }
 
 func (c *Config) validate() error {
@@ -128,8 +135,8 @@ func (c *Config) validate() error {
 	if c.MaxRunningPerUser < 0 {
 		errs = append(errs, fmt.Errorf("MaxRunningPerUser must not be negative, got %d", c.MaxRunningPerUser))
 	}
-	if c.AgentTimeout <= 0 || c.TickInterval <= 0 {
-		errs = append(errs, errors.New("AgentTimeout and TickInterval must be positive"))
+	if c.AgentTimeout <= 0 || c.TickInterval <= 0 || c.TicketCheckInterval <= 0 {
+		errs = append(errs, errors.New("AgentTimeout, TickInterval and TicketCheckInterval must be positive"))
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)

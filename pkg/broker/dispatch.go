@@ -50,19 +50,18 @@ func (b *Broker) dispatch(ctx context.Context, pool string) {
 			b.state.sched.Release(it.User)
 			continue
 		}
-		t := wire.Ticket{JobID: e.rec.ID, User: e.rec.User, Pool: pool, Release: e.rec.Releases + 1}
-		data, _ := json.Marshal(t)
 		// Publish first, then record: a crash in between leaves a queued
 		// job with a ticket out, which a claim handles; the reverse order
 		// could leave a dispatched job with no ticket at all.
-		if _, err := b.js.Publish(ctx, wire.DispatchSubject(pool), data, jetstream.WithMsgID(t.MsgID())); err != nil {
+		t, err := b.publishTicket(ctx, e)
+		if err != nil {
 			b.log.Error().Err(err).Str("pool", pool).Str("job", t.JobID).Msg("release ticket; will retry")
 			b.state.sched.Release(it.User)
 			b.state.sched.Push(it)
 			return
 		}
 		b.state.picked = e.rec.Key()
-		err := b.transition(ctx, e, func(r *wire.JobRecord) {
+		err = b.transition(ctx, e, func(r *wire.JobRecord) {
 			r.State = wire.StateDispatched
 			r.Releases = t.Release
 			r.DispatchedAt = now()
@@ -85,4 +84,18 @@ func (b *Broker) dispatchAll(ctx context.Context) {
 	for _, pool := range b.state.sched.Pools() {
 		b.dispatch(ctx, pool)
 	}
+}
+
+// publishTicket publishes the job's next ticket on its pool's DISPATCH
+// subject and notes where it lies in the stream. The caller records
+// Releases.
+func (b *Broker) publishTicket(ctx context.Context, e *jobEntry) (wire.Ticket, error) {
+	t := wire.Ticket{JobID: e.rec.ID, User: e.rec.User, Pool: e.rec.Pool, Release: e.rec.Releases + 1}
+	data, _ := json.Marshal(t)
+	ack, err := b.js.Publish(ctx, wire.DispatchSubject(t.Pool), data, jetstream.WithMsgID(t.MsgID()))
+	if err != nil {
+		return t, err
+	}
+	e.ticketSeq = ack.Sequence
+	return t, nil
 }

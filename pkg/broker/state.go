@@ -40,6 +40,9 @@ type jobEntry struct {
 	// agent reports the end, a new claim or a release ends the job
 	// instead of running it again. Kept in memory only.
 	stopReason string
+	// ticketSeq is where the job's latest ticket lies in DISPATCH (0:
+	// not known, e.g. released before a restart).
+	ticketSeq uint64
 }
 
 func newState(cfg Config) *state {
