@@ -86,11 +86,12 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	defer cleanup()
 	ref := filestore.Ref{User: r.job.User, Kind: kind, Subfolder: stripUser(r.job.User, k.subfolder), Name: k.name}
 	// The transfer id is stable across retries and agent restarts, so an
-	// interrupted upload resumes where it stopped. It leaves the attempt
-	// out: an agent restarted while shipping comes back with a new attempt
-	// of the same job, and the same file (name and content, the sum is part
-	// of the id) must pick up the staged part instead of starting over.
-	tid := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%s/%s/%s", r.job.ID, k.kind, k.subfolder, k.name, sum))
+	// interrupted upload resumes where it stopped. It names the content for
+	// this job (job, folder, sha256), not the attempt nor the file name: an
+	// agent restarted while shipping re-runs the job, and ComfyUI saves the
+	// same output under its next counter (…_00002_.mp4); the receiver then
+	// carries the staged part over to the new name instead of starting over.
+	tid := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%s/%s", r.job.ID, k.kind, k.subfolder, sum))
 	stored, err := filetransfer.Send(ctx, r.s.a.nc, wire.FilePutPrefix, r.s.a.cfg.ID,
 		filetransfer.Meta{TransferID: hex.EncodeToString(tid[:16]), Ref: ref, Size: size, SHA256: sum}, src)
 	if err != nil {
