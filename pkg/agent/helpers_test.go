@@ -202,6 +202,12 @@ func (b *bundle) submit(t *testing.T, user string, steps int) string {
 }`, time.Now().UnixNano()%0xffffff)
 		outputs = []string{"5"}
 	}
+	return b.submitPrompt(t, id, user, prompt, outputs)
+}
+
+// submitPrompt publishes a job with the given prompt and output nodes.
+func (b *bundle) submitPrompt(t *testing.T, id, user, prompt string, outputs []string) string {
+	t.Helper()
 	data, err := json.Marshal(wire.Job{
 		ID: id, User: user, Pool: wire.DefaultPool, Prompt: json.RawMessage(prompt),
 		OutputsToExecute: outputs, SubmittedAt: time.Now().UTC(),

@@ -555,9 +555,24 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 	quiet := time.NewTimer(historyCheckInterval)
 	defer quiet.Stop()
 	// The watchdog: any message about this prompt (progress included)
-	// proves ComfyUI is alive and working on it.
+	// proves ComfyUI is alive and working on it. It measures ComfyUI's
+	// silence only: outputs ship in the background (shipper), and the
+	// end waits for them with the watchdog off (ComfyUI is done).
 	stall := time.NewTimer(r.s.a.cfg.EventTimeout)
 	defer stall.Stop()
+	ships := r.startShipper(ctx)
+	defer ships.stop()
+	// ended waits for the outputs still shipping, then returns how the
+	// prompt ended.
+	ended := func(o outcome, err error) (outcome, error) {
+		if err != nil {
+			return o, err
+		}
+		if err := ships.wait(ctx); err != nil {
+			return outcome{}, err
+		}
+		return o, nil
+	}
 
 	var out *outcome
 	for {
@@ -569,17 +584,19 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 			return outcome{}, errComfyExited
 		case <-stall.C:
 			return outcome{}, errStalled
+		case <-ships.failed:
+			return outcome{}, ships.error()
 		case <-quiet.C:
 			if _, err := r.history(ctx); err == nil {
 				r.log.Warn().Msg("prompt ended without its closing message; taking the result from history")
-				return r.outcomeFromHistory(ctx)
+				return ended(r.outcomeFromHistory(ctx))
 			}
 			quiet.Reset(historyCheckInterval)
 			continue
 		case n := <-msgs:
 			if n.err != nil {
 				if out != nil {
-					return *out, nil // the end was seen; only the trailer is lost
+					return ended(*out, nil) // the end was seen; only the trailer is lost
 				}
 				return outcome{}, n.err
 			}
@@ -612,16 +629,17 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 				if out == nil {
 					out = &outcome{kind: wire.ReportSucceeded}
 				}
-				return *out, nil
+				return ended(*out, nil)
 			}
 			r.relay(m.Type, data, nil)
 		case "executed":
-			var err error
-			data, err = r.handleExecuted(ctx, data)
-			if err != nil {
+			// Relayed by the shipper once its files are in mello.
+			if err := ships.add(ctx, data); err != nil {
 				return outcome{}, err
 			}
-			r.relay(m.Type, data, nil)
+			// A wait for a full shipper queue was the agent's, not
+			// ComfyUI's silence.
+			stall.Reset(r.s.a.cfg.EventTimeout)
 		case "execution_success":
 			out = &outcome{kind: wire.ReportSucceeded}
 			// ComfyUI is done with the prompt: let the slot hand it the
@@ -653,7 +671,8 @@ func (r *run) translate(b []byte) json.RawMessage {
 }
 
 // handleExecuted ships the files of a finished output node to mello,
-// records the output, and returns the message with the participant's names.
+// records the output, and returns the message with the participant's names
+// (on the shipper's goroutine).
 func (r *run) handleExecuted(ctx context.Context, data json.RawMessage) (json.RawMessage, error) {
 	var msg map[string]json.RawMessage
 	if err := json.Unmarshal(data, &msg); err != nil {
