@@ -101,10 +101,11 @@ func TestPostPrompt(t *testing.T) {
 	require.True(t, canonicalUUID(id), id)
 	require.Equal(t, map[string]any{}, resp["node_errors"])
 
-	// The job is on SUBMIT, de-duplicated by its id, numbered by sequence.
+	// The job is on SUBMIT, de-duplicated by user, id and run, numbered
+	// by sequence.
 	msg, err := b.res.Submit.GetLastMsgForSubject(b.ctx, wire.SubmitSubject(alice))
 	require.NoError(t, err)
-	require.Equal(t, id, msg.Header.Get(jetstream.MsgIDHeader))
+	require.Equal(t, wire.SubmitMsgID(alice, id, 0), msg.Header.Get(jetstream.MsgIDHeader))
 	require.EqualValues(t, msg.Sequence, resp["number"])
 	var job wire.Job
 	require.NoError(t, json.Unmarshal(msg.Data, &job))
