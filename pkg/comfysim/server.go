@@ -42,6 +42,7 @@ type Server struct {
 	interrupt context.CancelCauseFunc
 	history   *historyStore
 	created   map[string]time.Time // prompt id → when it was queued (jobs API)
+	started   time.Time            // stands in for the simulated model files' times
 	fault     Fault
 	faultArm  time.Time // when the current fault was set (slow start)
 	wake      chan struct{}
@@ -95,6 +96,7 @@ func New(cfg Config) (*Server, error) {
 		created: map[string]time.Time{},
 		cache:   newOutputCache(),
 		wake:    make(chan struct{}, 1),
+		started: time.Now(),
 
 		closeDone: make(chan struct{}),
 	}
