@@ -86,36 +86,125 @@ func (p *Proxy) handleObjectInfoClass(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]json.RawMessage{class: raw})
 }
 
-// handleModels is GET /models: the model folder names.
-func (p *Proxy) handleModels(w http.ResponseWriter, r *http.Request) {
+// comfyModelFolders is ComfyUI's folder_names_and_paths key order, which
+// /models follows; folders beyond these (extra_model_paths) come after,
+// sorted. The catalog keeps the folders as a set.
+var comfyModelFolders = []string{
+	"checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
+	"style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
+	"upscale_models", "custom_nodes", "hypernetworks", "photomaker", "classifiers",
+	"model_patches", "audio_encoders",
+}
+
+// modelFolders lists the pool's model folders in ComfyUI's order.
+func modelFolders(cat *poolCatalog) []string {
 	folders := []string{}
-	if cat := p.poolCatalogFor(r); cat != nil {
-		for f := range cat.Models {
+	if cat == nil {
+		return folders
+	}
+	for _, f := range comfyModelFolders {
+		if _, ok := cat.Models[f]; ok {
 			folders = append(folders, f)
 		}
 	}
-	slices.Sort(folders)
-	writeJSON(w, http.StatusOK, folders)
+	var extra []string
+	for f := range cat.Models {
+		if !slices.Contains(comfyModelFolders, f) {
+			extra = append(extra, f)
+		}
+	}
+	slices.Sort(extra)
+	return append(folders, extra...)
 }
 
-// handleModelFolder is GET /models/{folder}: 404 for an unknown folder.
-func (p *Proxy) handleModelFolder(w http.ResponseWriter, r *http.Request) {
-	cat := p.poolCatalogFor(r)
-	var files []string
-	ok := false
-	if cat != nil {
-		files, ok = cat.Models[r.PathValue("folder")]
+// handleModels is GET /models: the model folder names.
+func (p *Proxy) handleModels(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, modelFolders(p.poolCatalogFor(r)))
+}
+
+// modelFiles is a folder's files in the pool, sorted; false for a folder
+// the pool does not have.
+func modelFiles(cat *poolCatalog, folder string) ([]string, bool) {
+	if cat == nil {
+		return nil, false
 	}
+	files, ok := cat.Models[folder]
 	if !ok {
-		writePlain(w, http.StatusNotFound, "unknown model folder")
-		return
+		return nil, false
 	}
 	files = slices.Clone(files)
 	if files == nil {
 		files = []string{}
 	}
 	slices.Sort(files)
+	return files, true
+}
+
+// handleModelFolder is GET /models/{folder}: 404 (empty, as ComfyUI) for
+// an unknown folder.
+func (p *Proxy) handleModelFolder(w http.ResponseWriter, r *http.Request) {
+	files, ok := modelFiles(p.poolCatalogFor(r), r.PathValue("folder"))
+	if !ok {
+		writeEmpty(w, http.StatusNotFound)
+		return
+	}
 	writeJSON(w, http.StatusOK, files)
+}
+
+// handleExperimentModels is GET /experiment/models, the Vue frontend's
+// model library: [{name, folders}] without configs and custom_nodes.
+// folders are the server's search paths in ComfyUI; the pool's models live
+// on GPU boxes whose paths mean nothing here (and differ per box), so the
+// list is empty. The frontend reads only the names.
+func (p *Proxy) handleExperimentModels(w http.ResponseWriter, r *http.Request) {
+	out := []any{}
+	for _, f := range modelFolders(p.poolCatalogFor(r)) {
+		if f == "configs" || f == "custom_nodes" {
+			continue
+		}
+		out = append(out, map[string]any{"name": f, "folders": []string{}})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// handleExperimentModelFolder is GET /experiment/models/{folder}: the
+// pool's files as [{name, pathIndex}]; 404 for an unknown folder. ComfyUI
+// adds each file's size and times on its disk: the pool catalog has only
+// the names (one pool, many boxes), and the frontend uses only name and
+// pathIndex.
+func (p *Proxy) handleExperimentModelFolder(w http.ResponseWriter, r *http.Request) {
+	files, ok := modelFiles(p.poolCatalogFor(r), r.PathValue("folder"))
+	if !ok {
+		writeEmpty(w, http.StatusNotFound)
+		return
+	}
+	out := make([]any, 0, len(files))
+	for _, f := range files {
+		out = append(out, map[string]any{"name": f, "pathIndex": 0})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// handleNotOnThisSide answers the GPU-side file routes the proxy cannot
+// serve from the catalog (model preview images, safetensors metadata) with
+// ComfyUI's answer for a file that has none: 404, empty. They must not
+// reach the participant's CPU-only ComfyUI, whose answer would be about
+// its own (empty) model folders.
+func (p *Proxy) handleNotOnThisSide(w http.ResponseWriter, _ *http.Request) {
+	writeEmpty(w, http.StatusNotFound)
+}
+
+// handleFree is POST /free {"unload_models", "free_memory"}. The GPUs are
+// shared: one participant must not unload the models every other
+// participant's next prompt needs, and each agent's ComfyUI manages its own
+// memory. The body is checked as ComfyUI does (a JSON object, else 500)
+// and the request is answered 200 with no effect.
+func (p *Proxy) handleFree(w http.ResponseWriter, r *http.Request) {
+	if _, ok := readJSONBody(w, r, false); !ok {
+		return
+	}
+	p.log.Debug().Str("user", sessionFrom(r.Context()).User).Msg("POST /free ignored: the GPUs are shared")
+	writeEmpty(w, http.StatusOK)
 }
 
 // handleEmbeddings is GET /embeddings.
