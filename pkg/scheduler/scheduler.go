@@ -15,6 +15,7 @@ type Scheduler struct {
 	pools      map[string]*pool
 	byUser     map[string][]*userQueue // user → their queues (one per pool)
 	running    map[string]int          // user → jobs holding a slot
+	userCaps   map[string]int          // user → their own cap, where set
 	queued     int
 }
 
@@ -22,8 +23,8 @@ type Scheduler struct {
 type Config struct {
 	// Policy is the initial policy (default round-robin).
 	Policy Policy
-	// MaxRunningPerUser caps each user's jobs holding a slot at once
-	// (0: no cap).
+	// MaxRunningPerUser caps each user's jobs holding a slot at once,
+	// across all pools (0: no cap). SetMaxRunning gives a user their own.
 	MaxRunningPerUser int
 }
 
@@ -35,6 +36,7 @@ func New(cfg Config) *Scheduler {
 	return &Scheduler{
 		policy: cfg.Policy, maxRunning: cfg.MaxRunningPerUser,
 		pools: map[string]*pool{}, byUser: map[string][]*userQueue{}, running: map[string]int{},
+		userCaps: map[string]int{},
 	}
 }
 
@@ -64,8 +66,35 @@ func (s *Scheduler) Policy() Policy { return s.policy }
 // SetPolicy switches the policy; the next decision uses it.
 func (s *Scheduler) SetPolicy(p Policy) { s.policy = p }
 
-// MaxRunningPerUser is the per-user cap (0: none).
+// MaxRunningPerUser is the default per-user cap (0: none).
 func (s *Scheduler) MaxRunningPerUser() int { return s.maxRunning }
+
+// SetMaxRunning gives user their own cap on jobs holding a slot (n > 0),
+// or puts them back on the default (n <= 0). A lower cap does not stop
+// what already runs; it keeps the user out of the choice until they are
+// under it.
+func (s *Scheduler) SetMaxRunning(user string, n int) {
+	if n > 0 {
+		if s.userCaps[user] == n {
+			return
+		}
+		s.userCaps[user] = n
+	} else {
+		if _, ok := s.userCaps[user]; !ok {
+			return
+		}
+		delete(s.userCaps, user)
+	}
+	s.updateUser(user)
+}
+
+// MaxRunning is the cap that applies to user (0: none).
+func (s *Scheduler) MaxRunning(user string) int {
+	if n, ok := s.userCaps[user]; ok {
+		return n
+	}
+	return s.maxRunning
+}
 
 // Len is the number of queued jobs in all pools.
 func (s *Scheduler) Len() int { return s.queued }
@@ -218,12 +247,20 @@ func (s *Scheduler) Next(poolName string) (Item, bool) {
 }
 
 func (s *Scheduler) eligible(u *userQueue) bool {
-	return len(u.jobs) > 0 && (s.maxRunning == 0 || s.running[u.user] < s.maxRunning)
+	if len(u.jobs) == 0 {
+		return false
+	}
+	limit := s.MaxRunning(u.user)
+	return limit == 0 || s.running[u.user] < limit
 }
 
 func (s *Scheduler) updateUser(user string) {
-	for _, u := range s.byUser[user] {
-		s.update(u)
+	// update drops an emptied queue from byUser in place, shifting the
+	// later ones down: walk backwards so every queue is seen once (a user
+	// with queues in several pools).
+	qs := s.byUser[user]
+	for i := len(qs) - 1; i >= 0; i-- {
+		s.update(qs[i])
 	}
 }
 

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"container/heap"
+	"maps"
 	"slices"
 	"time"
 )
@@ -13,12 +14,18 @@ type Arrival struct {
 	Duration time.Duration // how long it runs once started
 }
 
-// SimConfig is a simulated workshop: slots of one pool, a policy, and the
-// jobs that arrive.
+// SimConfig is a simulated workshop: the pools and their slots, a policy,
+// caps, and the jobs that arrive.
 type SimConfig struct {
-	Slots             int
+	// Pools maps each pool to its number of slots. A job runs only in its
+	// own pool (Item.Pool). Nil: every pool the arrivals name has Slots.
+	Pools map[string]int
+	Slots int
+	// Policy, MaxRunningPerUser and UserCaps configure the scheduler
+	// (UserCaps through SetMaxRunning). Caps count across all pools.
 	Policy            Policy
 	MaxRunningPerUser int
+	UserCaps          map[string]int
 	Arrivals          []Arrival
 }
 
@@ -34,18 +41,31 @@ type SimJob struct {
 func (j SimJob) Wait() time.Duration { return j.Started - j.Arrived }
 
 // Simulate runs the real scheduler against simulated time: at each instant
-// finished jobs free their slots, arrivals are queued, and free slots take
-// the policy's next job. It returns every job in start order.
+// finished jobs free their slots, arrivals are queued, and the free slots
+// of each pool (in name order, until none can take a job) take the
+// policy's next job. It returns every job in start order; a job whose pool
+// has no slots never starts.
 func Simulate(cfg SimConfig) []SimJob {
 	s := New(Config{Policy: cfg.Policy, MaxRunningPerUser: cfg.MaxRunningPerUser})
+	for u, n := range cfg.UserCaps {
+		s.SetMaxRunning(u, n)
+	}
 	arrivals := slices.Clone(cfg.Arrivals)
 	slices.SortStableFunc(arrivals, func(a, b Arrival) int { return int(a.At - b.At) })
+	free := map[string]int{}
+	for p, n := range cfg.Pools {
+		free[p] = n
+	}
+	if cfg.Pools == nil {
+		for _, a := range arrivals {
+			free[a.Item.Pool] = cfg.Slots
+		}
+	}
+	pools := slices.Sorted(maps.Keys(free))
 	durations := map[string]time.Duration{}
 	arrived := map[string]time.Duration{}
 	var running endHeap
 	var out []SimJob
-	free := cfg.Slots
-	pool := ""
 	for i := 0; i < len(arrivals) || running.Len() > 0; {
 		// The next instant: an arrival or a completion, whichever first.
 		var now time.Duration
@@ -60,24 +80,25 @@ func Simulate(cfg SimConfig) []SimJob {
 		for running.Len() > 0 && running[0].Ended <= now {
 			j := heap.Pop(&running).(SimJob)
 			s.Release(j.Item.User)
-			free++
+			free[j.Item.Pool]++
 		}
 		for i < len(arrivals) && arrivals[i].At <= now {
 			a := arrivals[i]
 			durations[a.Item.JobID], arrived[a.Item.JobID] = a.Duration, a.At
-			pool = a.Item.Pool
 			s.Push(a.Item)
 			i++
 		}
-		for free > 0 {
-			it, ok := s.Next(pool)
-			if !ok {
-				break
+		for _, p := range pools {
+			for free[p] > 0 {
+				it, ok := s.Next(p)
+				if !ok {
+					break
+				}
+				free[p]--
+				j := SimJob{Item: it, Arrived: arrived[it.JobID], Started: now, Ended: now + durations[it.JobID]}
+				heap.Push(&running, j)
+				out = append(out, j)
 			}
-			free--
-			j := SimJob{Item: it, Arrived: arrived[it.JobID], Started: now, Ended: now + durations[it.JobID]}
-			heap.Push(&running, j)
-			out = append(out, j)
 		}
 	}
 	return out
