@@ -3,8 +3,6 @@ package broker
 import (
 	"context"
 	"encoding/json"
-	"maps"
-	"slices"
 	"strings"
 	"time"
 
@@ -81,99 +79,4 @@ func (b *Broker) housekeep(ctx context.Context) {
 	}
 	b.pruneStopped()
 	b.dispatchAll(ctx)
-}
-
-// handleCatalog stores an agent's catalog and merges its pool's.
-func (b *Broker) handleCatalog(ctx context.Context, m *nats.Msg) {
-	respond := func(errText string) {
-		data, _ := json.Marshal(wire.CatalogAck{Error: errText})
-		_ = m.Respond(data)
-	}
-	c, err := wire.DecodeCatalog(m.Data)
-	if err != nil {
-		respond(err.Error())
-		return
-	}
-	c.Agent = strings.TrimPrefix(m.Subject, "catalog.")
-	if c.Pool == "" {
-		c.Pool = wire.DefaultPool
-	}
-	if wire.ValidateToken("agent", c.Agent) != nil || wire.ValidateToken("pool", c.Pool) != nil {
-		respond("invalid agent or pool name")
-		return
-	}
-	var errText string
-	if err := b.do(ctx, func() {
-		if err := b.storeCatalog(ctx, c); err != nil {
-			errText = err.Error()
-		}
-	}); err != nil {
-		return
-	}
-	respond(errText)
-}
-
-func (b *Broker) storeCatalog(ctx context.Context, c wire.Catalog) error {
-	b.state.catalogs[c.Agent] = c
-	data, err := wire.EncodeCatalog(c)
-	if err != nil {
-		return err
-	}
-	if _, err := b.res.Catalog.Put(ctx, wire.AgentCatalogKey(c.Agent), data); err != nil {
-		return err
-	}
-	merged := b.mergePoolCatalog(c.Pool)
-	data, err = wire.EncodeCatalog(merged)
-	if err != nil {
-		return err
-	}
-	if _, err := b.res.Catalog.Put(ctx, wire.PoolCatalogKey(c.Pool), data); err != nil {
-		return err
-	}
-	b.log.Info().Str("agent", c.Agent).Str("pool", c.Pool).Msg("catalog stored")
-	return nil
-}
-
-// mergePoolCatalog unions the node classes and models of the pool's
-// agents: a pool's agents are meant to be alike, and the union lets a pool
-// keep its catalog while one agent restarts.
-func (b *Broker) mergePoolCatalog(pool string) wire.Catalog {
-	merged := wire.Catalog{Pool: pool, At: now(), Models: map[string][]string{}}
-	nodes := map[string]json.RawMessage{}
-	embeddings := map[string]bool{}
-	for _, id := range slices.Sorted(maps.Keys(b.state.catalogs)) {
-		c := b.state.catalogs[id]
-		if c.Pool != pool {
-			continue
-		}
-		var oi map[string]json.RawMessage
-		if err := json.Unmarshal(c.ObjectInfo, &oi); err == nil {
-			for k, v := range oi {
-				nodes[k] = v
-			}
-		}
-		for folder, files := range c.Models {
-			merged.Models[folder] = unionSorted(merged.Models[folder], files)
-		}
-		for _, e := range c.Embeddings {
-			embeddings[e] = true
-		}
-		if merged.SystemStats == nil {
-			merged.SystemStats = c.SystemStats
-		}
-	}
-	merged.ObjectInfo, _ = json.Marshal(nodes)
-	merged.Embeddings = slices.Sorted(maps.Keys(embeddings))
-	return merged
-}
-
-func unionSorted(a, b []string) []string {
-	set := map[string]bool{}
-	for _, s := range a {
-		set[s] = true
-	}
-	for _, s := range b {
-		set[s] = true
-	}
-	return slices.Sorted(maps.Keys(set))
 }
