@@ -260,6 +260,8 @@ func (b *Broker) runCore(ctx context.Context) {
 			b.housekeep(ctx)
 		case <-tickets.C:
 			b.checkTickets(ctx)
+			b.refreshUserCaps()
+			b.dispatchAll(ctx) // a raised cap may let a user run more
 		}
 	}
 }

@@ -78,9 +78,15 @@ func (tb *testBundle) stop() {
 // submit publishes a job the way the proxy does.
 func (tb *testBundle) submit(t *testing.T, user string) string {
 	t.Helper()
+	return tb.submitTo(t, user, wire.DefaultPool)
+}
+
+// submitTo publishes a job for a pool.
+func (tb *testBundle) submitTo(t *testing.T, user, pool string) string {
+	t.Helper()
 	id := uuid.NewString()
 	data, _ := json.Marshal(wire.Job{
-		ID: id, User: user, Pool: wire.DefaultPool,
+		ID: id, User: user, Pool: pool,
 		Prompt: json.RawMessage(`{"1":{"class_type":"EmptyImage","inputs":{}}}`), OutputsToExecute: []string{"1"},
 		SubmittedAt: time.Now(),
 	})
@@ -114,7 +120,13 @@ func (tb *testBundle) awaitState(t *testing.T, user, id string, want wire.JobSta
 
 func (tb *testBundle) heartbeat(t *testing.T, agent, boot string, slots int) {
 	t.Helper()
-	hb := wire.Heartbeat{Agent: agent, Pool: wire.DefaultPool, Boot: boot, At: time.Now()}
+	tb.heartbeatIn(t, agent, boot, wire.DefaultPool, slots)
+}
+
+// heartbeatIn sends a heartbeat of an agent of a pool with idle slots.
+func (tb *testBundle) heartbeatIn(t *testing.T, agent, boot, pool string, slots int) {
+	t.Helper()
+	hb := wire.Heartbeat{Agent: agent, Pool: pool, Boot: boot, At: time.Now()}
 	for range slots {
 		hb.Slots = append(hb.Slots, wire.SlotStatus{ID: "gpu", State: wire.SlotIdle})
 	}

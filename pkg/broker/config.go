@@ -58,7 +58,9 @@ type Config struct {
 	// survives a restart.
 	Policy scheduler.Policy
 	// MaxRunningPerUser caps each participant's jobs holding a GPU slot at
-	// once (0: no cap).
+	// once, across pools (0: no cap). A registry entry's
+	// quotas.max_running overrides it for that participant (re-read every
+	// TicketCheckInterval).
 	MaxRunningPerUser int
 	// AdminToken authorizes the HTTP admin API (Authorization: Bearer).
 	// Empty: one is generated and kept in DataDir/meta/admin-token.
@@ -81,8 +83,9 @@ type Config struct {
 	// TickInterval paces housekeeping (dead agents, dispatch retries).
 	TickInterval time.Duration
 	// TicketCheckInterval paces the check for waiting jobs whose ticket
-	// vanished, and how soon a dead ticket of a job a slot still holds is
-	// looked at again (default 30 s).
+	// vanished and the re-reading of participants' running caps, and is
+	// how soon a dead ticket of a job a slot still holds is looked at
+	// again (default 30 s).
 	TicketCheckInterval time.Duration
 
 	// Observer is told about job and agent changes (metrics).

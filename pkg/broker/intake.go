@@ -107,6 +107,7 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 		}
 	}
 	b.state.jobs[key] = e
+	b.applyUserCap(job.User)
 	// Index it as if it had just entered its current state.
 	b.accountState(e, "")
 	b.log.Debug().Str("job", job.ID).Str("user", job.User).Str("state", string(e.rec.State)).Msg("job taken in")
@@ -155,4 +156,50 @@ func (b *Broker) isInstructor(user string) bool {
 	}
 	u, err := b.registry.Get(user)
 	return err == nil && (u.Role == registry.RoleInstructor || u.Role == registry.RoleAdmin)
+}
+
+// applyUserCap gives the scheduler user's own running cap from the
+// registry (quotas.max_running), or the default (MaxRunningPerUser) when
+// the registry sets none.
+func (b *Broker) applyUserCap(user string) {
+	if b.registry == nil {
+		return
+	}
+	u, err := b.registry.Get(user)
+	if err != nil {
+		return
+	}
+	b.state.sched.SetMaxRunning(user, maxRunningOf(u))
+}
+
+func maxRunningOf(u registry.User) int {
+	if u.Quotas == nil {
+		return 0
+	}
+	return u.Quotas.MaxRunning
+}
+
+// refreshUserCaps re-reads the registry's running caps of the users with
+// unfinished jobs (an edited registry takes effect without a restart).
+func (b *Broker) refreshUserCaps() {
+	if b.registry == nil || len(b.state.jobs) == 0 {
+		return
+	}
+	users, err := b.registry.List()
+	if err != nil {
+		b.log.Warn().Err(err).Msg("read the registry's running caps")
+		return
+	}
+	byID := make(map[string]registry.User, len(users))
+	for _, u := range users {
+		byID[u.ID] = u
+	}
+	seen := map[string]bool{}
+	for _, e := range b.state.jobs {
+		if seen[e.rec.User] {
+			continue
+		}
+		seen[e.rec.User] = true
+		b.state.sched.SetMaxRunning(e.rec.User, maxRunningOf(byID[e.rec.User]))
+	}
 }

@@ -1,0 +1,69 @@
+package broker
+
+import (
+	"testing"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/registry"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// A participant's own running cap (the registry's quotas.max_running)
+// overrides the broker's default, counts across pools, and an edit of the
+// registry takes effect without a restart.
+func TestUsersOwnRunningCapAcrossPools(t *testing.T) {
+	t.Parallel()
+	tb := setupWith(t, func(c *Config) {
+		c.MaxRunningPerUser = 2
+		c.TicketCheckInterval = 100 * time.Millisecond
+	})
+	reg, err := registry.Open(registry.Config{Path: datalayout.New(tb.dir).RegistryPath(), BcryptCost: bcrypt.MinCost})
+	require.NoError(t, err)
+	_, err = reg.Create(tb.ctx, registry.User{ID: "user001", Quotas: &registry.Quotas{MaxRunning: 1}}, "pw-user001")
+	require.NoError(t, err)
+	_, err = reg.Create(tb.ctx, registry.User{ID: "user002"}, "pw-user002")
+	require.NoError(t, err)
+
+	tb.heartbeatIn(t, "big1", "boot", "big", 2)
+	tb.heartbeatIn(t, "small1", "boot", "small", 2)
+	tb.heartbeatIn(t, "solo1", "boot", "solo", 3)
+	for range 2 {
+		tb.submitTo(t, "user001", "big")
+		tb.submitTo(t, "user001", "small")
+	}
+	for range 3 {
+		tb.submitTo(t, "user002", "solo")
+	}
+	inFlight := func(user string) int {
+		st, err := tb.broker.Status(tb.ctx)
+		require.NoError(t, err)
+		return st.Users[user].Running
+	}
+	queued := func(user string) int {
+		st, err := tb.broker.Status(tb.ctx)
+		require.NoError(t, err)
+		return st.Users[user].Queued
+	}
+	require.Eventually(t, func() bool { return queued("user001")+inFlight("user001") == 4 && inFlight("user002") == 2 },
+		10*time.Second, 10*time.Millisecond)
+	// A few dispatch rounds (heartbeats, housekeeping) change nothing.
+	for range 3 {
+		tb.heartbeatIn(t, "big1", "boot", "big", 2)
+		tb.heartbeatIn(t, "small1", "boot", "small", 2)
+		tb.heartbeatIn(t, "solo1", "boot", "solo", 3)
+		time.Sleep(60 * time.Millisecond)
+	}
+	require.Equal(t, 1, inFlight("user001"), "user001's own cap: one slot across both pools")
+	require.Equal(t, 2, inFlight("user002"), "user002 has the default cap")
+
+	// The instructor raises user001's cap in the registry.
+	_, err = reg.Update(tb.ctx, "user001", func(u *registry.User) error {
+		u.Quotas.MaxRunning = 3
+		return nil
+	})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return inFlight("user001") == 3 }, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 1, queued("user001"))
+}
