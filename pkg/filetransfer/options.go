@@ -10,16 +10,17 @@ import (
 type Option func(*options)
 
 type options struct {
-	chunkSize      int
-	window         int
-	requestTimeout time.Duration
-	commitTimeout  time.Duration
-	maxRetries     int
-	backoffMin     time.Duration
-	backoffMax     time.Duration
-	logger         zerolog.Logger
-	stats          *Stats
-	progress       func(done, total int64)
+	chunkSize        int
+	window           int
+	requestTimeout   time.Duration
+	commitTimeout    time.Duration
+	reconnectTimeout time.Duration
+	maxRetries       int
+	backoffMin       time.Duration
+	backoffMax       time.Duration
+	logger           zerolog.Logger
+	stats            *Stats
+	progress         func(done, total int64)
 
 	// testCorrupt, when set, may alter a chunk after its checksum was
 	// computed (tests inject corruption on the wire with it).
@@ -28,13 +29,14 @@ type options struct {
 
 func newOptions(opts []Option) options {
 	o := options{
-		chunkSize:      DefaultChunkSize,
-		requestTimeout: 10 * time.Second,
-		commitTimeout:  2 * time.Minute,
-		maxRetries:     8,
-		backoffMin:     100 * time.Millisecond,
-		backoffMax:     10 * time.Second,
-		logger:         zerolog.Nop(),
+		chunkSize:        DefaultChunkSize,
+		requestTimeout:   10 * time.Second,
+		commitTimeout:    2 * time.Minute,
+		reconnectTimeout: 5 * time.Minute,
+		maxRetries:       8,
+		backoffMin:       100 * time.Millisecond,
+		backoffMax:       10 * time.Second,
+		logger:           zerolog.Nop(),
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -58,6 +60,10 @@ func WithRequestTimeout(d time.Duration) Option { return func(o *options) { o.re
 // WithCommitTimeout bounds the wait for the commit reply, which includes
 // moving the file into the store. Default 2 min.
 func WithCommitTimeout(d time.Duration) Option { return func(o *options) { o.commitTimeout = d } }
+
+// WithReconnectTimeout bounds how long Send waits for a dropped connection
+// to come back before giving up. Default 5 min.
+func WithReconnectTimeout(d time.Duration) Option { return func(o *options) { o.reconnectTimeout = d } }
 
 // WithRetries sets how many consecutive failed attempts (timeouts, no
 // responders, busy) are retried before giving up. Progress resets the count.
@@ -91,6 +97,9 @@ type Stats struct {
 	Resends int64
 	// Attempts counts opens (uploads) or chunk request retries (downloads).
 	Attempts int
+	// Reconnects counts the times an upload waited for the connection to
+	// come back and resumed.
+	Reconnects int
 }
 
 // DefaultWindowBytes is how much data may be in flight by default: enough to

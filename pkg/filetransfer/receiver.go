@@ -132,6 +132,11 @@ func (c *ReceiverConfig) withDefaults() (ReceiverConfig, error) {
 	return cfg, nil
 }
 
+// writebackBytes is how much staged data accumulates before the receiver
+// starts its writeback (see startWriteback): the commit's fsync then has at
+// most this much left to write instead of the whole file.
+const writebackBytes = 8 << 20
+
 // maxChunkFor leaves 8 KiB of the server's max payload for headers.
 func maxChunkFor(nc *nats.Conn) int {
 	mp := nc.MaxPayload()
@@ -306,6 +311,9 @@ type transfer struct {
 
 	offset     atomic.Int64
 	lastActive atomic.Int64 // unix nanos
+	// openedAt is the offset the last open answered: where the sender
+	// resumed (logged at commit).
+	openedAt atomic.Int64
 	// committed is set once the file is in the store: the transfer then
 	// only answers repeated commits and may be evicted to make room.
 	committed atomic.Bool
@@ -313,6 +321,8 @@ type transfer struct {
 	f    *os.File
 	h    *asyncHash
 	done *CommitReply // set by the worker after a successful commit
+	// flushed is the offset up to which writeback was started.
+	flushed int64
 
 	queue   chan *nats.Msg
 	stopped chan struct{}
@@ -346,7 +356,13 @@ func (r *Receiver) handleOpen(m *nats.Msg) {
 		_ = respondJSON(m, OpenReply{Error: toWire(err)})
 		return
 	}
-	_ = respondJSON(m, OpenReply{Offset: t.offset.Load(), ChunkSize: r.cfg.ChunkSize, Window: r.cfg.Window})
+	off := t.offset.Load()
+	t.openedAt.Store(off)
+	if off > 0 && !t.committed.Load() {
+		r.log.Info().Str("agent", agent).Str("transfer", req.TransferID).Stringer("ref", req.Ref).
+			Int64("offset", off).Int64("size", req.Size).Msg("upload resumes")
+	}
+	_ = respondJSON(m, OpenReply{Offset: off, ChunkSize: r.cfg.ChunkSize, Window: r.cfg.Window})
 }
 
 func (r *Receiver) open(agent string, req OpenRequest) (*transfer, error) {
@@ -421,12 +437,21 @@ func (r *Receiver) underWay(agent string, req OpenRequest) bool {
 	r.mu.Lock()
 	t, ok := r.transfers[r.key(agent, req.TransferID)]
 	r.mu.Unlock()
-	if ok && t.meta == req {
+	if ok && (t.meta == req || sameContent(t.meta, req) && !t.committed.Load()) {
 		return true
 	}
 	var prev OpenRequest
 	data, err := os.ReadFile(filepath.Join(r.cfg.StagingDir, agent, req.TransferID+".meta"))
-	return err == nil && json.Unmarshal(data, &prev) == nil && prev == req
+	return err == nil && json.Unmarshal(data, &prev) == nil && sameContent(prev, req)
+}
+
+// sameContent reports whether two opens describe the same bytes. The name
+// may differ: a job re-run after an agent restart saves the same output
+// under ComfyUI's next counter ("…_00002_.mp4"), and what was staged for
+// the first name is just as good for the second (the sha256 is checked at
+// commit either way).
+func sameContent(a, b OpenRequest) bool {
+	return a.TransferID == b.TransferID && a.Size == b.Size && a.SHA256 == b.SHA256
 }
 
 // evictCommittedLocked drops transfers whose file is already stored. A
@@ -461,10 +486,16 @@ func (r *Receiver) load(agent string, req OpenRequest) (*transfer, error) {
 	t.touch()
 
 	var prev OpenRequest
-	if data, err := os.ReadFile(t.base + ".meta"); err == nil && json.Unmarshal(data, &prev) == nil && prev == req {
+	if data, err := os.ReadFile(t.base + ".meta"); err == nil && json.Unmarshal(data, &prev) == nil && sameContent(prev, req) {
 		f, err := os.OpenFile(t.base+".part", os.O_RDWR, 0o600)
 		if err == nil {
 			off, err := t.resume(f)
+			if err == nil && prev != req {
+				// Same bytes under another name: the staged part carries
+				// over, the new name is where it will be stored.
+				meta, _ := json.Marshal(req)
+				err = writeFileSync(t.base+".meta", meta)
+			}
 			if err == nil {
 				t.f = f
 				t.offset.Store(off)
@@ -679,8 +710,13 @@ func (t *transfer) chunk(m *nats.Msg) {
 	// Hashing runs beside the next chunk's write: the acknowledgement only
 	// needs the data on disk, the sha256 is needed at commit.
 	t.h.write(m.Data)
-	t.offset.Store(off + int64(len(m.Data)))
+	end := off + int64(len(m.Data))
+	t.offset.Store(end)
 	reply(nil)
+	if end-t.flushed >= writebackBytes || end == t.meta.Size {
+		startWriteback(t.f, t.flushed, end-t.flushed)
+		t.flushed = end
+	}
 }
 
 func (t *transfer) commit(m *nats.Msg) {
@@ -729,7 +765,7 @@ func (t *transfer) commit(m *nats.Msg) {
 	if t.r.cfg.Stored != nil {
 		t.r.cfg.Stored(t.agent, info)
 	}
-	log.Info().Stringer("stored", info.Ref).Int64("size", info.Size).Msg("file received")
+	log.Info().Stringer("stored", info.Ref).Int64("size", info.Size).Int64("resumed_from", t.openedAt.Load()).Msg("file received")
 	_ = respondJSON(m, *t.done)
 }
 

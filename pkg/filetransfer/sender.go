@@ -25,8 +25,12 @@ import (
 // (after a dropped connection, a broker restart or an agent restart), keeps
 // a window of chunks in flight, goes back to the receiver's offset when a
 // chunk was lost or corrupted, and retries timeouts, "no responders" and
-// busy answers with backoff. Memory use is one chunk plus what the NATS
-// client buffers for the window, whatever the file size.
+// busy answers with backoff. When the connection drops in the middle (the
+// server restarts, a network blip), Send stops publishing, waits for the
+// client to reconnect (up to WithReconnectTimeout) and resumes from what the
+// receiver has; only a connection closed by its owner ends it. Memory use is
+// one chunk plus what the NATS client buffers for the window, whatever the
+// file size.
 func Send(ctx context.Context, nc *nats.Conn, subjectPrefix, agentID string, meta Meta, r io.ReaderAt, opts ...Option) (filestore.Ref, error) {
 	o := newOptions(opts)
 	if err := ValidAgentID(agentID); err != nil {
@@ -52,6 +56,10 @@ func Send(ctx context.Context, nc *nats.Conn, subjectPrefix, agentID string, met
 		s.stats = &Stats{}
 	}
 	s.log = o.logger.With().Str("transfer", meta.TransferID).Stringer("ref", meta.Ref).Logger()
+	// Status changes interrupt a stream at once when the connection drops,
+	// instead of after a chunk acknowledgement timeout.
+	s.status = nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED, nats.CLOSED)
+	defer nc.RemoveStatusListener(s.status)
 	return s.run(ctx)
 }
 
@@ -83,11 +91,66 @@ type sender struct {
 	stats *Stats
 	log   zerolog.Logger
 	gen   uint64
+	// status reports the connection's status changes.
+	status chan nats.Status
+}
+
+// errDisconnected marks an attempt cut short by the connection dropping:
+// Send waits for the reconnection and resumes.
+var errDisconnected = errors.New("NATS connection lost")
+
+// connErr is the error of an attempt that found the connection down.
+func (s *sender) connErr() error {
+	if s.nc.IsClosed() {
+		return nats.ErrConnectionClosed
+	}
+	return errDisconnected
+}
+
+// lostConnection reports whether err came from the connection dropping
+// (rather than from the receiver or the file), so that the right answer is
+// to wait for the client to reconnect.
+func (s *sender) lostConnection(err error) bool {
+	if s.nc.IsClosed() {
+		return false // closed by its owner: nothing will come back
+	}
+	switch {
+	case errors.Is(err, errDisconnected), errors.Is(err, nats.ErrReconnectBufExceeded),
+		errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionReconnecting):
+		return true
+	}
+	return retryable(err) && !s.nc.IsConnected()
+}
+
+// awaitConnected waits until the client has reconnected, the connection was
+// closed, ctx ends or the reconnect timeout passes.
+func (s *sender) awaitConnected(ctx context.Context) error {
+	deadline := time.NewTimer(s.o.reconnectTimeout)
+	defer deadline.Stop()
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		switch {
+		case s.nc.IsConnected():
+			return nil
+		case s.nc.IsClosed():
+			return nats.ErrConnectionClosed
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return fmt.Errorf("%w: NATS did not reconnect within %s", ErrTimeout, s.o.reconnectTimeout)
+		case <-s.status:
+		case <-poll.C:
+		}
+	}
 }
 
 func (s *sender) run(ctx context.Context) (filestore.Ref, error) {
 	failures := 0
 	checksumFailures := 0
+	reconnects := 0 // in a row, without progress
 	var lastErr error
 	for {
 		if err := ctx.Err(); err != nil {
@@ -112,6 +175,23 @@ func (s *sender) run(ctx context.Context) (filestore.Ref, error) {
 		if ctx.Err() != nil {
 			return filestore.Ref{}, ctx.Err()
 		}
+		if progressed {
+			failures, reconnects = 0, 0
+		}
+		if s.lostConnection(err) {
+			// Not a failure of the transfer: wait for the client to
+			// reconnect (that wait is the backoff), then reopen, which
+			// tells where the receiver is.
+			if reconnects++; reconnects > s.o.maxRetries {
+				return filestore.Ref{}, fmt.Errorf("filetransfer: send %s: connection lost %d times without progress: %w", s.meta.Ref, reconnects, err)
+			}
+			s.log.Info().Err(err).Msg("connection lost during upload; waiting for NATS to reconnect")
+			if werr := s.awaitConnected(ctx); werr != nil {
+				return filestore.Ref{}, fmt.Errorf("filetransfer: send %s: %w (after: %v)", s.meta.Ref, werr, err)
+			}
+			s.stats.Reconnects++
+			continue
+		}
 		if errors.Is(err, filestore.ErrChecksumMismatch) {
 			// The receiver discarded the staged data; one full resend is
 			// worth a try (the corruption may have been on its disk).
@@ -121,9 +201,6 @@ func (s *sender) run(ctx context.Context) (filestore.Ref, error) {
 			}
 		} else if !retryable(err) {
 			return filestore.Ref{}, fmt.Errorf("filetransfer: send %s: %w", s.meta.Ref, err)
-		}
-		if progressed {
-			failures = 0
 		}
 		failures++
 		lastErr = err
@@ -153,9 +230,15 @@ func (s *sender) attempt(ctx context.Context) (filestore.Ref, bool, error) {
 	if open.ChunkSize > 0 {
 		chunk = min(chunk, open.ChunkSize)
 	}
+	// The receiver's window bounds its memory, so it has the last word;
+	// without a window of its own the sender fills it.
 	window := windowFor(s.o.window, chunk)
 	if open.Window > 0 {
-		window = min(window, open.Window)
+		if s.o.window > 0 {
+			window = min(window, open.Window)
+		} else {
+			window = open.Window
+		}
 	}
 	acked, err := s.stream(ctx, open.Offset, chunk, window)
 	progressed := acked > open.Offset
@@ -179,8 +262,28 @@ func (s *sender) request(ctx context.Context, verb string, req, reply any, timeo
 	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// A reply to a request sent just before the connection dropped never
+	// comes: stop waiting as soon as the client notices.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-s.status:
+				if !s.nc.IsConnected() {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
 	m, err := s.nc.RequestWithContext(rctx, s.subj+verb, data)
 	if err != nil {
+		if ctx.Err() == nil && !s.nc.IsConnected() && !s.nc.IsClosed() {
+			return fmt.Errorf("%s: %w: %v", verb, errDisconnected, err)
+		}
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			return fmt.Errorf("%s: %w", verb, ErrTimeout)
 		}
@@ -231,6 +334,10 @@ func (s *sender) stream(ctx context.Context, start int64, chunkSize, window int)
 
 	for acked < size {
 		for inflight < window && next < size {
+			if !s.nc.IsConnected() {
+				// Publishing now would only fill the reconnect buffer.
+				return acked, s.connErr()
+			}
 			n := int(min(int64(chunkSize), size-next))
 			if _, err := s.r.ReadAt(buf[:n], next); err != nil && !(errors.Is(err, io.EOF) && n > 0) {
 				return acked, fmt.Errorf("read at %d: %w", next, err)
@@ -251,6 +358,11 @@ func (s *sender) stream(ctx context.Context, start int64, chunkSize, window int)
 			// PublishMsg copies the payload into the client's buffer, so buf
 			// is free for the next chunk when it returns.
 			if err := s.nc.PublishMsg(msg); err != nil {
+				// A write error on the socket ("broken pipe") may come
+				// before the client noticed the connection is gone.
+				if !s.nc.IsClosed() && !errors.Is(err, nats.ErrMaxPayload) {
+					err = fmt.Errorf("%w: %w", errDisconnected, err)
+				}
 				return acked, fmt.Errorf("publish chunk: %w", err)
 			}
 			s.stats.BytesSent += int64(n)
@@ -267,6 +379,11 @@ func (s *sender) stream(ctx context.Context, start int64, chunkSize, window int)
 			return acked, ctx.Err()
 		case <-timer.C:
 			return acked, fmt.Errorf("chunk acknowledgement: %w", ErrTimeout)
+		case <-s.status:
+			if !s.nc.IsConnected() {
+				return acked, s.connErr()
+			}
+			continue
 		case m, ok := <-replies:
 			if !ok {
 				return acked, nats.ErrConnectionClosed

@@ -1,0 +1,190 @@
+package filetransfer
+
+import (
+	"bytes"
+	"context"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/natsembed"
+)
+
+// reconnecting is a client that comes back quickly after a drop, as the
+// agent's does.
+func reconnecting(t testing.TB, url string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// resentAtMost is what a cut may cost: the chunks in flight when it
+// happened (one window) and one more chunk.
+func resentAtMost(nc *nats.Conn) int64 {
+	chunk := int64(min(DefaultChunkSize, maxChunkFor(nc)))
+	return int64(windowFor(0, int(chunk)))*chunk + chunk
+}
+
+// TestSendSurvivesKickedConnection: the server drops the agent's
+// connection a third of the way into an upload (as a server does with a
+// slow or stale client, or a network blip); the client reconnects and the
+// same Send resumes from what the receiver has.
+func TestSendSurvivesKickedConnection(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	nc := reconnecting(t, b.srv.ClientURL())
+	data := randomBytes(t, 48<<20)
+	m := meta("kicked", outRef("kicked.bin"), data)
+
+	var once sync.Once
+	var stats Stats
+	ref, err := Send(b.ctx, nc, DefaultPutPrefix, agent, m, bytes.NewReader(data), WithStats(&stats),
+		WithProgress(func(done, total int64) {
+			if done >= total/3 {
+				once.Do(func() {
+					cid, err := nc.GetClientID()
+					require.NoError(t, err)
+					require.NoError(t, b.srv.DisconnectClientByID(cid))
+				})
+			}
+		}))
+	require.NoError(t, err)
+	requireSame(t, data, readStored(t, b, ref))
+	require.GreaterOrEqual(t, stats.Reconnects, 1, "the cut happened during the Send")
+	require.Greater(t, stats.StartOffset, int64(0), "resumed, not restarted")
+	resent := stats.BytesSent - int64(len(data))
+	require.LessOrEqual(t, resent, resentAtMost(nc), "re-sent at most what was in flight")
+	t.Logf("reconnected %d time(s), resumed at %d MiB, re-sent %d KiB", stats.Reconnects, stats.StartOffset>>20, resent>>10)
+}
+
+// TestSendSurvivesServerRestart: the broker's embedded NATS server (with
+// JetStream) stops a third of the way into an upload and starts again on
+// the same port and store. Both the agent's and the broker's connections
+// reconnect; the Send in progress completes without starting over.
+func TestSendSurvivesServerRestart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	root := t.TempDir()
+	cfg := natsembed.Config{StoreDir: filepath.Join(root, "nats"), Port: -1, Logger: zerolog.Nop()}
+	srv, err := natsembed.Start(ctx, cfg)
+	require.NoError(t, err)
+	u, err := url.Parse(srv.ClientURL())
+	require.NoError(t, err)
+	cfg.Port, err = strconv.Atoi(u.Port())
+	require.NoError(t, err)
+	var mu sync.Mutex
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		srv.Shutdown()
+	})
+
+	// The receiver on a TCP connection: a client of the in-process kind
+	// cannot reconnect to a new server.
+	brokerConn := reconnecting(t, srv.ClientURL())
+	agentConn := reconnecting(t, srv.ClientURL())
+	layout := datalayout.New(filepath.Join(root, "data"))
+	require.NoError(t, layout.Ensure())
+	store := filestore.NewDisk(layout)
+	r, err := NewReceiver(ReceiverConfig{Conn: brokerConn, Store: store, StagingDir: filepath.Join(root, "staging")})
+	require.NoError(t, err)
+	require.NoError(t, r.Start(ctx))
+	t.Cleanup(r.Stop)
+
+	data := randomBytes(t, 48<<20)
+	m := meta("restarted", outRef("restarted.bin"), data)
+	var once sync.Once
+	restarted := make(chan error, 1)
+	var stats Stats
+	ref, err := Send(ctx, agentConn, DefaultPutPrefix, agent, m, bytes.NewReader(data), WithStats(&stats),
+		WithProgress(func(done, total int64) {
+			if done >= total/3 {
+				once.Do(func() {
+					go func() {
+						mu.Lock()
+						defer mu.Unlock()
+						srv.Shutdown()
+						again, err := natsembed.Start(ctx, cfg)
+						if err == nil {
+							srv = again
+						}
+						restarted <- err
+					}()
+				})
+			}
+		}))
+	require.NoError(t, <-restarted, "restart the server on the same port and store")
+	require.NoError(t, err)
+
+	f, err := store.Open(ctx, ref)
+	require.NoError(t, err)
+	defer f.Close()
+	got := make([]byte, len(data)+1)
+	n, _ := f.ReadAt(got, 0)
+	requireSame(t, data, got[:n])
+	require.GreaterOrEqual(t, stats.Reconnects, 1, "the cut happened during the Send")
+	require.Greater(t, stats.StartOffset, int64(0), "resumed, not restarted")
+	resent := stats.BytesSent - int64(len(data))
+	require.LessOrEqual(t, resent, resentAtMost(agentConn), "re-sent at most what was in flight")
+	t.Logf("reconnected %d time(s), resumed at %d MiB, re-sent %d KiB", stats.Reconnects, stats.StartOffset>>20, resent>>10)
+}
+
+// TestSendGivesUpWhenNATSStaysAway: a connection that does not come back
+// within the reconnect timeout ends the Send with ErrTimeout, not a hang.
+func TestSendGivesUpWhenNATSStaysAway(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	nc := reconnecting(t, b.srv.ClientURL())
+	data := randomBytes(t, 16<<20)
+	m := meta("away", outRef("away.bin"), data)
+	var once sync.Once
+	_, err := Send(b.ctx, nc, DefaultPutPrefix, agent, m, bytes.NewReader(data), WithReconnectTimeout(300*time.Millisecond),
+		WithProgress(func(done, total int64) {
+			once.Do(func() { go b.srv.Shutdown() })
+		}))
+	require.ErrorIs(t, err, ErrTimeout)
+}
+
+// TestResumeUnderANewName: an agent restarted mid-upload re-runs the job,
+// and ComfyUI saves the same output under its next counter. The upload of
+// the same content (same transfer id, size and sha256) under the new name
+// carries the staged part over instead of starting over, and the file is
+// stored under the new name only.
+func TestResumeUnderANewName(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	data := randomBytes(t, 24<<20)
+	first := meta("rerun", outRef("LTX_00001_.mp4"), data)
+
+	nc1 := connect(t, b.srv)
+	var once sync.Once
+	_, err := Send(b.ctx, nc1, DefaultPutPrefix, agent, first, bytes.NewReader(data),
+		WithProgress(func(done, total int64) {
+			if done >= total/2 {
+				once.Do(nc1.Close)
+			}
+		}))
+	require.ErrorIs(t, err, nats.ErrConnectionClosed)
+
+	again := first
+	again.Ref = outRef("LTX_00002_.mp4")
+	var stats Stats
+	ref, err := Send(b.ctx, b.agent, DefaultPutPrefix, agent, again, bytes.NewReader(data), WithStats(&stats))
+	require.NoError(t, err)
+	require.Equal(t, again.Ref, ref)
+	requireSame(t, data, readStored(t, b, ref))
+	require.GreaterOrEqual(t, stats.StartOffset, int64(len(data)/2), "resumed from the staged part")
+	_, err = b.store.Stat(b.ctx, first.Ref)
+	require.ErrorIs(t, err, filestore.ErrNotFound, "nothing stored under the first name")
+}
