@@ -37,7 +37,7 @@ type Agent struct {
 	live   map[string]*held
 	// inputLocks serializes fetches of one content into the input cache.
 	inputLocks sync.Map
-	files      atomic.Pointer[uploadInputs] // learnt from the catalog
+	rules      atomic.Pointer[promptRules] // learnt from the catalog
 	startedAt  time.Time
 	spoolDir   string
 	ownSpool   bool
@@ -323,8 +323,8 @@ func (a *Agent) reportCatalog(ctx context.Context) error {
 		return err
 	}
 	c.Agent, c.Pool = a.cfg.ID, a.cfg.Pool
-	files := uploadInputsFrom(c.ObjectInfo)
-	a.files.Store(&files)
+	rules := promptRulesFrom(c.ObjectInfo)
+	a.rules.Store(&rules)
 	data, err := wire.EncodeCatalog(c)
 	if err != nil {
 		return err
@@ -374,12 +374,13 @@ func collectCatalog(ctx context.Context, c *comfyclient.Client) (wire.Catalog, e
 	return cat, nil
 }
 
-// fileInputs names the inputs that refer to uploaded files, per node class.
-func (a *Agent) fileInputs() uploadInputs {
-	if f := a.files.Load(); f != nil {
-		return *f
+// promptRules is what the agent knows of its ComfyUI for rewriting
+// prompts (rewritePrompt).
+func (a *Agent) promptRules() promptRules {
+	if r := a.rules.Load(); r != nil {
+		return *r
 	}
-	return defaultUploadInputs()
+	return defaultPromptRules()
 }
 
 // gpuStatsLoop refreshes the slots' GPU memory and utilisation.

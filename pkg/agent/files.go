@@ -71,6 +71,12 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	if done, ok := r.shipped[k]; ok {
 		return done, nil
 	}
+	// The prompt was rewritten into the participant's folder, but a
+	// custom node may write where it likes: only what is under <user>/
+	// ships, into <user>'s store.
+	if err := ownOutput(r.job.User, k); err != nil {
+		return outputFile{}, err
+	}
 	kind, err := filestore.ParseKind(k.kind)
 	if err != nil {
 		return outputFile{}, fmt.Errorf("output %s: %w", k.name, err)

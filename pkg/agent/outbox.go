@@ -6,95 +6,168 @@ import (
 	"sync"
 )
 
-// shipQueue is how many finished nodes may wait for their outputs to ship
-// before the relay of ComfyUI's events waits for the shipper (it then
-// resumes at once, and the watchdog counts none of that wait).
-const shipQueue = 32
+// outboxLossyBytes bounds the lossy events (progress, previews) an outbox
+// holds behind a shipping output; beyond it they are dropped, as the live
+// relay is lossy by design. Events that carry state (executing,
+// executed, errors) are never dropped: there are a few per node.
+const outboxLossyBytes = 32 << 20
 
-// shipper ships the outputs of finished nodes off the relay loop: a file
-// on a slow uplink can take longer than the event watchdog, and meanwhile
-// ComfyUI's progress must still reach the participant and prove ComfyUI
-// alive. Nodes ship one at a time in the order ComfyUI finished them; the
-// "executed" message of each goes out once its files are in mello, with
-// the names the participant sees.
-type shipper struct {
+// outbox relays a run's events to the participant in ComfyUI's order
+// while outputs ship off the relay loop. A file on a slow uplink can take
+// longer than the event watchdog: the relay loop must go on reading
+// ComfyUI (proof that it is alive, and the moment it frees the GPU) while
+// the file ships. An "executed" message goes out once its node's files
+// are in mello, with the names the participant sees, and every event
+// after it waits behind it, so the participant sees ComfyUI's order.
+// Nodes ship one at a time, in the order ComfyUI finished them. With
+// nothing shipping, events go out at once.
+type outbox struct {
 	r      *run
-	queue  chan json.RawMessage
 	cancel context.CancelFunc
-	done   chan struct{} // the goroutine ended (queue closed and drained, or failed)
-
-	mu     sync.Mutex
-	err    error
+	wake   chan struct{}
+	done   chan struct{} // the worker ended (closed and empty, failed, or stopped)
 	failed chan struct{} // closed at the first error
+
+	mu         sync.Mutex
+	items      []outItem
+	lossyBytes int
+	busy       bool // the worker handles an item
+	closed     bool
+	err        error
+	dropped    int
 }
 
-func (r *run) startShipper(ctx context.Context) *shipper {
+type outItem struct {
+	ship   bool // an "executed" message whose files must ship first
+	typ    string
+	data   json.RawMessage
+	binary []byte
+}
+
+func (it outItem) lossy() bool {
+	return !it.ship && (it.typ == "" || it.typ == "progress" || it.typ == "progress_state")
+}
+
+func (it outItem) size() int { return len(it.data) + len(it.binary) }
+
+func (r *run) startOutbox(ctx context.Context) *outbox {
 	ctx, cancel := context.WithCancel(ctx)
-	sh := &shipper{
-		r: r, queue: make(chan json.RawMessage, shipQueue), cancel: cancel,
+	o := &outbox{
+		r: r, cancel: cancel, wake: make(chan struct{}, 1),
 		done: make(chan struct{}), failed: make(chan struct{}),
 	}
-	go sh.loop(ctx)
-	return sh
+	go o.work(ctx)
+	return o
 }
 
-func (sh *shipper) loop(ctx context.Context) {
-	defer close(sh.done)
-	for {
-		var data json.RawMessage
-		select {
-		case <-ctx.Done():
+// relay sends an event, or queues it behind what is shipping.
+func (o *outbox) relay(typ string, data json.RawMessage, binary []byte) {
+	o.put(outItem{typ: typ, data: data, binary: binary})
+}
+
+// ship queues a finished node's "executed" message: its files ship, then
+// it goes out.
+func (o *outbox) ship(data json.RawMessage) {
+	o.put(outItem{ship: true, typ: "executed", data: data})
+}
+
+func (o *outbox) put(it outItem) {
+	o.mu.Lock()
+	if !it.ship && len(o.items) == 0 && !o.busy {
+		o.mu.Unlock()
+		o.r.relay(it.typ, it.data, it.binary)
+		return
+	}
+	if it.lossy() {
+		if o.lossyBytes+it.size() > outboxLossyBytes {
+			o.dropped++
+			o.mu.Unlock()
 			return
-		case d, ok := <-sh.queue:
-			if !ok {
+		}
+		o.lossyBytes += it.size()
+	}
+	o.items = append(o.items, it)
+	o.mu.Unlock()
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (o *outbox) work(ctx context.Context) {
+	defer close(o.done)
+	for {
+		o.mu.Lock()
+		for len(o.items) == 0 {
+			o.busy = false
+			if o.closed {
+				o.mu.Unlock()
 				return
 			}
-			data = d
+			o.mu.Unlock()
+			select {
+			case <-o.wake:
+			case <-ctx.Done():
+				return
+			}
+			o.mu.Lock()
 		}
-		out, err := sh.r.handleExecuted(ctx, data)
+		it := o.items[0]
+		o.items[0] = outItem{}
+		o.items = o.items[1:]
+		if it.lossy() {
+			o.lossyBytes -= it.size()
+		}
+		o.busy = true
+		o.mu.Unlock()
+
+		if !it.ship {
+			o.r.relay(it.typ, it.data, it.binary)
+			continue
+		}
+		out, err := o.r.handleExecuted(ctx, it.data)
 		if err != nil {
-			sh.mu.Lock()
-			sh.err = err
-			sh.mu.Unlock()
-			close(sh.failed)
+			o.mu.Lock()
+			o.err = err
+			o.mu.Unlock()
+			close(o.failed)
 			return
 		}
-		sh.r.relay("executed", out, nil)
+		o.r.relay(it.typ, out, nil)
 	}
 }
 
-// add queues a finished node's "executed" message. It waits only when
-// shipQueue nodes are already waiting.
-func (sh *shipper) add(ctx context.Context, data json.RawMessage) error {
+// wait lets everything queued go out (outputs shipped) and returns the
+// first shipping error.
+func (o *outbox) wait(ctx context.Context) error {
+	o.mu.Lock()
+	o.closed = true
+	o.mu.Unlock()
 	select {
-	case sh.queue <- data:
-		return nil
-	case <-sh.failed:
-		return sh.error()
+	case o.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case <-o.done:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// wait closes the queue and waits until every queued node has shipped.
-func (sh *shipper) wait(ctx context.Context) error {
-	close(sh.queue)
-	select {
-	case <-sh.done:
-		return sh.error()
-	case <-ctx.Done():
-		return ctx.Err()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.dropped > 0 {
+		o.r.log.Debug().Int("dropped", o.dropped).Msg("live events dropped behind a slow ship")
 	}
+	return o.err
 }
 
-// stop abandons what is left and waits for the goroutine.
-func (sh *shipper) stop() {
-	sh.cancel()
-	<-sh.done
+// stop abandons what is left and waits for the worker.
+func (o *outbox) stop() {
+	o.cancel()
+	<-o.done
 }
 
-func (sh *shipper) error() error {
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	return sh.err
+func (o *outbox) error() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.err
 }

@@ -127,7 +127,7 @@ func newRun(ctx context.Context, s *slot, job wire.Job, attempt int, ticket jets
 // prepare does what can happen before the GPU is free: rewrite the
 // prompt, stage the inputs, open the WebSocket.
 func (r *run) prepare(ctx context.Context) error {
-	r.prompt, r.promptErr = rewritePrompt(r.job.Prompt, r.job.User, r.s.a.fileInputs())
+	r.prompt, r.promptErr = rewritePrompt(r.job.Prompt, r.job.User, r.s.a.promptRules())
 	if r.promptErr != nil {
 		return nil // reported as a failure when the job starts
 	}
@@ -423,12 +423,13 @@ func (r *run) execute(parent context.Context) {
 		r.freeGPU()
 		r.retryOrFail(ctx, "ComfyUI exited while running the job", nil, true)
 		return
-	case errors.Is(err, filestore.ErrQuotaExceeded):
-		// Retrying cannot help: the participant must make room first.
+	case errors.Is(err, filestore.ErrQuotaExceeded), errors.Is(err, ErrForeignOutput):
+		// Retrying cannot help: the participant must make room first, or
+		// the workflow writes where it must not.
 		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_ = r.s.comfy.Interrupt(ictx, r.comfyID)
 		cancel()
-		r.finish(ctx, outcome{kind: wire.ReportFailed, reason: quotaReason(err)}, nil)
+		r.finish(ctx, outcome{kind: wire.ReportFailed, reason: refusedReason(err)}, nil)
 		return
 	default:
 		r.log.Warn().Err(err).Msg("lost ComfyUI's events; reading the result from history")
@@ -556,19 +557,19 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 	defer quiet.Stop()
 	// The watchdog: any message about this prompt (progress included)
 	// proves ComfyUI is alive and working on it. It measures ComfyUI's
-	// silence only: outputs ship in the background (shipper), and the
+	// silence only: outputs ship in the background (outbox), and the
 	// end waits for them with the watchdog off (ComfyUI is done).
 	stall := time.NewTimer(r.s.a.cfg.EventTimeout)
 	defer stall.Stop()
-	ships := r.startShipper(ctx)
-	defer ships.stop()
+	box := r.startOutbox(ctx)
+	defer box.stop()
 	// ended waits for the outputs still shipping, then returns how the
 	// prompt ended.
 	ended := func(o outcome, err error) (outcome, error) {
 		if err != nil {
 			return o, err
 		}
-		if err := ships.wait(ctx); err != nil {
+		if err := box.wait(ctx); err != nil {
 			return outcome{}, err
 		}
 		return o, nil
@@ -584,8 +585,8 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 			return outcome{}, errComfyExited
 		case <-stall.C:
 			return outcome{}, errStalled
-		case <-ships.failed:
-			return outcome{}, ships.error()
+		case <-box.failed:
+			return outcome{}, box.error()
 		case <-quiet.C:
 			if _, err := r.history(ctx); err == nil {
 				r.log.Warn().Msg("prompt ended without its closing message; taking the result from history")
@@ -604,7 +605,7 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 		}
 		if m.Type == "" {
 			stall.Reset(r.s.a.cfg.EventTimeout)
-			r.relay("", nil, bytes.ReplaceAll(m.Binary, []byte(r.comfyID), []byte(r.job.ID)))
+			box.relay("", nil, bytes.ReplaceAll(m.Binary, []byte(r.comfyID), []byte(r.job.ID)))
 			continue
 		}
 		var head struct {
@@ -631,15 +632,10 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 				}
 				return ended(*out, nil)
 			}
-			r.relay(m.Type, data, nil)
+			box.relay(m.Type, data, nil)
 		case "executed":
-			// Relayed by the shipper once its files are in mello.
-			if err := ships.add(ctx, data); err != nil {
-				return outcome{}, err
-			}
-			// A wait for a full shipper queue was the agent's, not
-			// ComfyUI's silence.
-			stall.Reset(r.s.a.cfg.EventTimeout)
+			// Relayed by the outbox once its files are in mello.
+			box.ship(data)
 		case "execution_success":
 			out = &outcome{kind: wire.ReportSucceeded}
 			// ComfyUI is done with the prompt: let the slot hand it the
@@ -652,14 +648,14 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 			}
 			_ = json.Unmarshal(data, &e)
 			if e.ExceptionType == "ExecutionBlocked" {
-				r.relay(m.Type, data, nil) // informational; the prompt goes on
+				box.relay(m.Type, data, nil) // informational; the prompt goes on
 				continue
 			}
 			out = &outcome{kind: wire.ReportFailed, payload: data}
 		case "execution_interrupted":
 			out = &outcome{kind: wire.ReportInterrupted, payload: data}
 		default:
-			r.relay(m.Type, data, nil)
+			box.relay(m.Type, data, nil)
 		}
 	}
 }
@@ -814,8 +810,8 @@ func (r *run) finish(ctx context.Context, out outcome, h *historyEntry) {
 				if ctx.Err() != nil {
 					return
 				}
-				if errors.Is(err, filestore.ErrQuotaExceeded) {
-					r.finish(ctx, outcome{kind: wire.ReportFailed, reason: quotaReason(err)}, nil)
+				if errors.Is(err, filestore.ErrQuotaExceeded) || errors.Is(err, ErrForeignOutput) {
+					r.finish(ctx, outcome{kind: wire.ReportFailed, reason: refusedReason(err)}, nil)
 					return
 				}
 				r.release(ctx, "ship outputs: "+err.Error())
@@ -925,7 +921,11 @@ func (r *run) report(ctx context.Context, rep wire.Report) bool {
 	}
 }
 
-// quotaReason is what a participant over their disk quota reads.
-func quotaReason(err error) string {
+// refusedReason is what a participant reads when an output is refused:
+// over their disk quota, or written outside their folder.
+func refusedReason(err error) string {
+	if errors.Is(err, ErrForeignOutput) {
+		return "the workflow wrote a file outside your folder on the GPU server, which is refused (a node that ignores filename_prefix?): " + err.Error()
+	}
 	return "your outputs do not fit your disk quota on the workshop server; delete some files and queue again (" + err.Error() + ")"
 }

@@ -66,12 +66,13 @@ func slowLink(t *testing.T, natsURL string, rate int) string {
 	return "nats://" + ln.Addr().String()
 }
 
-// An output that takes longer to ship than the event watchdog (a 6 MiB
-// video over a 4 MiB/s uplink, a 500 ms watchdog) ships while ComfyUI
-// goes on: the sampler's progress reaches the participant during the
-// ship, the watchdog does not take the busy ComfyUI for hung, and the job
-// succeeds at the first attempt, its "executed" message carrying the
-// shipped file.
+// Outputs that take longer to ship than the event watchdog (four 3 MiB
+// videos over a 4 MiB/s uplink, a 500 ms watchdog) ship while the relay
+// goes on reading ComfyUI, busy with a sampler: the watchdog does not take
+// it for hung (with the relay blocked during each ship, each ship was an
+// even chance of a false "hung" restart), the job succeeds at the first
+// attempt, and the participant still sees ComfyUI's order: each node's
+// "executed", with the shipped file, right after its "executing".
 func TestSlowShipDoesNotStallTheRelay(t *testing.T) {
 	t.Parallel()
 	restarts := 0
@@ -84,7 +85,7 @@ func TestSlowShipDoesNotStallTheRelay(t *testing.T) {
 			return c
 		}})
 	id := uuid.NewString()
-	type seen struct{ typ, node string }
+	type seen struct{ typ, node, data string }
 	var events []seen
 	var evMu sync.Mutex
 	sub, err := b.nc.Subscribe(wire.EventSubject(b.cfg.ID, "user001", id), func(m *nats.Msg) {
@@ -97,47 +98,55 @@ func TestSlowShipDoesNotStallTheRelay(t *testing.T) {
 		}
 		_ = json.Unmarshal(ev.Data, &head)
 		evMu.Lock()
-		events = append(events, seen{ev.Type, head.Node})
+		events = append(events, seen{ev.Type, head.Node, string(ev.Data)})
 		evMu.Unlock()
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 
-	prompt := fmt.Sprintf(`{
- "1": {"class_type": "AtelierSimBigFile", "inputs": {"bytes": %d, "seed": 7, "filename_prefix": "video/big", "format": "mp4"}},
- "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "%s"}},
+	big := []string{"1", "2", "3", "4"}
+	prompt := `{
+ "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "` + comfysim.DefaultCheckpoint + `"}},
  "11": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["10", 1], "text": "a lighthouse"}},
  "12": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["10", 1], "text": "blurry"}},
  "13": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
  "14": {"class_type": "KSampler", "inputs": {"model": ["10", 0], "positive": ["11", 0], "negative": ["12", 0], "latent_image": ["13", 0],
-        "seed": 1, "steps": 100, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "seed": 1, "steps": 150, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
  "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["10", 2]}},
- "16": {"class_type": "SaveImage", "inputs": {"images": ["15", 0], "filename_prefix": "t2i"}}
-}`, 6<<20, comfysim.DefaultCheckpoint)
-	b.submitPrompt(t, id, "user001", prompt, []string{"1", "16"})
-	recs := b.rec.await(t, []string{id}, 60*time.Second)
+ "16": {"class_type": "SaveImage", "inputs": {"images": ["15", 0], "filename_prefix": "t2i"}}`
+	for _, n := range big {
+		prompt += fmt.Sprintf(`,
+ %q: {"class_type": "AtelierSimBigFile", "inputs": {"bytes": %d, "seed": %s, "filename_prefix": "video/big%s", "format": "mp4"}}`, n, 3<<20, n, n)
+	}
+	prompt += "}"
+	b.submitPrompt(t, id, "user001", prompt, append([]string{"16"}, big...))
+	recs := b.rec.await(t, []string{id}, 90*time.Second)
 	b.requireOnce(t, recs, wire.StateSucceeded)
 	require.Equal(t, 1, recs[id].Attempt, "no false hang: the first attempt succeeded")
 	mu.Lock()
 	require.Equal(t, 1, restarts, "ComfyUI was never restarted")
 	mu.Unlock()
-	require.Contains(t, string(recs[id].Outputs["1"]), "big_00001_.mp4")
 
-	// The big file's node finished first, yet sampler progress was
-	// relayed before its "executed" went out: the ship did not hold the
-	// relay.
 	evMu.Lock()
 	defer evMu.Unlock()
-	progressBefore, executedAt := 0, -1
-	for i, e := range events {
-		if e.typ == "executed" && e.node == "1" {
-			executedAt = i
-			break
-		}
-		if e.typ == "progress" && e.node == "14" {
-			progressBefore++
+	var durable []seen
+	for _, e := range events {
+		if e.typ == "executing" || e.typ == "executed" {
+			durable = append(durable, e)
 		}
 	}
-	require.GreaterOrEqual(t, executedAt, 0, "the big file's executed message was relayed: %v", events)
-	require.Positive(t, progressBefore, "sampler progress was relayed while the big file shipped: %v", events)
+	for _, n := range big {
+		require.Contains(t, string(recs[id].Outputs[n]), "big"+n+"_00001_.mp4")
+		at := -1
+		for i, e := range durable {
+			if e.typ == "executing" && e.node == n {
+				at = i
+			}
+		}
+		require.GreaterOrEqual(t, at, 0, "node %s ran: %v", n, durable)
+		require.Less(t, at+1, len(durable))
+		next := durable[at+1]
+		require.Equal(t, seen{"executed", n, next.data}, next, "ComfyUI's order: node %s's executed right after its executing", n)
+		require.Contains(t, next.data, "big"+n+"_00001_.mp4")
+	}
 }
