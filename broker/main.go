@@ -30,6 +30,7 @@ Usage:
   atelier-broker user add [flags]       add a participant or instructor
   atelier-broker user list [flags]      list users
   atelier-broker user passwd [flags]    set a user's password
+  atelier-broker status [--watch]       the workshop as tables (queues, agents, participants)
 
 Instructor and operator controls (through the broker's HTTP admin API):
   atelier-broker pause | resume

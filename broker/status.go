@@ -19,8 +19,9 @@ import (
 
 // status prints the workshop as tables: from the dashboard's snapshot API
 // when instructor credentials are given (participants, positions,
-// progress, failures), else from the broker's open /api/status (queues and
-// agents only). --watch redraws it until Ctrl-C.
+// progress, failures), else from the broker's /api/status (queues, agents,
+// and the participants when the admin token is at hand: --token, or the
+// one in the data directory). --watch redraws it until Ctrl-C.
 func status(args []string) error {
 	fs := flag.NewFlagSet("status", flag.ExitOnError)
 	var (
@@ -30,9 +31,16 @@ func status(args []string) error {
 		watch    = fs.Bool("watch", false, "redraw every --interval until interrupted")
 		interval = cli.Duration(fs, "interval", "ATELIER_STATUS_INTERVAL", 2*time.Second, "redraw interval with --watch")
 		asJSON   = fs.Bool("json", false, "print the snapshot as JSON")
+		token    = cli.String(fs, "token", "ATELIER_ADMIN_TOKEN", "", "admin token: /api/status then names the participants (default: the one in <data>/meta/admin-token, if readable)")
+		dataDir  = cli.String(fs, "data", "ATELIER_DATA", "./data", "data directory (to find the admin token)")
 	)
 	_ = fs.Parse(args)
-	src := statusSource{base: strings.TrimRight(*url, "/"), user: *user, password: *password, client: &http.Client{Timeout: 10 * time.Second}}
+	if *token == "" {
+		if data, err := os.ReadFile(broker.AdminTokenPath(*dataDir)); err == nil {
+			*token = strings.TrimSpace(string(data))
+		}
+	}
+	src := statusSource{base: strings.TrimRight(*url, "/"), user: *user, password: *password, token: *token, client: &http.Client{Timeout: 10 * time.Second}}
 	if !*watch {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
@@ -57,8 +65,8 @@ func status(args []string) error {
 }
 
 type statusSource struct {
-	base, user, password string
-	client               *http.Client
+	base, user, password, token string
+	client                      *http.Client
 }
 
 func printStatus(ctx context.Context, w io.Writer, src statusSource, asJSON bool) error {
@@ -92,8 +100,11 @@ func (s statusSource) get(ctx context.Context, path string, auth bool, v any) er
 	if err != nil {
 		return err
 	}
-	if auth {
+	switch {
+	case auth:
 		req.SetBasicAuth(s.user, s.password)
+	case s.token != "":
+		req.Header.Set("Authorization", "Bearer "+s.token)
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
@@ -148,4 +149,48 @@ func TestAdminHTTPEveryOperation(t *testing.T) {
 	var usage json.RawMessage
 	require.NoError(t, json.Unmarshal(call("GET", "usage", ``, http.StatusOK), &usage))
 	call("POST", "lottery", `{}`, http.StatusBadRequest)
+}
+
+// GET /api/status needs no login, so without the admin token it names no
+// participant (neither in the users nor on a slot); with it, it does.
+func TestStatusRouteNamesParticipantsOnlyToTheAdmin(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	id := tb.submit(t, "user001")
+	tb.awaitState(t, "user001", id, wire.StateQueued)
+	hb := wire.Heartbeat{Agent: "a1", Pool: wire.DefaultPool, Boot: "b", Slots: []wire.SlotStatus{{ID: "gpu0", State: wire.SlotBusy, JobID: "job-x", User: "user007"}}}
+	data, _ := json.Marshal(hb)
+	require.NoError(t, tb.nc.Publish(wire.HeartbeatSubject("a1"), data))
+	require.Eventually(t, func() bool {
+		st, err := tb.broker.Status(tb.ctx)
+		return err == nil && len(st.Agents) == 1
+	}, 10*time.Second, 10*time.Millisecond)
+
+	get := func(token string) (Status, string) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(tb.ctx, http.MethodGet, tb.broker.HTTPURL()+"/api/status", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		body, _ := io.ReadAll(resp.Body)
+		var st Status
+		require.NoError(t, json.Unmarshal(body, &st))
+		return st, string(body)
+	}
+	st, body := get("")
+	require.NotContains(t, body, "user001")
+	require.NotContains(t, body, "user007")
+	require.NotContains(t, body, "job-x")
+	require.Empty(t, st.Users)
+	require.Equal(t, 1, st.Participants)
+	require.Equal(t, 1, st.Queued[wire.DefaultPool]+st.InFlight[wire.DefaultPool])
+	require.Len(t, st.Agents, 1)
+
+	st, _ = get(tb.broker.adminToken)
+	require.Equal(t, 1, st.Users["user001"].Queued+st.Users["user001"].Running)
+	require.Equal(t, "user007", st.Agents[0].Slots[0].User)
 }

@@ -46,16 +46,20 @@ func (b *Broker) handleHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 // Status is the broker's picture of the workshop, as GET /api/status
-// answers it.
+// answers it. That route needs no login (health checks, the status
+// command without credentials), so without the admin token it leaves out
+// who the participants are: Users is empty and slots show no user or job.
 type Status struct {
 	Queued   map[string]int         `json:"queued"`   // pool → queued jobs
 	InFlight map[string]int         `json:"inflight"` // pool → dispatched or running
 	Finished map[wire.JobState]int  `json:"finished"` // since the broker started
 	Agents   []wire.Heartbeat       `json:"agents"`
 	Users    map[string]UserSummary `json:"users"`
-	Catalogs int                    `json:"catalogs"` // agents whose catalog is known
-	Paused   bool                   `json:"paused"`
-	Policy   string                 `json:"policy"`
+	// Participants counts the users with unfinished jobs.
+	Participants int    `json:"participants"`
+	Catalogs     int    `json:"catalogs"` // agents whose catalog is known
+	Paused       bool   `json:"paused"`
+	Policy       string `json:"policy"`
 }
 
 // UserSummary is one participant's unfinished jobs.
@@ -87,6 +91,7 @@ func (b *Broker) Status(ctx context.Context) (Status, error) {
 		for k, v := range b.state.counts {
 			st.Finished[k] = v
 		}
+		st.Participants = len(st.Users)
 		st.Catalogs = len(b.state.catalogs)
 		for _, a := range b.state.agents {
 			st.Agents = append(st.Agents, a.hb)
@@ -101,6 +106,27 @@ func (b *Broker) handleStatus(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
+	if !b.adminAuthorized(r) {
+		st = st.Anonymous()
+	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(st)
+}
+
+// Anonymous is the status without the participants' names: no users, and
+// no user or job on the agents' slots.
+func (st Status) Anonymous() Status {
+	st.Users = nil
+	agents := make([]wire.Heartbeat, len(st.Agents))
+	for i, hb := range st.Agents {
+		slots := make([]wire.SlotStatus, len(hb.Slots))
+		for j, sl := range hb.Slots {
+			sl.User, sl.JobID = "", ""
+			slots[j] = sl
+		}
+		hb.Slots = slots
+		agents[i] = hb
+	}
+	st.Agents = agents
+	return st
 }

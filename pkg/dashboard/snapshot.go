@@ -155,7 +155,7 @@ type HourCount struct {
 // FromStatus is the part of a Snapshot the broker's GET /api/status
 // carries, for `atelier-broker status` without instructor credentials.
 func FromStatus(st broker.Status, now time.Time) Snapshot {
-	s := Snapshot{At: now, Catalogs: st.Catalogs}
+	s := Snapshot{At: now, Catalogs: st.Catalogs, API: true, Paused: st.Paused, Policy: st.Policy}
 	pools := map[string]*PoolDepth{}
 	pool := func(p string) *PoolDepth {
 		if pools[p] == nil {
