@@ -28,8 +28,11 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+# The GB-sized transfers skip themselves under -race (ten times slower) and
+# run in a second pass without it.
 test: vet fmt-check
 	$(GO) test -race -count=1 -timeout 25m $(PKGS)
+	$(GO) test -count=1 -timeout 10m -run '^TestLargeOutputs$$' -v ./pkg/filetransfer/
 
 # Benchmarks print each figure beside its reference measured in the same run.
 bench:

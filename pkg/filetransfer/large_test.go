@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,13 +96,22 @@ func (b *bigBundle) download(t *testing.T, ref filestore.Ref) (string, int64) {
 	return hex.EncodeToString(h.Sum(nil)), n
 }
 
+// memoryBound is the resident memory growth a large transfer may cause in
+// either process. It is generous on purpose (the figure itself, against the
+// 100 MB goal, is BenchmarkLargeOutputMemory's): what it proves is that
+// nothing holds the file, or a sizeable part of it, in memory — a 4 GiB
+// transfer that buffered even a sixteenth of the file would fail it.
+const memoryBound = 256 << 20
+
 // TestLargeOutputs ships a 1 GiB and a 4 GiB output from a separate agent
 // process, downloads each over HTTP and compares sha256s, and checks that
-// neither process's resident memory grew anywhere near the file size. The
-// 4 GiB one is left out with -short; both are left out under -race.
+// neither process's resident memory grew anywhere near the file size
+// (sampled every 10 ms during the transfer). The 4 GiB one is left out with
+// -short; both are left out under -race, which slows them ten-fold: `make
+// test` runs them in a second `go test` without -race.
 func TestLargeOutputs(t *testing.T) {
 	if raceEnabled {
-		t.Skip("GB-sized transfers under the race detector take minutes; the logic is covered by the smaller tests")
+		t.Skip("GB-sized transfers are left to the run without -race (make test runs it: go test -run TestLargeOutputs ./pkg/filetransfer/)")
 	}
 	for _, tc := range []struct {
 		name string
@@ -112,6 +121,7 @@ func TestLargeOutputs(t *testing.T) {
 			if tc.size > 1<<30 && testing.Short() {
 				t.Skip("4 GiB transfer")
 			}
+			requireFreeSpace(t, os.TempDir(), tc.size)
 			b := setupBig(t)
 			p := transfertest.NewPattern(uint64(tc.size), tc.size)
 			sum := p.SHA256()
@@ -138,10 +148,25 @@ func TestLargeOutputs(t *testing.T) {
 			agentGrowth, brokerGrowth := res.RSSPeak-res.RSSBase, peak-base
 			t.Logf("%s: %.0f MB/s; RSS growth: agent %d MiB, broker %d MiB", tc.name,
 				float64(tc.size)/res.Seconds/1e6, agentGrowth>>20, brokerGrowth>>20)
-			require.Less(t, agentGrowth, int64(100<<20), "agent memory bounded")
-			require.Less(t, brokerGrowth, int64(100<<20), "receiver memory bounded")
+			require.Less(t, agentGrowth, int64(memoryBound), "agent memory bounded: the file is streamed, not held")
+			require.Less(t, brokerGrowth, int64(memoryBound), "receiver memory bounded: the file is streamed, not held")
 			require.NoError(t, b.store.Remove(b.ctx, ref))
 		})
+	}
+}
+
+// requireFreeSpace skips the test, saying why, when dir's file system has
+// too little room for a file of size bytes (staged, then renamed into the
+// store on the same file system) and a margin.
+func requireFreeSpace(t *testing.T, dir string, size int64) {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return // unknown: let the test find out
+	}
+	need := size + size/4 + 1<<30
+	if free := int64(st.Bavail) * int64(st.Bsize); free < need {
+		t.Skipf("needs %d MiB free in %s (TMPDIR) for a %d MiB file, has %d MiB", need>>20, dir, size>>20, free>>20)
 	}
 }
 
@@ -180,5 +205,4 @@ func TestAgentProcessKilledResumes(t *testing.T) {
 	require.Equal(t, int64(size), n)
 	require.Equal(t, sum, got)
 	t.Logf("killed at %d MiB staged; the restarted agent resumed at %d MiB and sent %d MiB", staged.Size()>>20, res.StartOffset>>20, res.BytesSent>>20)
-	_ = fmt.Sprint()
 }
