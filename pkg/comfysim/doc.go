@@ -18,8 +18,7 @@
 // reproduces the ways a real GPU worker fails: slow start, hangs, crashes,
 // node exceptions and CUDA out-of-memory.
 //
-// Deliberate differences from ComfyUI are limited to what Go cannot do
-// cheaply or what would be unsafe: /view?preview=webp answers JPEG (or PNG
-// when alpha is requested) with a truthful Content-Type, since Go has no
-// WebP encoder; paths given to LoadImage may not leave their directory.
+// Deliberate differences from ComfyUI are limited to what would be unsafe:
+// paths given to LoadImage may not leave their directory, and /view does
+// not re-encode images over comfyview.MaxPixels (a decompression bomb).
 package comfysim

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"image"
 	"image/jpeg"
 	"image/png"
 	"net/http"
@@ -384,9 +385,12 @@ func TestViewRules(t *testing.T) {
 	require.Equal(t, "image/jpeg", hdr.Get("Content-Type"))
 	_, err := jpeg.Decode(bytes.NewReader(body))
 	require.NoError(t, err)
-	// webp is requested by default; the simulator answers JPEG and says so.
-	_, _, hdr = b.get(t, "/view?filename=v.png&type=input&subfolder=s&preview=webp")
-	require.Equal(t, "image/jpeg", hdr.Get("Content-Type"))
+	// webp is requested by default, and answered as ComfyUI does.
+	_, body, hdr = b.get(t, "/view?filename=v.png&type=input&subfolder=s&preview=webp")
+	require.Equal(t, "image/webp", hdr.Get("Content-Type"))
+	_, format, err := image.Decode(bytes.NewReader(body))
+	require.NoError(t, err)
+	require.Equal(t, "webp", format)
 	_, body, hdr = b.get(t, "/view?filename=v.png&type=input&subfolder=s&channel=a")
 	require.Equal(t, "image/png", hdr.Get("Content-Type"))
 	img, err := png.Decode(bytes.NewReader(body))

@@ -6,6 +6,7 @@ package comfyview
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"image"
 	"image/color"
@@ -16,9 +17,22 @@ import (
 	"strconv"
 	"strings"
 
-	_ "golang.org/x/image/webp"
 	_ "image/gif" // decoders for what participants upload
+
+	"github.com/gen2brain/webp"
+	_ "golang.org/x/image/webp"
 )
+
+// MaxPixels bounds the images Apply decodes (width × height, read from the
+// header before anything is decoded): a small file can claim a huge image
+// (a decompression bomb), and decoding it would take its width × height × 4
+// bytes of memory, twice over with the re-encoding copy. 8192 × 8192 is
+// below PIL's own bomb threshold (89.5 Mpx warns, twice that fails) and
+// above any image a diffusion model outputs.
+const MaxPixels = 8192 * 8192
+
+// ErrTooLarge is returned for an image over MaxPixels.
+var ErrTooLarge = errors.New("image too large to re-encode")
 
 // Query parses a /view query the way aiohttp does: ';' is an ordinary
 // character (preview=webp;90), which Go's url.ParseQuery would reject.
@@ -59,17 +73,19 @@ func (t Transform) Needed() bool {
 }
 
 // Apply decodes the image and re-encodes it, returning the body and its
-// content type.
+// content type, as ComfyUI's server.py does with PIL:
 //
-// preview=fmt[;quality]: ComfyUI produces WebP by default; Go has no WebP
-// encoder, so where ComfyUI would send WebP this sends JPEG (image/jpeg),
-// or PNG (image/png) when the alpha channel was requested. The content type
-// always names what is sent. channel=rgb is a PNG without alpha, channel=a
-// a PNG whose alpha is the source's (black RGB).
+// preview=fmt[;quality] (fmt webp or jpeg; anything else, or a channel
+// with "a" in it, is webp; quality 90 unless the last ';' part is digits):
+// WebP (lossy, at that quality) keeps the alpha channel unless
+// channel=rgb; JPEG drops it. Without preview, channel=rgb is a PNG without
+// alpha and channel=a a PNG whose alpha is the source's (black RGB).
+//
+// Images over MaxPixels are refused (ErrTooLarge) before being decoded.
 func (t Transform) Apply(src io.Reader) ([]byte, string, error) {
-	img, _, err := image.Decode(src)
+	img, err := decodeBounded(src)
 	if err != nil {
-		return nil, "", fmt.Errorf("decode image: %w", err)
+		return nil, "", err
 	}
 	var buf bytes.Buffer
 	if t.HasPreview {
@@ -82,12 +98,18 @@ func (t Transform) Apply(src io.Reader) ([]byte, string, error) {
 		if last := parts[len(parts)-1]; last != "" && isDigits(last) {
 			quality, _ = strconv.Atoi(last)
 		}
-		if format == "webp" && strings.Contains(t.Channel, "a") {
-			err = png.Encode(&buf, img)
-			return buf.Bytes(), "image/png", err
+		quality = min(max(quality, 1), 100)
+		if format == "jpeg" {
+			err = jpeg.Encode(&buf, OpaqueCopy(img), &jpeg.Options{Quality: quality})
+			return buf.Bytes(), "image/jpeg", err
 		}
-		err = jpeg.Encode(&buf, OpaqueCopy(img), &jpeg.Options{Quality: min(max(quality, 1), 100)})
-		return buf.Bytes(), "image/jpeg", err
+		if t.Channel == "rgb" || !HasAlpha(img) {
+			img = OpaqueCopy(img)
+		}
+		if err := webp.Encode(&buf, img, webp.Options{Quality: quality}); err != nil {
+			return nil, "", fmt.Errorf("encode webp: %w", err)
+		}
+		return buf.Bytes(), "image/webp", nil
 	}
 	out := OpaqueCopy(img)
 	if t.Channel == "a" {
@@ -95,6 +117,25 @@ func (t Transform) Apply(src io.Reader) ([]byte, string, error) {
 	}
 	err = png.Encode(&buf, out)
 	return buf.Bytes(), "image/png", err
+}
+
+// decodeBounded reads the image's header first and decodes it only when its
+// dimensions are within MaxPixels; the header bytes read are replayed to
+// the decoder.
+func decodeBounded(src io.Reader) (image.Image, error) {
+	var head bytes.Buffer
+	cfg, _, err := image.DecodeConfig(io.TeeReader(src, &head))
+	if err != nil {
+		return nil, fmt.Errorf("decode image: %w", err)
+	}
+	if cfg.Width <= 0 || cfg.Height <= 0 || int64(cfg.Width)*int64(cfg.Height) > MaxPixels {
+		return nil, fmt.Errorf("%w: %d×%d pixels, at most %d", ErrTooLarge, cfg.Width, cfg.Height, MaxPixels)
+	}
+	img, _, err := image.Decode(io.MultiReader(&head, src))
+	if err != nil {
+		return nil, fmt.Errorf("decode image: %w", err)
+	}
+	return img, nil
 }
 
 func isDigits(s string) bool {
