@@ -1,0 +1,61 @@
+package stack
+
+import (
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/stretchr/testify/require"
+)
+
+// Drain and undrain through the broker API reach the real agent: a
+// draining agent takes no job (its heartbeat says so, the pool has no
+// capacity), and once undrained it runs what waited. An agent that is not
+// connected is a clear not-found.
+func TestDrainThroughTheBrokerReachesTheAgent(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, "user001")
+	admin := wire.Caller{User: "admin", Role: wire.RoleAdmin}
+	b := tb.stack.Broker
+	draining := func() bool {
+		st, err := b.Status(tb.ctx)
+		require.NoError(t, err)
+		for _, hb := range st.Agents {
+			if hb.Agent == "stack-agent" {
+				return hb.Draining
+			}
+		}
+		return false
+	}
+
+	require.NoError(t, b.Drain(tb.ctx, wire.DrainRequest{Caller: admin, Agent: "stack-agent"}, true))
+	require.True(t, tb.stack.Agent.Draining())
+	require.Eventually(t, draining, 10*time.Second, 20*time.Millisecond, "the heartbeat says draining")
+
+	code, body := tb.post(t, "user001", workflow(t, 1))
+	require.Equal(t, http.StatusOK, code, string(body))
+	var r struct {
+		PromptID string `json:"prompt_id"`
+	}
+	require.NoError(t, json.Unmarshal(body, &r))
+	time.Sleep(time.Second) // several heartbeats and dispatch rounds
+	q := b.Queues(tb.ctx, wire.QueuesRequest{Caller: admin})
+	require.Len(t, q.Jobs, 1)
+	require.Equal(t, wire.StateQueued, q.Jobs[0].State, "a draining agent takes no job")
+
+	require.NoError(t, b.Drain(tb.ctx, wire.DrainRequest{Caller: admin, Agent: "stack-agent"}, false))
+	require.False(t, tb.stack.Agent.Draining())
+	require.Eventually(t, func() bool {
+		st, err := b.Status(tb.ctx)
+		return err == nil && st.Finished[wire.StateSucceeded] == 1
+	}, 30*time.Second, 20*time.Millisecond, "the job runs once the agent is undrained")
+	require.False(t, draining())
+
+	err := b.Drain(tb.ctx, wire.DrainRequest{Caller: admin, Agent: "nobody"}, true)
+	require.ErrorContains(t, err, "agent nobody is not connected")
+	err = b.Drain(tb.ctx, wire.DrainRequest{Caller: wire.Caller{User: "user001", Role: wire.RoleParticipant}, Agent: "stack-agent"}, true)
+	require.ErrorContains(t, err, "instructors only")
+	require.False(t, tb.stack.Agent.Draining())
+}
