@@ -56,12 +56,14 @@ func TestQuotaRefusesUpload(t *testing.T) {
 	require.NoError(t, r.Start(ctx))
 	t.Cleanup(r.Stop)
 
-	send := func(name string, n int) (filetransfer.Stats, error) {
+	var sendAs func(id, name string, n int) (filetransfer.Stats, error)
+	send := func(name string, n int) (filetransfer.Stats, error) { return sendAs(name, name, n) }
+	sendAs = func(id, name string, n int) (filetransfer.Stats, error) {
 		data := bytes.Repeat([]byte{byte(n)}, n)
 		sum := sha256.Sum256(data)
 		var st filetransfer.Stats
 		_, err := filetransfer.Send(ctx, nc, filetransfer.DefaultPutPrefix, "gpu-1", filetransfer.Meta{
-			TransferID: filetransfer.TransferID(name), Ref: filestore.Ref{User: "user001", Kind: filestore.KindOutput, Name: name},
+			TransferID: filetransfer.TransferID(id), Ref: filestore.Ref{User: "user001", Kind: filestore.KindOutput, Name: name},
 			Size: int64(n), SHA256: hex.EncodeToString(sum[:]),
 		}, bytes.NewReader(data), filetransfer.WithStats(&st))
 		return st, err
@@ -78,4 +80,17 @@ func TestQuotaRefusesUpload(t *testing.T) {
 
 	_, err = send("small.png", 100<<10)
 	require.NoError(t, err, "what fits still goes")
+	require.Equal(t, int64(2), stored.Load())
+	used, err := quotas.Used(ctx, "user001")
+	require.NoError(t, err)
+
+	// The same bytes under the same name again (another job saved an
+	// identical output): the stored file is reused, nothing new is on disk
+	// and nothing more counts against the quota.
+	_, err = sendAs("again", "small.png", 100<<10)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), stored.Load(), "a reused file is not reported as stored")
+	again, err := quotas.Used(ctx, "user001")
+	require.NoError(t, err)
+	require.Equal(t, used, again)
 }

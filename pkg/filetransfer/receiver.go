@@ -71,8 +71,10 @@ type ReceiverConfig struct {
 	// retention.Quotas.Check). An error wrapping filestore.ErrQuotaExceeded
 	// reaches the sender as such and is not retried.
 	Admit func(agentID string, ref filestore.Ref, size int64) error
-	// Stored, when set, is told about every file committed into the Store
-	// (to count it against the quota at once, say). It must not block.
+	// Stored, when set, is told about every new file committed into the
+	// Store (to count it against the quota at once, say); not about an
+	// upload answered with a file of the same content already there. It
+	// must not block.
 	Stored func(agentID string, info filestore.Info)
 	// Logger. Default: disabled.
 	Logger *zerolog.Logger
@@ -750,7 +752,7 @@ func (t *transfer) commit(m *nats.Msg) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	info, err := t.store(ctx)
+	info, reused, err := t.store(ctx)
 	if err != nil {
 		fail(err)
 		return
@@ -762,7 +764,7 @@ func (t *transfer) commit(m *nats.Msg) {
 	}
 	t.done = &CommitReply{Ref: info.Ref, Size: info.Size, SHA256: sum}
 	t.committed.Store(true)
-	if t.r.cfg.Stored != nil {
+	if t.r.cfg.Stored != nil && !reused {
 		t.r.cfg.Stored(t.agent, info)
 	}
 	log.Info().Stringer("stored", info.Ref).Int64("size", info.Size).Int64("resumed_from", t.openedAt.Load()).Msg("file received")
@@ -771,21 +773,23 @@ func (t *transfer) commit(m *nats.Msg) {
 
 // store moves the staged file into the Store under ComfyUI's naming rule:
 // the requested name, or the same name with " (n)" when another file with
-// different content has it; a file with the same content is reused.
-func (t *transfer) store(ctx context.Context) (filestore.Info, error) {
+// different content has it; a file with the same content is reused
+// (reused reports it: no new bytes on mello's disk).
+func (t *transfer) store(ctx context.Context) (_ filestore.Info, reused bool, _ error) {
 	st := t.r.cfg.Store
 	for range 5 {
 		name, exists, err := filestore.UniqueName(ctx, st, t.meta.Ref, t.meta.SHA256)
 		if err != nil {
-			return filestore.Info{}, err
+			return filestore.Info{}, false, err
 		}
 		ref := t.meta.Ref
 		ref.Name = name
 		if err := t.r.cfg.Authorize(t.agent, ref); err != nil {
-			return filestore.Info{}, fmt.Errorf("%w: %w", ErrForbidden, err)
+			return filestore.Info{}, false, fmt.Errorf("%w: %w", ErrForbidden, err)
 		}
 		if exists {
-			return st.Stat(ctx, ref)
+			info, err := st.Stat(ctx, ref)
+			return info, true, err
 		}
 		var info filestore.Info
 		if imp, ok := st.(filestore.Importer); ok {
@@ -796,9 +800,9 @@ func (t *transfer) store(ctx context.Context) (filestore.Info, error) {
 		if errors.Is(err, filestore.ErrExists) {
 			continue // lost a race for the name: look again
 		}
-		return info, err
+		return info, false, err
 	}
-	return filestore.Info{}, fmt.Errorf("%w: could not find a free name for %s", filestore.ErrExists, t.meta.Ref)
+	return filestore.Info{}, false, fmt.Errorf("%w: could not find a free name for %s", filestore.ErrExists, t.meta.Ref)
 }
 
 func copyInto(ctx context.Context, st filestore.Store, ref filestore.Ref, f *os.File, meta OpenRequest) (filestore.Info, error) {
