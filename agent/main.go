@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,7 +59,10 @@ func serve(args []string) int {
 		healthEvery  = cli.Duration(fs, "docker-health-interval", "ATELIER_DOCKER_HEALTH_INTERVAL", 5*time.Second, "docker runtime: period of the container health check")
 		simDir       = cli.String(fs, "sim-dir", "ATELIER_SIM_DIR", filepath.Join(os.TempDir(), "atelier-sim"), "simulated runtime: simulators' input/output/temp root")
 		simStep      = cli.Duration(fs, "sim-step-delay", "ATELIER_SIM_STEP_DELAY", 20*time.Millisecond, "simulated runtime: time per sampler step")
-		spool        = cli.String(fs, "spool", "ATELIER_SPOOL", "", "spool directory for outputs on their way to mello (default: a temp dir)")
+		spool        = cli.String(fs, "spool", "ATELIER_SPOOL", "", "spool directory for outputs on their way to mello that cannot be read where ComfyUI wrote them (default: a temp dir)")
+		cacheDir     = cli.String(fs, "input-cache", "ATELIER_INPUT_CACHE", "", "content-addressed cache of input files, kept across restarts (default: <scratch>/cache/inputs; simulated and external runtimes: under the spool)")
+		cacheSize    = cli.String(fs, "input-cache-size", "ATELIER_INPUT_CACHE_SIZE", "100GiB", "cap of the input cache (least recently used inputs no job holds are evicted), e.g. 500GiB, 2TiB; 0: no cap")
+		keepOutputs  = cli.String(fs, "keep-outputs", "ATELIER_KEEP_OUTPUTS", "", "set to 1 to keep output files on the box once they are in mello (default: emptied when their job is over)")
 		noPrefetch   = cli.String(fs, "no-prefetch", "ATELIER_NO_PREFETCH", "", "set to 1 to fetch a slot's next job only when it is idle")
 		eventTimeout = cli.Duration(fs, "event-timeout", "ATELIER_EVENT_TIMEOUT", 10*time.Minute, "watchdog: no event from ComfyUI for this long restarts it and retries the job")
 		drainTimeout = cli.Duration(fs, "drain-timeout", "ATELIER_DRAIN_TIMEOUT", 5*time.Minute, "on SIGTERM or drain: how long running jobs may finish before they are released")
@@ -73,11 +77,20 @@ func serve(args []string) int {
 		return 2
 	}
 
+	maxCache, err := parseSize(*cacheSize)
+	if err != nil {
+		return fail("--input-cache-size: %v", err)
+	}
+	if maxCache == 0 {
+		maxCache = -1 // Config: negative means no cap
+	}
+
 	ctx, cancel := cli.SignalContext()
 	defer cancel()
 	cfg := agent.Config{
 		ID: *id, Pool: *pool, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: *natsPass,
-		SpoolDir: *spool, DisablePrefetch: *noPrefetch == "1" || *noPrefetch == "true",
+		SpoolDir: *spool, DisablePrefetch: isTrue(*noPrefetch),
+		InputCacheDir: *cacheDir, InputCacheBytes: maxCache, KeepOutputs: isTrue(*keepOutputs),
 		EventTimeout: *eventTimeout, DrainTimeout: *drainTimeout, RetryDelay: *retryDelay, Logger: log,
 	}
 	if cfg.ID == "" {
@@ -91,17 +104,23 @@ func serve(args []string) int {
 	}
 	query := strings.Fields(*gpuQuery)
 	discover := func() ([]agent.GPU, error) {
-		if *gpus != "" {
-			return agent.ParseGPUList(*gpus)
-		}
-		g, err := agent.QueryGPUs(ctx, query)
-		if err == nil && len(g) == 0 {
+		listed, err := agent.QueryGPUs(ctx, query)
+		if err == nil && len(listed) == 0 {
 			err = fmt.Errorf("%s lists no GPU", query[0])
 		}
 		if err == nil {
+			// Memory and utilisation per slot in the heartbeat, also
+			// when the GPUs are given explicitly.
 			cfg.GPUStats = func(ctx context.Context) ([]agent.GPU, error) { return agent.QueryGPUs(ctx, query) }
 		}
-		return g, err
+		if *gpus == "" {
+			return listed, err
+		}
+		given, gerr := agent.ParseGPUList(*gpus)
+		if gerr != nil {
+			return nil, gerr
+		}
+		return agent.DescribeGPUs(given, listed), nil
 	}
 	sc := agent.Scratch{Root: *scratch}
 	switch *runtime {
@@ -204,4 +223,29 @@ func healthcheck(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+func isTrue(s string) bool { return s == "1" || s == "true" }
+
+// parseSize reads a byte count: a number with an optional unit (B, KB,
+// MB, GB, TB, KiB, MiB, GiB, TiB; case-insensitive).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(strings.ToLower(s))
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"tib", 1 << 40},
+		{"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"tb", 1e12}, {"b", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseFloat(t, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size (e.g. 500GiB)", s)
+	}
+	return int64(n * float64(mult)), nil
 }

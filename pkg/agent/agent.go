@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,12 +37,12 @@ type Agent struct {
 	// end of their run (held.go).
 	liveMu sync.Mutex
 	live   map[string]*held
-	// inputLocks serializes fetches of one content into the input cache.
-	inputLocks sync.Map
-	rules      atomic.Pointer[promptRules] // learnt from the catalog
-	startedAt  time.Time
-	spoolDir   string
-	ownSpool   bool
+	// inputs is the box's content-addressed input cache.
+	inputs    *inputCache
+	rules     atomic.Pointer[promptRules] // learnt from the catalog
+	startedAt time.Time
+	spoolDir  string
+	ownSpool  bool
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -116,6 +118,14 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("agent: spool dir: %w", err)
 	}
 
+	cacheDir := a.cfg.InputCacheDir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(a.spoolDir, "inputs")
+	}
+	if a.inputs, err = openInputCache(cacheDir, a.cfg.InputCacheBytes, a.log.With().Str("component", "input-cache").Logger()); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+
 	opts := []nats.Option{
 		nats.Name("atelier-agent " + a.cfg.ID),
 		nats.MaxReconnects(-1),
@@ -138,6 +148,14 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	for _, ep := range endpoints {
 		a.slots = append(a.slots, newSlot(a, ep))
 	}
+	slots := a.slots
+	a.inputs.mu.Lock()
+	a.inputs.onEvict = func(sha string) {
+		for _, s := range slots {
+			s.forgetStaged(sha)
+		}
+	}
+	a.inputs.mu.Unlock()
 
 	if a.ctlSub, err = a.nc.Subscribe(wire.ControlSubject(a.cfg.ID), func(m *nats.Msg) {
 		// Off the subscription's goroutine: an interrupt talks to
@@ -410,18 +428,30 @@ func (a *Agent) gpuStatsLoop(ctx context.Context) {
 	}
 }
 
-// scratchLoop measures the scratch folder for the heartbeat.
+// scratchLoop measures the box's disk use for the heartbeat: the scratch
+// folder (inputs, outputs, temp, the input cache and logs under it), and
+// the input cache where it lives elsewhere.
 func (a *Agent) scratchLoop(ctx context.Context) {
 	defer a.wg.Done()
-	if a.cfg.ScratchDir == "" {
-		return
+	cacheOutside := true
+	if a.cfg.ScratchDir != "" {
+		if rel, err := filepath.Rel(a.cfg.ScratchDir, a.inputs.dir); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+			cacheOutside = false
+		}
 	}
 	for {
-		if n, err := (Scratch{Root: a.cfg.ScratchDir}).Usage(ctx); err == nil {
-			a.scratchBytes.Store(n)
-		} else if ctx.Err() == nil {
-			a.log.Debug().Err(err).Msg("measure scratch")
+		var n int64
+		if a.cfg.ScratchDir != "" {
+			used, err := (Scratch{Root: a.cfg.ScratchDir}).Usage(ctx)
+			if err != nil && ctx.Err() == nil {
+				a.log.Debug().Err(err).Msg("measure scratch")
+			}
+			n = used
 		}
+		if cacheOutside {
+			n += a.inputs.Bytes()
+		}
+		a.scratchBytes.Store(n)
 		if !sleep(ctx, a.cfg.ScratchInterval) {
 			return
 		}

@@ -34,8 +34,23 @@ type Config struct {
 	Runtime Runtime
 
 	// SpoolDir holds output files between ComfyUI and their upload to
-	// mello (default: a directory under the OS temp dir).
+	// mello when they cannot be read where ComfyUI wrote them (an
+	// external ComfyUI; default: a directory under the OS temp dir).
 	SpoolDir string
+
+	// InputCacheDir is the box's content-addressed cache of input files,
+	// kept across restarts (default: <ScratchDir>/cache/inputs, or
+	// <SpoolDir>/inputs without a scratch folder). InputCacheBytes caps
+	// it (default 100 GiB; negative: no cap): the least recently used
+	// inputs no job holds are evicted, with the links placed from them
+	// into ComfyUI's input folder.
+	InputCacheDir   string
+	InputCacheBytes int64
+	// KeepOutputs keeps output files on the box once they are in mello.
+	// By default each is emptied when its run is over (truncated, its
+	// name kept: ComfyUI numbers new files after the existing ones, and a
+	// name used twice would make mello rename the second file).
+	KeepOutputs bool
 
 	// HeartbeatInterval paces heartbeats (default 2 s).
 	HeartbeatInterval time.Duration
@@ -111,7 +126,16 @@ func (c *Config) setDefaults() {
 	if c.ScratchInterval == 0 {
 		c.ScratchInterval = 30 * time.Second
 	}
+	if c.InputCacheDir == "" && c.ScratchDir != "" {
+		c.InputCacheDir = Scratch{Root: c.ScratchDir}.Cache()
+	}
+	if c.InputCacheBytes == 0 {
+		c.InputCacheBytes = DefaultInputCacheBytes
+	}
 }
+
+// DefaultInputCacheBytes is the input cache's default cap.
+const DefaultInputCacheBytes = 100 << 30
 
 func (c *Config) validate() error {
 	var errs []error

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/filetransfer"
@@ -82,6 +81,7 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 		return outputFile{}, fmt.Errorf("output %s: %w", k.name, err)
 	}
 	src, size, sum, cleanup, err := r.localOutput(k)
+	local := err == nil
 	if err != nil {
 		r.log.Debug().Err(err).Str("file", k.name).Msg("output not readable in place; copying it through /view")
 		src, size, sum, cleanup, err = r.spoolOutput(ctx, k)
@@ -105,18 +105,49 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	}
 	out := outputFile{subfolder: stored.Subfolder, name: stored.Name}
 	r.shipped[k] = out
+	if local {
+		r.mu.Lock()
+		r.localOutputs = append(r.localOutputs, localFile{dir: r.outputDir(k), rel: filepath.Join(filepath.FromSlash(k.subfolder), k.name)})
+		r.mu.Unlock()
+	}
 	return out, nil
+}
+
+// localFile is a file in one of ComfyUI's folders.
+type localFile struct{ dir, rel string }
+
+// emptyShipped truncates a shipped output where ComfyUI wrote it: the
+// space is freed, and the name stays, so ComfyUI goes on numbering new
+// files after it (it counts the names in the folder). Through an os.Root,
+// like the read.
+func emptyShipped(f localFile) {
+	root, err := os.OpenRoot(f.dir)
+	if err != nil {
+		return
+	}
+	defer root.Close()
+	if h, err := root.OpenFile(f.rel, os.O_WRONLY|os.O_TRUNC, 0); err == nil {
+		h.Close()
+	}
+}
+
+// outputDir is the folder of ComfyUI's that holds k ("": not exposed).
+func (r *run) outputDir(k fileKey) string {
+	switch k.kind {
+	case string(filestore.KindTemp):
+		return r.s.ep.TempDir
+	case string(filestore.KindInput):
+		return ""
+	}
+	return r.s.ep.OutputDir
 }
 
 // localOutput opens an output where ComfyUI wrote it, through an os.Root of
 // the slot's output (or temp) folder so that no name leads outside it, and
 // hashes it.
 func (r *run) localOutput(k fileKey) (io.ReaderAt, int64, string, func(), error) {
-	dir := r.s.ep.OutputDir
-	if k.kind == string(filestore.KindTemp) {
-		dir = r.s.ep.TempDir
-	}
-	if dir == "" || k.kind == string(filestore.KindInput) {
+	dir := r.outputDir(k)
+	if dir == "" {
 		return nil, 0, "", nil, errors.New("the runtime does not expose this folder")
 	}
 	root, err := os.OpenRoot(dir)
@@ -164,81 +195,92 @@ func (r *run) spoolOutput(ctx context.Context, k fileKey) (io.ReaderAt, int64, s
 }
 
 // stageInputs makes the job's uploaded inputs available to ComfyUI under
-// inputs/<user>/, fetching from mello only what ComfyUI lacks.
+// inputs/<user>/, fetching from mello only what the box lacks. The run
+// holds each input in the box's cache until it ends.
 func (r *run) stageInputs(ctx context.Context) error {
 	for _, in := range r.job.Inputs {
-		if err := r.s.stageInput(ctx, r.job.User, in); err != nil {
+		release, err := r.s.stageInput(ctx, r.job.User, in)
+		if err != nil {
 			return fmt.Errorf("input %s: %w", in.Name, err)
 		}
+		r.mu.Lock()
+		r.holds = append(r.holds, release)
+		r.mu.Unlock()
 	}
 	return nil
 }
 
 // stageInput puts one input file into ComfyUI's input folder under
-// <user>/[subfolder/], through ComfyUI's own upload route (so the external
-// runtime needs no shared disk). The file comes from the agent's
-// content-addressed cache, so it crosses the network once per box however
-// many slots use it; a slot remembers what its ComfyUI already has.
-func (s *slot) stageInput(ctx context.Context, user string, in wire.InputFile) error {
+// <user>/[subfolder/]. The file comes from the agent's content-addressed
+// cache, so it crosses the network once per box however many slots use
+// it; a slot remembers what its ComfyUI already has. Where the runtime
+// exposes ComfyUI's input folder (process, docker, simulated) the file is
+// linked there from the cache: ComfyUI's upload route reads a whole body
+// into memory and refuses one over --max-upload-size (100 MB by
+// default), which a video input easily is. An external ComfyUI, whose
+// folders the agent cannot see, gets the file through that route.
+func (s *slot) stageInput(ctx context.Context, user string, in wire.InputFile) (release func(), err error) {
 	subfolder := user
 	if in.Subfolder != "" {
 		sub, err := underUser(user, in.Subfolder)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		subfolder = sub
+	}
+	if strings.ContainsAny(in.Name, "/\\\x00") || in.Name == "" || in.Name == "." || in.Name == ".." {
+		return nil, fmt.Errorf("%w: input name %q", ErrPathEscapes, in.Name)
+	}
+	path, release, err := s.a.inputs.acquire(ctx, in.SHA256, in.Size, func(ctx context.Context, dst string) error {
+		ref := filestore.Ref{User: user, Kind: filestore.KindInput, Subfolder: in.Subfolder, Name: in.Name}
+		if _, err := filetransfer.FetchFile(ctx, s.a.nc, wire.FileGetPrefix, s.a.cfg.ID, ref, dst, in.SHA256); err != nil {
+			return fmt.Errorf("fetch %s from mello: %w", in.Name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	key := subfolder + "/" + in.Name + "@" + in.SHA256
 	s.mu.Lock()
 	done := s.staged[key]
 	s.mu.Unlock()
 	if done {
-		return nil
+		return release, nil
 	}
-	path, err := s.a.cachedInput(ctx, user, in)
-	if err != nil {
-		return err
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if _, err := s.comfy.UploadImage(ctx, in.Name, subfolder, f, true); err != nil {
-		return fmt.Errorf("upload to ComfyUI: %w", err)
+	if s.ep.InputDir != "" {
+		dst := filepath.Join(s.ep.InputDir, filepath.FromSlash(subfolder), in.Name)
+		if err := s.a.inputs.place(in.SHA256, dst); err != nil {
+			release()
+			return nil, fmt.Errorf("place in ComfyUI's input folder: %w", err)
+		}
+	} else {
+		f, err := os.Open(path)
+		if err != nil {
+			release()
+			return nil, err
+		}
+		_, err = s.comfy.UploadImage(ctx, in.Name, subfolder, f, true)
+		f.Close()
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("upload to ComfyUI: %w", err)
+		}
 	}
 	s.mu.Lock()
 	s.staged[key] = true
 	s.mu.Unlock()
-	return nil
+	return release, nil
 }
 
-// cachedInput returns the path of an input in the agent's
-// content-addressed cache (<spool>/inputs/<sha256>), fetching it from
-// mello when the box does not have it yet. Concurrent requests for the
-// same content fetch once.
-func (a *Agent) cachedInput(ctx context.Context, user string, in wire.InputFile) (string, error) {
-	if len(in.SHA256) != 64 || strings.Trim(in.SHA256, "0123456789abcdef") != "" {
-		return "", fmt.Errorf("input %s: bad sha256 %q in the manifest", in.Name, in.SHA256)
+// forgetStaged drops what the slot remembers having staged of a content
+// (the cache evicted it, and the links it had placed).
+func (s *slot) forgetStaged(sha string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.staged {
+		if strings.HasSuffix(k, "@"+sha) {
+			delete(s.staged, k)
+		}
 	}
-	dir := filepath.Join(a.spoolDir, "inputs")
-	path := filepath.Join(dir, in.SHA256)
-	mu, _ := a.inputLocks.LoadOrStore(in.SHA256, &sync.Mutex{})
-	mu.(*sync.Mutex).Lock()
-	defer mu.(*sync.Mutex).Unlock()
-	if st, err := os.Stat(path); err == nil && st.Size() == in.Size {
-		return path, nil
-	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return "", fmt.Errorf("input cache: %w", err)
-	}
-	tmp := path + ".part"
-	ref := filestore.Ref{User: user, Kind: filestore.KindInput, Subfolder: in.Subfolder, Name: in.Name}
-	if _, err := filetransfer.FetchFile(ctx, a.nc, wire.FileGetPrefix, a.cfg.ID, ref, tmp, in.SHA256); err != nil {
-		return "", fmt.Errorf("fetch %s from mello: %w", in.Name, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return "", fmt.Errorf("input cache: %w", err)
-	}
-	return path, nil
 }

@@ -208,14 +208,19 @@ func (b *bundle) submit(t *testing.T, user string, steps int) string {
 // submitPrompt publishes a job with the given prompt and output nodes.
 func (b *bundle) submitPrompt(t *testing.T, id, user, prompt string, outputs []string) string {
 	t.Helper()
-	data, err := json.Marshal(wire.Job{
-		ID: id, User: user, Pool: wire.DefaultPool, Prompt: json.RawMessage(prompt),
-		OutputsToExecute: outputs, SubmittedAt: time.Now().UTC(),
-	})
+	return b.submitJob(t, wire.Job{ID: id, User: user, Prompt: json.RawMessage(prompt), OutputsToExecute: outputs})
+}
+
+// submitJob publishes a job as the proxy does.
+func (b *bundle) submitJob(t *testing.T, job wire.Job) string {
+	t.Helper()
+	job.Pool = wire.DefaultPool
+	job.SubmittedAt = time.Now().UTC()
+	data, err := json.Marshal(job)
 	require.NoError(t, err)
-	_, err = b.js.Publish(context.Background(), wire.SubmitSubject(user), data, jetstream.WithMsgID(id))
+	_, err = b.js.Publish(context.Background(), wire.SubmitSubject(job.User), data, jetstream.WithMsgID(job.ID))
 	require.NoError(t, err)
-	return id
+	return job.ID
 }
 
 // requireOnce checks that each job ended exactly once, in want.

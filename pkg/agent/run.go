@@ -70,9 +70,14 @@ type run struct {
 	// preparing: the slot that claimed the run is staging it; an
 	// interrupt meanwhile cancels the staging (cancelPrep) and leaves
 	// the rest to that slot (dropInterrupted).
-	preparing   bool
-	cancelPrep  context.CancelFunc
-	startedSent bool
+	preparing  bool
+	cancelPrep context.CancelFunc
+	// holds release the run's inputs in the box's cache (at end).
+	holds []func()
+	// localOutputs are the files shipped from ComfyUI's own folders,
+	// emptied once the run is over (unless Config.KeepOutputs).
+	localOutputs []localFile
+	startedSent  bool
 	// Queued ahead: a prefetched prompt goes into ComfyUI's own queue
 	// while the slot's current one runs, so ComfyUI starts it the instant
 	// the current one ends. aheadDone is closed when that POST is over;
@@ -164,6 +169,18 @@ func (r *run) end() {
 	r.markSubmitted()
 	if r.conn != nil {
 		r.conn.Close()
+	}
+	r.mu.Lock()
+	holds, outputs := r.holds, r.localOutputs
+	r.holds, r.localOutputs = nil, nil
+	r.mu.Unlock()
+	for _, release := range holds {
+		release()
+	}
+	if !r.s.a.cfg.KeepOutputs {
+		for _, p := range outputs {
+			emptyShipped(p)
+		}
 	}
 }
 

@@ -29,6 +29,11 @@ type Endpoint struct {
 	// host, when the runtime knows them: the agent then reads outputs in
 	// place instead of copying them through /view ("": it cannot).
 	OutputDir, TempDir string
+	// InputDir is ComfyUI's input folder on this host, when the runtime
+	// knows it: the agent then links inputs there from its cache instead
+	// of uploading them through ComfyUI's /upload/image, which holds a
+	// whole file in memory and refuses one over --max-upload-size.
+	InputDir string
 }
 
 // Runtime provides and supervises the ComfyUI instances of the slots. The
@@ -148,7 +153,7 @@ func (s *Simulated) Start(ctx context.Context) ([]Endpoint, error) {
 		s.mu.Unlock()
 		out = append(out, Endpoint{
 			Slot: "gpu" + strconv.Itoa(i), GPU: "Simulated GPU " + strconv.Itoa(i), GPUIndex: i, URL: sim.URL(),
-			OutputDir: sim.OutputDir(), TempDir: sim.TempDir(),
+			OutputDir: sim.OutputDir(), TempDir: sim.TempDir(), InputDir: sim.InputDir(),
 		})
 	}
 	return out, nil

@@ -148,7 +148,13 @@ func (d *Docker) Start(ctx context.Context) ([]Endpoint, error) {
 		d.wg.Add(1)
 		go d.supervise(runCtx, c)
 		d.Logger.Info().Str("slot", slot).Str("container", id[:12]).Int("port", port).Msg("ComfyUI container started")
-		eps = append(eps, Endpoint{Slot: slot, GPU: g.Name, GPUIndex: g.Index, GPUUUID: g.UUID, URL: "http://127.0.0.1:" + strconv.Itoa(port)})
+		eps = append(eps, Endpoint{
+			Slot: slot, GPU: g.Name, GPUIndex: g.Index, GPUUUID: g.UUID, URL: "http://127.0.0.1:" + strconv.Itoa(port),
+			// The scratch folder is bind-mounted: the agent reads outputs
+			// and places inputs on the host side of the mount.
+			InputDir: filepath.Join(scratch, "inputs"), OutputDir: filepath.Join(scratch, "outputs"),
+			TempDir: filepath.Join(scratch, "temp", slot, "temp"),
+		})
 	}
 	return eps, nil
 }

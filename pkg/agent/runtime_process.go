@@ -130,7 +130,7 @@ func (p *Process) Start(ctx context.Context) ([]Endpoint, error) {
 		eps = append(eps, Endpoint{
 			Slot: sp.slot, GPU: g.Name, GPUIndex: g.Index, GPUUUID: g.UUID,
 			URL:       "http://" + hostPort(p.Listen, sp.port),
-			OutputDir: p.OutputDir,
+			OutputDir: p.OutputDir, InputDir: p.InputDir,
 			// ComfyUI's --temp-directory T puts its temp folder at T/temp.
 			TempDir: filepath.Join(p.TempRoot, sp.slot, "temp"),
 		})

@@ -16,6 +16,8 @@ import (
 //	<root>/inputs/<user>/    uploads staged for jobs (ComfyUI's input dir)
 //	<root>/outputs/<user>/   what jobs write (ComfyUI's output dir)
 //	<root>/temp/<slot>/      each ComfyUI's temp dir
+//	<root>/cache/inputs/     the agent's content-addressed input cache
+//	<root>/logs/             ComfyUI logs and pid files (process runtime)
 //
 // The agent rewrites every prompt so a participant's files live under
 // <user>/, which is what makes one shared input and output folder safe.
@@ -30,6 +32,9 @@ const DefaultScratchRoot = "/mnt/scratch"
 func (s Scratch) Inputs() string  { return filepath.Join(s.Root, "inputs") }
 func (s Scratch) Outputs() string { return filepath.Join(s.Root, "outputs") }
 func (s Scratch) Temp() string    { return filepath.Join(s.Root, "temp") }
+
+// Cache is the agent's input cache folder.
+func (s Scratch) Cache() string { return filepath.Join(s.Root, "cache", "inputs") }
 
 // PrepareOptions says what `atelier-agent prepare` sets up.
 type PrepareOptions struct {
@@ -46,7 +51,7 @@ type PrepareOptions struct {
 // idempotent. An existing, non-empty input/ or output/ folder in the
 // ComfyUI checkout is left alone (an error says so): it is someone's data.
 func (s Scratch) Prepare(o PrepareOptions) error {
-	for _, d := range []string{s.Inputs(), s.Outputs(), s.Temp()} {
+	for _, d := range []string{s.Inputs(), s.Outputs(), s.Temp(), s.Cache()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("prepare scratch: %w", err)
 		}
@@ -102,9 +107,11 @@ func replaceWithLink(path, target string) error {
 
 // Usage is the disk space used under the root, in bytes (allocated
 // blocks would need a syscall per platform; file sizes are what quotas
-// and operators reason about).
+// and operators reason about). A file with several hard links under the
+// root (an input placed from the cache) counts once.
 func (s Scratch) Usage(ctx context.Context) (int64, error) {
 	var total int64
+	seen := map[fileID]bool{}
 	err := filepath.WalkDir(s.Root, func(_ string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
@@ -117,6 +124,12 @@ func (s Scratch) Usage(ctx context.Context) (int64, error) {
 		}
 		if d.Type().IsRegular() {
 			if fi, err := d.Info(); err == nil {
+				if id, ok := fileIdentity(fi); ok {
+					if seen[id] {
+						return nil
+					}
+					seen[id] = true
+				}
 				total += fi.Size()
 			}
 		}

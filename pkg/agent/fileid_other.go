@@ -1,0 +1,9 @@
+//go:build !unix
+
+package agent
+
+import "io/fs"
+
+type fileID struct{ dev, ino uint64 }
+
+func fileIdentity(fs.FileInfo) (fileID, bool) { return fileID{}, false }

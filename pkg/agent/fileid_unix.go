@@ -1,0 +1,20 @@
+//go:build unix
+
+package agent
+
+import (
+	"io/fs"
+	"syscall"
+)
+
+// fileID names a file's inode: hard links share it (an input placed in
+// ComfyUI's folder from the cache takes its space once).
+type fileID struct{ dev, ino uint64 }
+
+func fileIdentity(fi fs.FileInfo) (fileID, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileID{}, false
+	}
+	return fileID{uint64(st.Dev), uint64(st.Ino)}, true //nolint:unconvert // Dev's type varies by platform
+}
