@@ -133,3 +133,18 @@ func ParseGPUList(s string) ([]GPU, error) {
 	}
 	return gpus, nil
 }
+
+// DescribeGPUs completes an explicit GPU list (ParseGPUList) with what
+// nvidia-smi said of the same indexes (name, UUID), when it said anything:
+// the slots are the ones given, their readings come from nvidia-smi.
+func DescribeGPUs(given, listed []GPU) []GPU {
+	out := append([]GPU(nil), given...)
+	for i := range out {
+		for _, l := range listed {
+			if l.Index == out[i].Index {
+				out[i].Name, out[i].UUID = l.Name, l.UUID
+			}
+		}
+	}
+	return out
+}
