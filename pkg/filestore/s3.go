@@ -276,9 +276,14 @@ func (s *S3) Remove(ctx context.Context, ref Ref) error {
 // Create implements Store. Nothing is visible under the key until Commit:
 // a small file is one PutObject at Commit, a larger one a multipart upload
 // that Commit completes (and Abort aborts). Without Overwrite, Commit checks
-// that the key is free and a single PutObject is conditional (If-None-Match);
-// a multipart upload's completion is not, so two concurrent writers of the
-// same new large file could both succeed (the later one wins).
+// that the key is free, then makes the write itself conditional
+// (If-None-Match: *) on the PutObject or the CompleteMultipartUpload: an
+// atomic "create if absent" on services that support conditional writes
+// (AWS S3 since 2024, R2, MinIO). A service that ignores the condition
+// leaves only the check, so two writers racing for the same new name
+// there could both succeed (the later one wins); Atelier's writers of a
+// given name are one receiver or one participant's uploads, so that race
+// needs two uploads of different content to the same name at once.
 func (s *S3) Create(ctx context.Context, ref Ref, opts ...CreateOption) (Writer, error) {
 	ref, err := ref.Validate()
 	if err != nil {
@@ -398,8 +403,7 @@ func (w *s3Writer) Commit(ctx context.Context, expectedSHA256 string) (Info, err
 			in.IfNoneMatch = aws.String("*")
 		}
 		if _, err := c.PutObject(ctx, in); err != nil {
-			var ae smithy.APIError
-			if errors.As(err, &ae) && (ae.ErrorCode() == "PreconditionFailed" || ae.ErrorCode() == "412") {
+			if preconditionFailed(err) {
 				return fail(ErrExists)
 			}
 			return fail(err)
@@ -408,10 +412,17 @@ func (w *s3Writer) Commit(ctx context.Context, expectedSHA256 string) (Info, err
 		if err := w.flushPart(); err != nil {
 			return fail(err)
 		}
-		if _, err := c.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+		in := &s3.CompleteMultipartUploadInput{
 			Bucket: &w.s.cfg.Bucket, Key: &w.key, UploadId: w.uploadID,
 			MultipartUpload: &types.CompletedMultipartUpload{Parts: w.parts},
-		}); err != nil {
+		}
+		if !w.opts.overwrite {
+			in.IfNoneMatch = aws.String("*") // as for PutObject above
+		}
+		if _, err := c.CompleteMultipartUpload(ctx, in); err != nil {
+			if preconditionFailed(err) {
+				return fail(ErrExists)
+			}
 			return fail(err)
 		}
 		// Multipart uploads take their metadata at creation, before the
@@ -431,6 +442,13 @@ func (w *s3Writer) Commit(ctx context.Context, expectedSHA256 string) (Info, err
 	}
 	info.SHA256 = sum
 	return info, nil
+}
+
+// preconditionFailed reports a conditional write refused because the key
+// exists (HTTP 412).
+func preconditionFailed(err error) bool {
+	var ae smithy.APIError
+	return errors.As(err, &ae) && (ae.ErrorCode() == "PreconditionFailed" || ae.ErrorCode() == "412")
 }
 
 func (w *s3Writer) abortUpload() {

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -298,4 +300,81 @@ func TestS3ValidationSameAsDisk(t *testing.T) {
 	n := 0
 	require.NoError(t, b.store.Walk(b.ctx, "user007", filestore.KindOutput, func(filestore.Info) error { n++; return nil }))
 	require.Zero(t, n)
+}
+
+// TestS3NoOverwriteMultipartIsConditional: without Overwrite, the
+// completion of a multipart upload is a conditional write (If-None-Match),
+// so a writer that loses the race for a new name between its check and its
+// completion gets ErrExists instead of replacing the winner's file.
+// gofakes3 does not evaluate conditions on completions; the handler in
+// front of it does, as AWS S3, R2 and MinIO do.
+func TestS3NoOverwriteMultipartIsConditional(t *testing.T) {
+	t.Parallel()
+	backend := s3mem.New()
+	require.NoError(t, backend.CreateBucket("atelier"))
+	fake := gofakes3.New(backend).Server()
+	var conditional atomic.Int32
+	var race atomic.Pointer[func(key string)]
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Query().Has("uploadId") && r.Header.Get("If-None-Match") == "*" {
+			conditional.Add(1)
+			key := strings.TrimPrefix(r.URL.Path, "/atelier/")
+			if fn := race.Load(); fn != nil {
+				(*fn)(key)
+			}
+			if _, err := backend.HeadObject("atelier", key); err == nil {
+				w.Header().Set("Content-Type", "application/xml")
+				w.WriteHeader(http.StatusPreconditionFailed)
+				_, _ = io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>`)
+				return
+			}
+		}
+		fake.ServeHTTP(w, r)
+	}))
+	t.Cleanup(ts.Close)
+	client := s3.New(s3.Options{
+		BaseEndpoint: aws.String(ts.URL), Region: "us-east-1", UsePathStyle: true,
+		Credentials:                credentials.NewStaticCredentialsProvider("test", "test", ""),
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+	})
+	st, err := filestore.NewS3(filestore.S3Config{Client: client, Bucket: "atelier", Prefix: "instances/", PartSize: filestore.MinPartSize})
+	require.NoError(t, err)
+	b := &s3Bundle{ctx: context.Background(), store: st, client: client}
+
+	// A new large file: the completion carries the condition and succeeds.
+	data := make([]byte, 11<<20)
+	_, _ = rand.Read(data)
+	fresh := filestore.Ref{User: "user007", Kind: filestore.KindOutput, Name: "fresh.mp4"}
+	s3Put(t, b, fresh, data)
+	require.Equal(t, int32(1), conditional.Load())
+	require.Equal(t, data, s3Read(t, b, fresh))
+
+	// Another writer stores the same new name just after this one checked
+	// it was free: this one's completion is refused, the winner's file
+	// stays, and nothing is left behind.
+	contested := filestore.Ref{User: "user007", Kind: filestore.KindOutput, Name: "contested.mp4"}
+	winner := []byte("the other writer's file")
+	hook := func(key string) {
+		_, err := backend.PutObject("atelier", key, map[string]string{}, bytes.NewReader(winner), int64(len(winner)), nil)
+		require.NoError(t, err)
+	}
+	race.Store(&hook)
+	w, err := b.store.Create(b.ctx, contested)
+	require.NoError(t, err)
+	_, err = w.Write(data)
+	require.NoError(t, err)
+	_, err = w.Commit(b.ctx, sum(data))
+	require.ErrorIs(t, err, filestore.ErrExists)
+	race.Store(nil)
+	require.Equal(t, winner, s3Read(t, b, contested))
+	uploads, err := client.ListMultipartUploads(b.ctx, &s3.ListMultipartUploadsInput{Bucket: aws.String("atelier")})
+	require.NoError(t, err)
+	require.Empty(t, uploads.Uploads, "the refused upload was aborted")
+
+	// Overwrite replaces unconditionally.
+	before := conditional.Load()
+	s3Put(t, b, contested, data, filestore.Overwrite())
+	require.Equal(t, before, conditional.Load(), "no condition with Overwrite")
+	require.Equal(t, data, s3Read(t, b, contested))
 }

@@ -58,8 +58,21 @@ func WithWindow(n int) Option { return func(o *options) { o.window = n } }
 func WithRequestTimeout(d time.Duration) Option { return func(o *options) { o.requestTimeout = d } }
 
 // WithCommitTimeout bounds the wait for the commit reply, which includes
-// moving the file into the store. Default 2 min.
+// moving the file into the store, before the size-dependent allowance of
+// CommitTime is added. Default 2 min.
 func WithCommitTimeout(d time.Duration) Option { return func(o *options) { o.commitTimeout = d } }
+
+// CommitRate is the slowest rate at which a store is expected to take a
+// committed file: a store that cannot rename the staged file into place (an
+// S3 bucket) copies it at commit, which for a multi-GB video takes minutes,
+// not seconds.
+const CommitRate = 16 << 20 // bytes per second
+
+// CommitTime is what a commit of size bytes may take beyond the fixed
+// timeout: the copy into a store at CommitRate.
+func CommitTime(size int64) time.Duration {
+	return time.Duration(size / CommitRate * int64(time.Second))
+}
 
 // WithReconnectTimeout bounds how long Send waits for a dropped connection
 // to come back before giving up. Default 5 min.

@@ -270,7 +270,7 @@ func (r *Receiver) janitor() {
 		r.mu.Lock()
 		var idle []*transfer
 		for k, t := range r.transfers {
-			if now.Sub(time.Unix(0, t.lastActive.Load())) > r.cfg.IdleTimeout {
+			if now.Sub(time.Unix(0, t.lastActive.Load())) > r.cfg.IdleTimeout && !t.committing.Load() {
 				idle = append(idle, t)
 				delete(r.transfers, k)
 			}
@@ -319,6 +319,8 @@ type transfer struct {
 	// committed is set once the file is in the store: the transfer then
 	// only answers repeated commits and may be evicted to make room.
 	committed atomic.Bool
+	// committing is set while the file moves into the store.
+	committing atomic.Bool
 
 	f    *os.File
 	h    *asyncHash
@@ -750,9 +752,15 @@ func (t *transfer) commit(m *nats.Msg) {
 		fail(fmt.Errorf("sync staging: %w", err))
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	// The store may copy the file (S3): allow for its size, as the sender
+	// does while it waits for this reply. The janitor leaves a committing
+	// transfer alone however long that takes.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute+CommitTime(t.meta.Size))
 	defer cancel()
+	t.committing.Store(true)
 	info, reused, err := t.store(ctx)
+	t.touch()
+	t.committing.Store(false)
 	if err != nil {
 		fail(err)
 		return

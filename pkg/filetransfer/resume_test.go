@@ -188,3 +188,48 @@ func TestResumeUnderANewName(t *testing.T) {
 	_, err = b.store.Stat(b.ctx, first.Ref)
 	require.ErrorIs(t, err, filestore.ErrNotFound, "nothing stored under the first name")
 }
+
+// slowStore is a store that copies at commit, slowly, as an S3 bucket
+// does with a multi-GB file: it is not an Importer, and its writers take
+// delay to commit.
+type slowStore struct {
+	filestore.Store
+	delay time.Duration
+}
+
+func (s slowStore) Create(ctx context.Context, ref filestore.Ref, opts ...filestore.CreateOption) (filestore.Writer, error) {
+	w, err := s.Store.Create(ctx, ref, opts...)
+	return slowWriter{w, s.delay}, err
+}
+
+type slowWriter struct {
+	filestore.Writer
+	delay time.Duration
+}
+
+func (w slowWriter) Commit(ctx context.Context, sum string) (filestore.Info, error) {
+	select {
+	case <-ctx.Done():
+		return filestore.Info{}, ctx.Err()
+	case <-time.After(w.delay):
+	}
+	return w.Writer.Commit(ctx, sum)
+}
+
+// TestSlowStoreCommit: the wait for the commit reply grows with the file
+// (CommitTime), so a store that takes longer than the fixed commit timeout
+// to take the file is waited for, not retried.
+func TestSlowStoreCommit(t *testing.T) {
+	t.Parallel()
+	data := randomBytes(t, 32<<20)
+	delay := CommitTime(int64(len(data))) / 2
+	b := setup(t, func(c *ReceiverConfig) { c.Store = slowStore{c.Store, delay} })
+	var stats Stats
+	start := time.Now()
+	ref, err := Send(b.ctx, b.agent, DefaultPutPrefix, agent, meta("slow", outRef("slow.mp4"), data), bytes.NewReader(data),
+		WithStats(&stats), WithCommitTimeout(100*time.Millisecond))
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, time.Since(start), delay, "the store was slow")
+	require.Equal(t, 1, stats.Attempts, "the commit was waited for, not retried")
+	requireSame(t, data, readStored(t, b, ref))
+}

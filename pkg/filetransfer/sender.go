@@ -246,7 +246,7 @@ func (s *sender) attempt(ctx context.Context) (filestore.Ref, bool, error) {
 		return filestore.Ref{}, progressed, err
 	}
 	var done CommitReply
-	if err := s.request(ctx, "commit", TransferRequest{TransferID: s.meta.TransferID}, &done, s.o.commitTimeout); err != nil {
+	if err := s.request(ctx, "commit", TransferRequest{TransferID: s.meta.TransferID}, &done, s.o.commitTimeout+CommitTime(s.meta.Size)); err != nil {
 		return filestore.Ref{}, true, err
 	}
 	if err := done.Error.err(); err != nil {
