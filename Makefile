@@ -3,6 +3,10 @@ GO      ?= go
 BIN     ?= bin
 PKGS    := ./...
 BINARIES := atelier-broker atelier-proxy atelier-agent atelier-comfysim atelier-devstack
+# Static binaries for the FROM scratch images: nodynamic keeps
+# github.com/gen2brain/webp from linking them dynamically (purego) even
+# with CGO_ENABLED=0.
+STATIC  := CGO_ENABLED=0 $(GO) build -tags nodynamic
 
 .PHONY: all build run test vet fmt-check bench clean
 
@@ -10,11 +14,11 @@ all: build
 
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/atelier-broker ./broker
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/atelier-proxy ./frontend-proxy
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/atelier-agent ./agent
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/atelier-comfysim ./comfysim
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/atelier-devstack ./tools/devstack
+	$(STATIC) -o $(BIN)/atelier-broker ./broker
+	$(STATIC) -o $(BIN)/atelier-proxy ./frontend-proxy
+	$(STATIC) -o $(BIN)/atelier-agent ./agent
+	$(STATIC) -o $(BIN)/atelier-comfysim ./comfysim
+	$(STATIC) -o $(BIN)/atelier-devstack ./tools/devstack
 
 # The whole system on the embedded default: broker with embedded NATS, proxy,
 # one agent with two simulated GPUs. Data under ./data (ATELIER_DATA).
