@@ -1,6 +1,7 @@
 # The ComfyUI simulator as a container, for the agent's docker runtime
 # without a GPU (tests, demos). Build context: a folder with the static
-# binaries (CGO_ENABLED=0 go build -o ctx/bin/... ./comfysim ./agent):
+# binaries (CGO_ENABLED=0 go build -tags nodynamic -o ctx/bin/... ./comfysim
+# ./agent; without nodynamic the webp package links them dynamically):
 #   docker build -f deploy/comfysim.Dockerfile ctx
 FROM scratch
 COPY bin/atelier-comfysim /atelier-comfysim

@@ -134,16 +134,38 @@ var (
 func comfysimBin(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(binDir, "atelier-comfysim")
-	comfysimOnce.Do(func() {
-		cmd := exec.Command("go", "build", "-o", path, "./comfysim")
-		cmd.Dir = repoRoot()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			comfysimErr = fmt.Errorf("build atelier-comfysim: %v\n%s", err, out)
-		}
-	})
+	comfysimOnce.Do(func() { comfysimErr = buildStatic(path, "./comfysim") })
 	require.NoError(t, comfysimErr)
 	return path
+}
+
+var (
+	staticAgentOnce sync.Once
+	staticAgentErr  error
+)
+
+// staticAgentBin builds an atelier-agent for the FROM scratch image (its
+// health check).
+func staticAgentBin(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(binDir, "atelier-agent-static")
+	staticAgentOnce.Do(func() { staticAgentErr = buildStatic(path, "./agent") })
+	require.NoError(t, staticAgentErr)
+	return path
+}
+
+// buildStatic builds a binary that runs in a FROM scratch image: no cgo,
+// and the nodynamic tag, without which github.com/gen2brain/webp (through
+// comfyview) links the binary dynamically to dlopen libwebp even with
+// CGO_ENABLED=0, and it cannot start without a loader.
+func buildStatic(path, pkg string) error {
+	cmd := exec.Command("go", "build", "-tags", "nodynamic", "-o", path, pkg)
+	cmd.Dir = repoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+	}
+	return nil
 }
 
 // freePorts finds n consecutive free loopback ports (the process and

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -152,30 +153,7 @@ func docker(t *testing.T, args ...string) string {
 func TestAgentDockerRuntime(t *testing.T) {
 	dockerOK(t)
 	t.Parallel()
-	sim := comfysimBin(t)
-
-	// The build context: the static binaries under bin/.
-	ctxDir := t.TempDir()
-	require.NoError(t, os.MkdirAll(filepath.Join(ctxDir, "bin"), 0o755))
-	for src, dst := range map[string]string{sim: "atelier-comfysim", filepath.Join(binDir, "atelier-agent"): "atelier-agent"} {
-		data, err := os.ReadFile(src)
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(ctxDir, "bin", dst), data, 0o755))
-	}
-	run := strings.ReplaceAll(uuid.NewString()[:8], "-", "")
-	image := "atelier-comfysim-e2e:" + run
-	agentID := "e2e-docker-" + run
-	t.Cleanup(func() {
-		// Whatever the agent left (it removes its containers when it
-		// stops), then the image.
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=atelier.agent="+agentID).Output()
-		for _, id := range strings.Fields(string(out)) {
-			_ = exec.Command("docker", "rm", "-f", id).Run()
-		}
-		_ = exec.Command("docker", "rmi", "-f", image).Run()
-	})
-	docker(t, "build", "-q", "-t", image, "--label", "atelier.test=e2e",
-		"-f", filepath.Join(repoRoot(), "deploy", "comfysim.Dockerfile"), ctxDir)
+	image, agentID := dockerSimImage(t)
 
 	users := []string{"user001", "user002"}
 	s := startCore(t, users)
@@ -224,4 +202,86 @@ func TestAgentDockerRuntime(t *testing.T) {
 		}
 	}
 	require.True(t, released, "job %s was running when its container was killed and should have been retried", running.Job)
+}
+
+// dockerSimImage builds the simulator image for one test (FROM scratch,
+// deploy/comfysim.Dockerfile) and returns it with an agent id unique to
+// the test. Cleanup removes what the agent left and the image.
+func dockerSimImage(t *testing.T) (image, agentID string) {
+	t.Helper()
+	sim := comfysimBin(t)
+	// The build context: the static binaries under bin/.
+	ctxDir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(ctxDir, "bin"), 0o755))
+	for src, dst := range map[string]string{sim: "atelier-comfysim", staticAgentBin(t): "atelier-agent"} {
+		data, err := os.ReadFile(src)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(ctxDir, "bin", dst), data, 0o755))
+	}
+	run := strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+	image = "atelier-comfysim-e2e:" + run
+	agentID = "e2e-docker-" + run
+	t.Cleanup(func() {
+		// Whatever the agent left (it removes its containers when it
+		// stops), then the image.
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=atelier.agent="+agentID).Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("docker", "rm", "-f", id).Run()
+		}
+		_ = exec.Command("docker", "rmi", "-f", image).Run()
+	})
+	docker(t, "build", "-q", "-t", image, "--label", "atelier.test=e2e",
+		"-f", filepath.Join(repoRoot(), "deploy", "comfysim.Dockerfile"), ctxDir)
+	return image, agentID
+}
+
+// The hang watchdog through the docker runtime and the real engine: a
+// ComfyUI container whose prompt freezes mid-sampler (the simulator's hang
+// fault, set over its published port) sends no event for --event-timeout;
+// the agent gives the job back, restarts the container through the Engine
+// API, and the slot comes back. Every job succeeds exactly once, checked
+// once everything is quiet (the agent stopped, its log complete).
+func TestAgentDockerRuntimeRestartsHungComfyUI(t *testing.T) {
+	dockerOK(t)
+	t.Parallel()
+	image, agentID := dockerSimImage(t)
+	users := []string{"user001", "user002"}
+	s := startCore(t, users)
+	base := freePorts(t, 2)
+	s.startAgent("agent", "--id", agentID, "--runtime", "docker", "--gpus", "2",
+		"--docker-image", image, "--docker-no-gpu", "1",
+		"--docker-health-cmd", "/atelier-healthcheck healthcheck --url http://127.0.0.1:8188/system_stats",
+		"--docker-health-interval", "1s", "--comfy-args", "--step-delay 20ms",
+		"--base-port", fmt.Sprint(base), "--scratch", filepath.Join(t.TempDir(), "scratch"),
+		"--event-timeout", "2s", "--retry-delay", "200ms", "--drain-timeout", "10s")
+	s.awaitSlots(agentID, 2, 60*time.Second)
+	name := "atelier-" + agentID + "-gpu1"
+	firstStart := docker(t, "inspect", "--format", "{{.State.StartedAt}}", name)
+
+	// gpu1's ComfyUI freezes in the third sampler step of its next prompt.
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/sim/fault", base+1), "application/json",
+		strings.NewReader(`{"kind": "hang", "node": "KSampler", "after": 2, "count": 1}`))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	ids := s.queueJobs(t, users, 6, 20) // ~0.5 s each
+	hung := s.awaitLog("agent", 30*time.Second, func(l logLine) bool {
+		return l.Message == "watchdog: ComfyUI is stuck" && l.Slot == "gpu1"
+	})
+	s.awaitLog("agent", 30*time.Second, func(l logLine) bool { return l.Message == "restarting ComfyUI" && l.Slot == "gpu1" })
+	require.Eventually(t, func() bool {
+		out, err := exec.Command("docker", "inspect", "--format", "{{.State.Running}} {{.State.StartedAt}}", name).Output()
+		f := strings.Fields(string(out))
+		return err == nil && len(f) == 2 && f[0] == "true" && f[1] != firstStart
+	}, 30*time.Second, 100*time.Millisecond, "the agent did not restart the hung container")
+
+	s.awaitSuccess(t, ids, 90*time.Second)
+	s.awaitSlots(agentID, 2, 60*time.Second)
+	require.NoError(t, s.stopProc("agent", 30*time.Second))
+	done := completions(s.log("agent"))
+	for id := range ids {
+		require.Equal(t, 1, done[id], "job %s completed %d times", id, done[id])
+	}
+	require.Equal(t, 1, done[hung.Job], "the hung job ran again elsewhere and completed once")
 }
