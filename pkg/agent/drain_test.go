@@ -42,6 +42,7 @@ func TestControlDrainReleasesAndUndrainResumes(t *testing.T) {
 	}
 	require.True(t, b.control(t, wire.ControlRequest{Op: wire.CtlUndrain}).Done)
 	recs := b.rec.await(t, ids, 30*time.Second)
+	b.awaitQuiet(t)
 	b.requireOnce(t, recs, wire.StateSucceeded)
 	released := 0
 	for _, r := range recs {
@@ -78,6 +79,7 @@ func TestControlInterrupt(t *testing.T) {
 	b.api(t, wire.OpCancel, wire.CancelRequest{Caller: admin, User: "user002", JobIDs: []string{next}})
 	b.api(t, wire.OpInterrupt, wire.InterruptRequest{Caller: admin, User: "user001", JobID: running})
 	recs := b.rec.await(t, []string{running, next}, 20*time.Second)
+	b.awaitQuiet(t)
 	b.requireOnce(t, map[string]wire.JobRecord{running: recs[running]}, wire.StateInterrupted)
 	b.requireOnce(t, map[string]wire.JobRecord{next: recs[next]}, wire.StateCancelled)
 	require.Equal(t, 1, recs[next].Attempt, "the prefetched job never ran again")

@@ -38,6 +38,10 @@ func TestFaultsRecover(t *testing.T) {
 				ids = append(ids, b.submit(t, "user001", 5))
 			}
 			recs := b.rec.await(t, ids, 30*time.Second)
+			// Exactly once also once nothing is in flight any more: a
+			// late duplicate (a ticket redelivered after the first end)
+			// would show only then.
+			b.awaitQuiet(t)
 			b.requireOnce(t, recs, wire.StateSucceeded)
 			retried := 0
 			for _, r := range recs {
@@ -61,6 +65,7 @@ func TestOOMExhaustsAttempts(t *testing.T) {
 	}
 	id := b.submit(t, "user001", 3)
 	recs := b.rec.await(t, []string{id}, 30*time.Second)
+	b.awaitQuiet(t)
 	b.requireOnce(t, recs, wire.StateFailed)
 	rec := recs[id]
 	require.Equal(t, 3, rec.Attempt)
@@ -87,6 +92,7 @@ func TestSlowStart(t *testing.T) {
 	start := time.Now()
 	id := b.submit(t, "user001", 0)
 	recs := b.rec.await(t, []string{id}, 20*time.Second)
+	b.awaitQuiet(t)
 	b.requireOnce(t, recs, wire.StateSucceeded)
 	require.Greater(t, time.Since(start), time.Second, "the job waited for ComfyUI")
 	b.requireSlotsUp(t)

@@ -43,6 +43,7 @@ func TestPrefetchedJobQueuedAheadAndCancelled(t *testing.T) {
 		"cancelling the prefetched job takes it out of ComfyUI's queue")
 
 	recs := b.rec.await(t, []string{running, next}, 20*time.Second)
+	b.awaitQuiet(t)
 	b.requireOnce(t, map[string]wire.JobRecord{running: recs[running]}, wire.StateSucceeded)
 	b.requireOnce(t, map[string]wire.JobRecord{next: recs[next]}, wire.StateCancelled)
 	require.EqualValues(t, 1, executed.Load(), "only the running job executed in ComfyUI")
