@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -64,6 +65,33 @@ func (e *PromptError) Error() string {
 type Client struct {
 	base *url.URL
 	hc   *http.Client
+
+	// flags caches whether the server has feature flags (GET /features):
+	// 0 unknown, 1 yes, 2 no (a ComfyUI from before July 2025).
+	flags atomic.Int32
+}
+
+// hasFeatureFlags reports whether the server answers feature_flags on the
+// WebSocket, which it does when it serves GET /features. A failure other
+// than 404 is not remembered.
+func (c *Client) hasFeatureFlags(ctx context.Context) bool {
+	switch c.flags.Load() {
+	case 1:
+		return true
+	case 2:
+		return false
+	}
+	var f map[string]any
+	err := c.getJSON(ctx, "/features", nil, &f)
+	var se *StatusError
+	switch {
+	case err == nil:
+		c.flags.Store(1)
+		return true
+	case errors.As(err, &se) && se.Status == http.StatusNotFound:
+		c.flags.Store(2)
+	}
+	return false
 }
 
 // New returns a client for baseURL (e.g. "http://127.0.0.1:8188"). A nil
@@ -173,6 +201,16 @@ type Device struct {
 	VRAMFree       int64  `json:"vram_free"`
 	TorchVRAMTotal int64  `json:"torch_vram_total"`
 	TorchVRAMFree  int64  `json:"torch_vram_free"`
+}
+
+// SystemStatsJSON fetches /system_stats as the server wrote it (the
+// catalog passes it on whole, fields this package does not know included).
+func (c *Client) SystemStatsJSON(ctx context.Context) (json.RawMessage, error) {
+	var raw json.RawMessage
+	if err := c.getJSON(ctx, "/system_stats", nil, &raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
 }
 
 // SystemStats fetches /system_stats (also a cheap health check).

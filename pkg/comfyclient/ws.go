@@ -31,8 +31,12 @@ func (m Message) BinaryEvent() (uint32, []byte, bool) {
 
 // Conn is a WebSocket to /ws.
 type Conn struct {
-	conn *websocket.Conn
-	sid  string
+	conn   *websocket.Conn
+	sid    string
+	client *Client
+	// pending are messages read while waiting for something else (the
+	// feature_flags answer); Next returns them first.
+	pending []Message
 }
 
 // SID is the session id ComfyUI announced for this socket: the clientId
@@ -59,7 +63,7 @@ func (c *Client) Dial(ctx context.Context, clientID string) (*Conn, error) {
 	}
 	// executed messages and previews can be large.
 	ws.SetReadLimit(256 << 20)
-	conn := &Conn{conn: ws}
+	conn := &Conn{conn: ws, client: c}
 	// ComfyUI registers the socket after the upgrade answer has gone out
 	// and announces it with "status" (comfyui-api.md §3.1): a prompt
 	// queued before that message arrives may run before the socket is
@@ -87,6 +91,15 @@ func (c *Client) Dial(ctx context.Context, clientID string) (*Conn, error) {
 
 // Next reads the next message.
 func (c *Conn) Next(ctx context.Context) (Message, error) {
+	if len(c.pending) > 0 {
+		m := c.pending[0]
+		c.pending = c.pending[1:]
+		return m, nil
+	}
+	return c.read(ctx)
+}
+
+func (c *Conn) read(ctx context.Context) (Message, error) {
 	typ, data, err := c.conn.Read(ctx)
 	if err != nil {
 		return Message{}, fmt.Errorf("comfyclient: websocket read: %w", err)
@@ -105,7 +118,12 @@ func (c *Conn) Next(ctx context.Context) (Message, error) {
 }
 
 // SendFeatureFlags sends the client's feature flags; ComfyUI only honours
-// them as the first message and answers with its own feature_flags.
+// them as the first message and answers with its own feature_flags. When
+// the server has feature flags (GET /features), it waits for that answer:
+// ComfyUI reads the socket concurrently with POST /prompt, so a prompt
+// queued before the flags are read may run without them (its previews as
+// event 1 rather than event 4, say). Messages read meanwhile, the answer
+// included, are kept for Next.
 func (c *Conn) SendFeatureFlags(ctx context.Context, flags map[string]any) error {
 	data, err := json.Marshal(map[string]any{"type": "feature_flags", "data": flags})
 	if err != nil {
@@ -114,7 +132,19 @@ func (c *Conn) SendFeatureFlags(ctx context.Context, flags map[string]any) error
 	if err := c.conn.Write(ctx, websocket.MessageText, data); err != nil {
 		return fmt.Errorf("comfyclient: websocket write: %w", err)
 	}
-	return nil
+	if c.client == nil || !c.client.hasFeatureFlags(ctx) {
+		return nil
+	}
+	for {
+		m, err := c.read(ctx)
+		if err != nil {
+			return fmt.Errorf("comfyclient: waiting for feature_flags: %w", err)
+		}
+		c.pending = append(c.pending, m)
+		if m.Type == "feature_flags" {
+			return nil
+		}
+	}
 }
 
 // Close closes the socket.
