@@ -383,11 +383,11 @@ func collectCatalog(ctx context.Context, c *comfyclient.Client) (wire.Catalog, e
 	if cat.Embeddings, err = c.Embeddings(ctx); err != nil {
 		return cat, fmt.Errorf("embeddings: %w", err)
 	}
-	stats, err := c.SystemStats(ctx)
-	if err != nil {
+	// Whole, as ComfyUI wrote it: the proxy serves it to the frontend,
+	// which reads fields this agent does not know.
+	if cat.SystemStats, err = c.SystemStatsJSON(ctx); err != nil {
 		return cat, fmt.Errorf("system_stats: %w", err)
 	}
-	cat.SystemStats, _ = json.Marshal(stats)
 	cat.At = time.Now().UTC()
 	return cat, nil
 }
