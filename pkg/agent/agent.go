@@ -38,7 +38,11 @@ type Agent struct {
 	liveMu sync.Mutex
 	live   map[string]*held
 	// inputs is the box's content-addressed input cache.
-	inputs    *inputCache
+	inputs *inputCache
+	// emptied remembers where the outputs the agent emptied on the box
+	// were stored (by their path on the box).
+	emptiedMu sync.Mutex
+	emptied   map[string]outputFile
 	rules     atomic.Pointer[promptRules] // learnt from the catalog
 	startedAt time.Time
 	spoolDir  string

@@ -80,6 +80,14 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	if err != nil {
 		return outputFile{}, fmt.Errorf("output %s: %w", k.name, err)
 	}
+	lf := localFile{dir: r.outputDir(k), rel: filepath.Join(filepath.FromSlash(k.subfolder), k.name)}
+	if done, ok := r.s.a.emptiedOutput(lf); ok {
+		// ComfyUI names a file this agent shipped and emptied: a cached
+		// node sends its old "executed" again. It is in the
+		// participant's store already.
+		r.shipped[k] = done
+		return done, nil
+	}
 	src, size, sum, cleanup, err := r.localOutput(k)
 	local := err == nil
 	if err != nil {
@@ -106,29 +114,73 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	out := outputFile{subfolder: stored.Subfolder, name: stored.Name}
 	r.shipped[k] = out
 	if local {
+		lf.stored = out
 		r.mu.Lock()
-		r.localOutputs = append(r.localOutputs, localFile{dir: r.outputDir(k), rel: filepath.Join(filepath.FromSlash(k.subfolder), k.name)})
+		r.localOutputs = append(r.localOutputs, lf)
 		r.mu.Unlock()
 	}
 	return out, nil
 }
 
-// localFile is a file in one of ComfyUI's folders.
-type localFile struct{ dir, rel string }
+// localFile is a file in one of ComfyUI's folders, and where it was
+// stored once shipped.
+type localFile struct {
+	dir, rel string
+	stored   outputFile
+}
+
+func (f localFile) path() string { return filepath.Join(f.dir, f.rel) }
 
 // emptyShipped truncates a shipped output where ComfyUI wrote it: the
 // space is freed, and the name stays, so ComfyUI goes on numbering new
-// files after it (it counts the names in the folder). Through an os.Root,
+// files after it (it counts the names in the folder). ComfyUI may name
+// the file again (a cached output node re-sends its "executed"): the
+// agent remembers where it stored it (emptiedOutput). Through an os.Root,
 // like the read.
-func emptyShipped(f localFile) {
+func (a *Agent) emptyShipped(f localFile) {
 	root, err := os.OpenRoot(f.dir)
 	if err != nil {
 		return
 	}
 	defer root.Close()
-	if h, err := root.OpenFile(f.rel, os.O_WRONLY|os.O_TRUNC, 0); err == nil {
-		h.Close()
+	h, err := root.OpenFile(f.rel, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return
 	}
+	h.Close()
+	a.emptiedMu.Lock()
+	defer a.emptiedMu.Unlock()
+	if a.emptied == nil {
+		a.emptied = map[string]outputFile{}
+	}
+	a.emptied[f.path()] = f.stored
+}
+
+// emptiedOutput returns where an output this agent emptied was stored,
+// if the file is still the empty one.
+func (a *Agent) emptiedOutput(f localFile) (outputFile, bool) {
+	if f.dir == "" {
+		return outputFile{}, false
+	}
+	a.emptiedMu.Lock()
+	stored, ok := a.emptied[f.path()]
+	a.emptiedMu.Unlock()
+	if !ok {
+		return outputFile{}, false
+	}
+	root, err := os.OpenRoot(f.dir)
+	if err != nil {
+		return outputFile{}, false
+	}
+	defer root.Close()
+	if st, err := root.Stat(f.rel); err != nil || st.Size() != 0 {
+		// Written again since (or gone): not the file we shipped.
+		a.emptiedMu.Lock()
+		delete(a.emptied, f.path())
+		a.emptiedMu.Unlock()
+		return outputFile{}, false
+	}
+	return stored, true
 }
 
 // outputDir is the folder of ComfyUI's that holds k ("": not exposed).

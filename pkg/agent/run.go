@@ -178,8 +178,8 @@ func (r *run) end() {
 		release()
 	}
 	if !r.s.a.cfg.KeepOutputs {
-		for _, p := range outputs {
-			emptyShipped(p)
+		for _, f := range outputs {
+			r.s.a.emptyShipped(f)
 		}
 	}
 }
