@@ -12,6 +12,7 @@ import (
 	"github.com/atelier-run/atelier/pkg/broker"
 	"github.com/atelier-run/atelier/pkg/dashboard"
 	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/metrics"
 	"github.com/atelier-run/atelier/pkg/registry"
 )
@@ -23,9 +24,25 @@ type Daemon struct {
 	Dashboard *dashboard.Dashboard
 }
 
-// Start starts the broker (cfg), mounts /metrics and /dashboard/, and
-// starts the dashboard's watchers.
+// Config configures a Daemon: the broker, and what differs from the
+// defaults of its companions. The daemon fills in what it wires itself
+// (the data directory, the registry, the store, the logger).
+type Config struct {
+	Broker    broker.Config
+	Metrics   metrics.Config
+	Dashboard dashboard.Config
+}
+
+// Start starts the broker (cfg) with its companions at their defaults.
 func Start(ctx context.Context, cfg broker.Config) (*Daemon, error) {
+	return StartConfig(ctx, Config{Broker: cfg})
+}
+
+// StartConfig starts the broker, mounts /metrics and /dashboard/, and
+// starts the dashboard's watchers. Metrics observe the broker's jobs and
+// agents and count the file store's traffic.
+func StartConfig(ctx context.Context, c Config) (*Daemon, error) {
+	cfg := c.Broker
 	layout := datalayout.New(cfg.DataDir)
 	if err := layout.Ensure(); err != nil {
 		return nil, fmt.Errorf("brokerd: data dir: %w", err)
@@ -35,16 +52,24 @@ func Start(ctx context.Context, cfg broker.Config) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("brokerd: registry: %w", err)
 	}
-	met, err := metrics.New(metrics.Config{DataDir: cfg.DataDir, Logger: cfg.Logger})
+	mc := c.Metrics
+	mc.DataDir, mc.Logger = cfg.DataDir, cfg.Logger
+	met, err := metrics.New(mc)
 	if err != nil {
 		return nil, fmt.Errorf("brokerd: metrics: %w", err)
 	}
 	cfg.Observer = met
+	if cfg.Store == nil {
+		cfg.Store = filestore.NewDisk(layout)
+	}
+	cfg.Store = met.CountTransfers(cfg.Store)
 	b, err := broker.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	dash, err := dashboard.Mount(b, dashboard.Config{Registry: reg, Store: b.Store(), Logger: cfg.Logger}, met)
+	dc := c.Dashboard
+	dc.Registry, dc.Store, dc.Logger = reg, b.Store(), cfg.Logger
+	dash, err := dashboard.Mount(b, dc, met)
 	if err != nil {
 		return nil, fmt.Errorf("brokerd: dashboard: %w", err)
 	}

@@ -26,6 +26,9 @@ type Metrics struct {
 	outputs   *prometheus.CounterVec
 	wait      *prometheus.HistogramVec
 	run       *prometheus.HistogramVec
+	// transferBytes and transferFiles count the file store's traffic
+	// (see CountTransfers).
+	transferBytes, transferFiles *prometheus.CounterVec
 
 	// mu guards what the gauges are computed from at scrape time: the
 	// observer runs on the broker's core goroutine, scrapes on HTTP ones.
@@ -78,7 +81,8 @@ func New(cfg Config) (*Metrics, error) {
 			Name: "atelier_job_run_seconds", Help: "Time from the start on a GPU to the final state, by pool and final state.", Buckets: cfg.RunBuckets,
 		}, []string{"pool", "state"}),
 	}
-	m.reg.MustRegister(m.submitted, m.finished, m.retries, m.outputs, m.wait, m.run,
+	m.transferBytes, m.transferFiles = newTransferCounters()
+	m.reg.MustRegister(m.submitted, m.finished, m.retries, m.outputs, m.wait, m.run, m.transferBytes, m.transferFiles,
 		stateCollector{m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -61,9 +61,13 @@ func TestDashboardMetricsAndStatusCommand(t *testing.T) {
 		`atelier_nats_connected 1`,
 		`atelier_filestore_files{kind="output",user="user001"} 1`,
 		`atelier_filestore_files{kind="output",user="user002"} 1`,
+		// The two outputs came into the file store through the daemon's
+		// counting store.
+		`atelier_transfer_files_total{direction="in",kind="output"} 2`,
 	} {
 		require.Contains(t, m, want)
 	}
+	require.Regexp(t, `atelier_transfer_bytes_total\{direction="in",kind="output"\} [1-9]`, m)
 
 	// The status command, with instructor credentials (full picture) and
 	// without (the broker's open status).

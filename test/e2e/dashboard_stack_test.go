@@ -14,6 +14,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/agent"
 	"github.com/atelier-run/atelier/pkg/broker"
+	"github.com/atelier-run/atelier/pkg/brokerd"
 	"github.com/atelier-run/atelier/pkg/dashboard"
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
@@ -27,11 +28,12 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// dashStack is the whole system in one process with the dashboard and the
-// metrics wired the way broker/main.go wires them (pkg/stack has no hook
-// for companions yet).
+// dashStack is the whole system in one process, the broker side started
+// as atelier-broker starts it (brokerd: metrics observing the broker and
+// counting the file store's traffic, the dashboard and /metrics mounted).
 type dashStack struct {
 	ctx      context.Context
+	daemon   *brokerd.Daemon
 	broker   *broker.Broker
 	dash     *dashboard.Dashboard
 	metrics  *metrics.Metrics
@@ -61,21 +63,17 @@ func startDashStack(t *testing.T, gpus int, stepDelay time.Duration) *dashStack 
 		require.NoError(t, layout.EnsureInstance(u))
 	}
 
-	// The wiring of broker/main.go: metrics as the observer, the
-	// dashboard and /metrics mounted before Start, the dashboard started
-	// after it and stopped before it.
-	s.metrics, err = metrics.New(metrics.Config{DataDir: layout.Root, FileStoreRefresh: time.Millisecond, Logger: log})
+	// The daemon as broker/main.go starts it; only the refresh intervals
+	// are shortened for the test.
+	s.daemon, err = brokerd.StartConfig(ctx, brokerd.Config{
+		Broker: broker.Config{DataDir: layout.Root, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
+			Limits: wire.SmallLimits(), TickInterval: 200 * time.Millisecond, Logger: log},
+		Metrics:   metrics.Config{FileStoreRefresh: time.Millisecond},
+		Dashboard: dashboard.Config{PollInterval: 500 * time.Millisecond},
+	})
 	require.NoError(t, err)
-	s.broker, err = broker.New(broker.Config{DataDir: layout.Root, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
-		Limits: wire.SmallLimits(), TickInterval: 200 * time.Millisecond, Observer: s.metrics, Logger: log})
-	require.NoError(t, err)
-	s.dash, err = dashboard.Mount(s.broker, dashboard.Config{Registry: reg, Store: filestore.NewDisk(layout), Logger: log,
-		PollInterval: 500 * time.Millisecond}, s.metrics)
-	require.NoError(t, err)
-	require.NoError(t, s.broker.Start(ctx))
-	t.Cleanup(func() { _ = s.broker.Stop(context.Background()) })
-	require.NoError(t, s.dash.Start(ctx))
-	t.Cleanup(s.dash.Stop)
+	t.Cleanup(func() { _ = s.daemon.Stop(context.Background()) })
+	s.broker, s.dash, s.metrics = s.daemon.Broker, s.daemon.Dashboard, s.daemon.Metrics
 
 	pc, err := nats.Connect(s.broker.ClientURL())
 	require.NoError(t, err)
