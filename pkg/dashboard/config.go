@@ -72,6 +72,10 @@ type Config struct {
 	// DepthPoints bounds the queue-depth series; older points are thinned
 	// out. Default 4000.
 	DepthPoints int
+	// DepthSaveInterval is how often the queue-depth series is saved to
+	// the BROKER bucket while it changes (it is also saved on Stop), so
+	// the session's chart survives a restart. Default 10s.
+	DepthSaveInterval time.Duration
 	// RequestTimeout bounds a broker API request. Default 5s.
 	RequestTimeout time.Duration
 
@@ -108,6 +112,9 @@ func (c *Config) setDefaults() {
 	if c.DepthPoints == 0 {
 		c.DepthPoints = 4000
 	}
+	if c.DepthSaveInterval == 0 {
+		c.DepthSaveInterval = 10 * time.Second
+	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = 5 * time.Second
 	}
@@ -135,6 +142,9 @@ func (c *Config) validate() error {
 	}
 	if c.RecentJobs < 0 || c.FailedJobs < 0 || c.QueueRows < 0 || c.DepthPoints < 2 {
 		errs = append(errs, errors.New("RecentJobs, FailedJobs and QueueRows must not be negative, DepthPoints at least 2"))
+	}
+	if c.DepthSaveInterval < 0 {
+		errs = append(errs, errors.New("DepthSaveInterval must not be negative"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("dashboard config: %w", err)

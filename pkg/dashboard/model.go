@@ -35,13 +35,16 @@ type model struct {
 
 	agents map[string]*agentEntry
 
-	depth     []DepthPoint
-	api       bool
-	paused    bool
-	policy    string
-	positions map[string]int // job id → position, from the broker API
-	catalogs  int
-	live      map[string]bool // agents the broker counts as live; nil: unknown
+	depth []DepthPoint
+	// depthVersion grows with each change of depth (what saveDepth
+	// compares).
+	depthVersion uint64
+	api          bool
+	paused       bool
+	policy       string
+	positions    map[string]int // job id → position, from the broker API
+	catalogs     int
+	live         map[string]bool // agents the broker counts as live; nil: unknown
 }
 
 type jobEntry struct {
@@ -299,21 +302,26 @@ func (m *model) sampleDepthLocked() {
 	if n > 0 && m.depth[n-1].Waiting == waiting && m.depth[n-1].Running == running {
 		return
 	}
+	m.depthVersion++
 	if n > 1 && now-m.depth[n-2].T < 1000 {
 		m.depth[n-1] = p
 		return
 	}
 	m.depth = append(m.depth, p)
 	if len(m.depth) > m.cfg.DepthPoints {
-		// Thin the older half: every other point goes, the recent half
-		// keeps its detail.
-		half := len(m.depth) / 2
-		thin := m.depth[:0:0]
-		for i := 0; i < half; i += 2 {
-			thin = append(thin, m.depth[i])
-		}
-		m.depth = append(thin, m.depth[half:]...)
+		m.thinDepthLocked()
 	}
+}
+
+// thinDepthLocked thins the older half of the series: every other point
+// goes, the recent half keeps its detail.
+func (m *model) thinDepthLocked() {
+	half := len(m.depth) / 2
+	thin := m.depth[:0:0]
+	for i := 0; i < half; i += 2 {
+		thin = append(thin, m.depth[i])
+	}
+	m.depth = append(thin, m.depth[half:]...)
 }
 
 // snapshot builds the picture at now.

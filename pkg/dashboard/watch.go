@@ -22,6 +22,10 @@ func (d *Dashboard) watch(ctx context.Context, nc *nats.Conn) error {
 	if err != nil {
 		return fmt.Errorf("dashboard: jetstream: %w", err)
 	}
+	// The saved chart first, so the replay of JOBS extends it.
+	if err := d.startDepth(ctx, js); err != nil {
+		d.log.Warn().Err(err).Msg("the queue-depth chart will not outlive a restart")
+	}
 	sub, err := nc.Subscribe("evt.*.*.*", func(msg *nats.Msg) {
 		// evt.<agent>.<user>.<job>
 		parts := strings.SplitN(msg.Subject, ".", 4)
