@@ -135,3 +135,42 @@ func TestInputCacheFailedFetch(t *testing.T) {
 	require.EqualValues(t, 1000, cb.c.Bytes())
 
 }
+
+// Placing into a folder on another file system (no hard link possible)
+// copies the content; a file of the same name with other content gives
+// way, and placing again leaves no temporary file behind.
+func TestInputCachePlaceAcrossFileSystems(t *testing.T) {
+	t.Parallel()
+	cb := setupCache(t, t.TempDir(), 0)
+	other, err := os.MkdirTemp("/dev/shm", "atelier-place-")
+	if err != nil {
+		t.Skip("no /dev/shm to place into")
+	}
+	t.Cleanup(func() { os.RemoveAll(other) })
+	a, _ := os.Stat(cb.dir)
+	b, _ := os.Stat(other)
+	if fileIdentityDev(a) == fileIdentityDev(b) {
+		t.Skip("/dev/shm is on the same file system here")
+	}
+	sha, data := content('z', 4096)
+	src, rel := cb.get(t, sha, data)
+	defer rel()
+	dst := filepath.Join(other, "user001", "z.png")
+	require.NoError(t, os.MkdirAll(filepath.Dir(dst), 0o755))
+	require.NoError(t, os.WriteFile(dst, []byte("an older upload of the same name"), 0o644))
+	require.NoError(t, cb.c.place(sha, dst))
+	got, err := os.ReadFile(dst)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
+	s1, _ := os.Stat(src)
+	s2, _ := os.Stat(dst)
+	require.False(t, os.SameFile(s1, s2), "a copy, not a link")
+	require.NoError(t, cb.c.place(sha, dst))
+	leftovers, _ := filepath.Glob(filepath.Join(other, "user001", "*.tmp"))
+	require.Empty(t, leftovers)
+}
+
+func fileIdentityDev(fi os.FileInfo) uint64 {
+	id, _ := fileIdentity(fi)
+	return id.dev
+}
