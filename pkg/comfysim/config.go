@@ -82,6 +82,11 @@ type Config struct {
 	// missing_node_type, instead of the baseline's invalid_prompt.
 	MissingNodeType bool
 
+	// CheckPromptID makes POST /prompt refuse a client prompt_id that is
+	// not a canonical lowercase hyphenated UUID (400 invalid_prompt_id), as
+	// newer ComfyUI does; the baseline takes any value.
+	CheckPromptID bool
+
 	// WSRegisterDelay holds a new WebSocket between the upgrade answer and
 	// its registration. ComfyUI (aiohttp) registers a socket only after
 	// the 101 has gone out, so a client that queues a prompt as soon as

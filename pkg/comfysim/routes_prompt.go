@@ -63,7 +63,16 @@ func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	promptID := uuid.NewString()
-	if v, ok := body.Get("prompt_id"); ok {
+	if v, ok := body.Get("prompt_id"); ok && (v != nil || !s.cfg.CheckPromptID) {
+		id, isStr := v.(string)
+		if s.cfg.CheckPromptID && (!isStr || !canonicalUUID(id)) {
+			writeJSON(w, http.StatusBadRequest, object{
+				{"error", topErr("invalid_prompt_id", "prompt_id must be a valid UUID",
+					"prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to let the server generate one")},
+				{"node_errors", object{}},
+			})
+			return
+		}
 		promptID = pyStr(v)
 	}
 	var partial []string
@@ -81,6 +90,17 @@ func (s *Server) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	for _, m := range prompt {
+		// validate_prompt's `'class_type' not in prompt[x]` raises for a
+		// number, a list, a bool or None (a string is searched for the
+		// substring): aiohttp's 500.
+		switch m.Value.(type) {
+		case object, string:
+		default:
+			s.writeServerError(w, r, fmt.Errorf("argument of type '%s' is not iterable", pyTypeName(m.Value)))
+			return
+		}
+	}
 	res := s.validatePrompt(prompt, partial)
 
 	extra := object{}
@@ -188,4 +208,11 @@ func (s *Server) handleFree(w http.ResponseWriter, r *http.Request) {
 		s.cache.requestReset()
 	}
 	writeEmpty(w, http.StatusOK)
+}
+
+// canonicalUUID reports whether s is a UUID in canonical lowercase
+// hyphenated form, what newer ComfyUI requires of a client prompt_id.
+func canonicalUUID(s string) bool {
+	u, err := uuid.Parse(s)
+	return err == nil && u.String() == s
 }
