@@ -162,6 +162,9 @@ func TestJobsAPI(t *testing.T) {
 	failed := wire.JobRecord{ID: uuid.NewString(), User: alice, State: wire.StateFailed, Number: 2,
 		Prompt: json.RawMessage(testPrompt), CreatedAt: now.Add(-2 * time.Second), FinishedAt: now, Reason: "boom"}
 	cancelled := wire.JobRecord{ID: uuid.NewString(), User: alice, State: wire.StateCancelled, Number: 3,
+		Prompt: json.RawMessage(testPrompt), CreatedAt: now.Add(-time.Second), StartedAt: now.Add(-time.Second / 2), FinishedAt: now}
+	// Taken out of the queue before it ran: no trace, as in ComfyUI.
+	dequeued := wire.JobRecord{ID: uuid.NewString(), User: alice, State: wire.StateCancelled, Number: 7,
 		Prompt: json.RawMessage(testPrompt), CreatedAt: now.Add(-time.Second), FinishedAt: now}
 	pending := wire.JobRecord{ID: uuid.NewString(), User: alice, State: wire.StateQueued, Number: 4,
 		Prompt: json.RawMessage(testPrompt), CreatedAt: now}
@@ -169,7 +172,7 @@ func TestJobsAPI(t *testing.T) {
 		Prompt: json.RawMessage(testPrompt), CreatedAt: now.Add(time.Second), StartedAt: now}
 	bobs := wire.JobRecord{ID: uuid.NewString(), User: bob, State: wire.StateSucceeded, Number: 6,
 		Prompt: json.RawMessage(testPrompt), CreatedAt: now, FinishedAt: now}
-	for _, rec := range []wire.JobRecord{done, failed, cancelled, pending, running, bobs} {
+	for _, rec := range []wire.JobRecord{done, failed, cancelled, dequeued, pending, running, bobs} {
 		b.putRecord(rec)
 	}
 	list := func(q string) map[string]any {
@@ -223,6 +226,10 @@ func TestJobsAPI(t *testing.T) {
 	require.Contains(t, one, "outputs")
 	require.Equal(t, "success", one["execution_status"].(map[string]any)["status_str"])
 	require.Contains(t, one["workflow"], "prompt")
+
+	r = b.do(http.MethodGet, "/"+alice+"/api/jobs/"+dequeued.ID, alice, "")
+	require.Equal(t, http.StatusNotFound, r.status, "a prompt deleted from the queue")
+	require.JSONEq(t, `{}`, string(b.do(http.MethodGet, "/"+alice+"/history/"+dequeued.ID, alice, "").body))
 
 	r = b.do(http.MethodGet, "/"+alice+"/api/jobs/"+bobs.ID, alice, "")
 	require.Equal(t, http.StatusNotFound, r.status, "another participant's job")

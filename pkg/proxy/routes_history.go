@@ -26,6 +26,7 @@ func (p *Proxy) handleHistory(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	recs := v.records(wire.JobState.Final)
+	recs = slices.DeleteFunc(recs, func(rec wire.JobRecord) bool { return !inHistory(&rec) })
 	slices.SortFunc(recs, func(a, b wire.JobRecord) int {
 		if c := a.FinishedAt.Compare(b.FinishedAt); c != 0 {
 			return c
@@ -34,6 +35,14 @@ func (p *Proxy) handleHistory(w http.ResponseWriter, r *http.Request) {
 	})
 	recs = historyWindow(recs, maxItems, offset)
 	writeJSONBytes(w, http.StatusOK, historyJSON(recs))
+}
+
+// inHistory reports whether a job has a history entry: it finished, and
+// not by being taken out of the queue before it ran. In ComfyUI a prompt
+// deleted from the queue (POST /queue delete or clear, the jobs API's
+// cancel of a pending job) leaves no trace in history or the jobs API.
+func inHistory(rec *wire.JobRecord) bool {
+	return rec.State.Final() && !(rec.State == wire.StateCancelled && rec.StartedAt.IsZero())
 }
 
 // historyWindow applies ComfyUI's max_items/offset rules (-1 = absent):
@@ -79,7 +88,7 @@ func (p *Proxy) handleHistoryItem(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec, ok := v.record(r.PathValue("id"))
-	if !ok || !rec.State.Final() {
+	if !ok || !inHistory(&rec) {
 		writeJSONBytes(w, http.StatusOK, []byte("{}"))
 		return
 	}

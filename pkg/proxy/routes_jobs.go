@@ -43,10 +43,12 @@ func jobSummary(rec *wire.JobRecord) map[string]any {
 	j := map[string]any{
 		"id":          rec.ID,
 		"status":      jobStatus(rec),
-		"priority":    rec.Number,
+		"priority":    comfyNumber(rec),
 		"create_time": rec.CreatedAt.UnixMilli(),
 	}
-	if !rec.StartedAt.IsZero() {
+	// The execution times come from the history's status messages in
+	// ComfyUI: a job that has not finished has none.
+	if rec.State.Final() && !rec.StartedAt.IsZero() {
 		j["execution_start_time"] = rec.StartedAt.UnixMilli()
 	}
 	if rec.State.Final() && !rec.FinishedAt.IsZero() {
@@ -181,6 +183,9 @@ func (p *Proxy) handleJobs(w http.ResponseWriter, r *http.Request) {
 	}
 	recs := v.records(func(wire.JobState) bool { return true })
 	recs = slices.DeleteFunc(recs, func(rec wire.JobRecord) bool {
+		if rec.State.Final() && !inHistory(&rec) {
+			return true // dequeued before it ran: gone, as in ComfyUI
+		}
 		if len(want) > 0 && !want[jobStatus(&rec)] {
 			return true
 		}
@@ -245,7 +250,7 @@ func (p *Proxy) handleJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec, ok := v.record(r.PathValue("id"))
-	if !ok {
+	if !ok || (rec.State.Final() && !inHistory(&rec)) {
 		jobsError(w, http.StatusNotFound, "Job not found")
 		return
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -134,11 +135,9 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		nodeErrors = json.RawMessage("{}")
 	}
 	// ComfyUI echoes a client's number as float(number); otherwise its
-	// counter. Ours is the SUBMIT sequence, which /queue shows too.
-	var number any = ack.Sequence
-	if req.Number != nil {
-		number = *req.Number
-	}
+	// counter, negated for front. Ours is the SUBMIT sequence; /queue and
+	// history show the same (comfyNumber).
+	number := comfyNumber(&wire.JobRecord{Number: ack.Sequence, ClientNumber: req.Number, Front: req.Front})
 	writeJSON(w, http.StatusOK, map[string]any{
 		"prompt_id":   job.ID,
 		"number":      number,
@@ -209,7 +208,14 @@ func (p *Proxy) handleQueue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	recs := v.records(wire.JobState.Pending)
-	slices.SortFunc(recs, func(a, b wire.JobRecord) int { return compareNumbers(a.Number, b.Number) })
+	// ComfyUI's heap order is (number, prompt_id); its array order is an
+	// accident that clients sort away, so sorted it is.
+	slices.SortFunc(recs, func(a, b wire.JobRecord) int {
+		if c := cmp.Compare(priorityOf(&a), priorityOf(&b)); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 	running, pending := []any{}, []any{}
 	for i := range recs {
 		if recs[i].State == wire.StateRunning {
@@ -231,6 +237,30 @@ func compareNumbers(a, b uint64) int {
 	return 0
 }
 
+// comfyNumber is the job's ComfyUI number: the client's number (a float in
+// ComfyUI, float(number)) if it sent one, else the queue counter (the
+// SUBMIT sequence), negated for front.
+func comfyNumber(rec *wire.JobRecord) any {
+	switch {
+	case rec.ClientNumber != nil:
+		return *rec.ClientNumber
+	case rec.Front:
+		return -int64(rec.Number)
+	}
+	return rec.Number
+}
+
+// priorityOf is comfyNumber as a number to sort by.
+func priorityOf(rec *wire.JobRecord) float64 {
+	switch {
+	case rec.ClientNumber != nil:
+		return *rec.ClientNumber
+	case rec.Front:
+		return -float64(rec.Number)
+	}
+	return float64(rec.Number)
+}
+
 // queueTuple is ComfyUI's [number, prompt_id, prompt, extra_data,
 // outputs_to_execute].
 func queueTuple(rec *wire.JobRecord) []any {
@@ -242,7 +272,7 @@ func queueTuple(rec *wire.JobRecord) []any {
 	if outputs == nil {
 		outputs = []string{}
 	}
-	return []any{rec.Number, rec.ID, prompt, publicExtraData(rec.ExtraData), outputs}
+	return []any{comfyNumber(rec), rec.ID, prompt, publicExtraData(rec.ExtraData), outputs}
 }
 
 // publicExtraData is extra_data without the comfy.org credentials, which

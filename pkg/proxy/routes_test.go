@@ -184,9 +184,9 @@ func TestPostPromptErrors(t *testing.T) {
 			"invalid_prompt", "Cannot execute because node NoSuchNode does not exist.", "Node ID '#7'"},
 		{"no outputs", `{"prompt": {"1": {"class_type": "EmptyImage", "inputs": {}}}}`, "prompt_no_outputs", "Prompt has no outputs", ""},
 		{"no partial outputs", `{"prompt": ` + testPrompt + `, "partial_execution_targets": ["1"]}`, "prompt_no_outputs", "Prompt has no outputs", ""},
-		{"bad prompt_id", `{"prompt": ` + testPrompt + `, "prompt_id": "Not-A-UUID"}`, "invalid_prompt_id", "Invalid prompt_id format", ""},
+		{"bad prompt_id", `{"prompt": ` + testPrompt + `, "prompt_id": "Not-A-UUID"}`, "invalid_prompt_id", "prompt_id must be a valid UUID", ""},
 		{"upper-case prompt_id", `{"prompt": ` + testPrompt + `, "prompt_id": "` + strings.ToUpper(uuid.NewString()) + `"}`,
-			"invalid_prompt_id", "Invalid prompt_id format", ""},
+			"invalid_prompt_id", "prompt_id must be a valid UUID", ""},
 	}
 	for _, tc := range comfy {
 		r := b.postPrompt(alice, tc.body)

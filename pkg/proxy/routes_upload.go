@@ -149,16 +149,19 @@ func (u *upload) spool(r io.Reader, dir string) error {
 }
 
 // store saves content (size bytes, given sha256) under the participant's
-// kind/subfolder with ComfyUI's rule: overwrite replaces; otherwise an
-// identical file of that name is reused and a different one gets
-// "stem (n).ext". It returns the final name.
-func (p *Proxy) store(ctx context.Context, ref filestore.Ref, content io.ReadSeeker, sum string, overwrite bool) (string, error) {
+// kind/subfolder with ComfyUI's rule: overwrite replaces; otherwise a file
+// of that name whose content hashes to uploaded is reused and a different
+// one gets "stem (n).ext". uploaded is the sha256 of what the client sent,
+// which differs from sum for a mask (ComfyUI compares the upload itself
+// with the existing file, before it applies the mask). It returns the
+// final name.
+func (p *Proxy) store(ctx context.Context, ref filestore.Ref, content io.ReadSeeker, sum, uploaded string, overwrite bool) (string, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		opts := []filestore.CreateOption{}
 		if overwrite {
 			opts = append(opts, filestore.Overwrite())
 		} else {
-			name, exists, err := filestore.UniqueName(ctx, p.cfg.Store, ref, sum)
+			name, exists, err := filestore.UniqueName(ctx, p.cfg.Store, ref, uploaded)
 			if err != nil {
 				return "", err
 			}
@@ -221,7 +224,7 @@ func (p *Proxy) finishUpload(w http.ResponseWriter, r *http.Request, u *upload, 
 			return
 		}
 	}
-	name, err := p.store(r.Context(), ref, content, sum, u.overwrite)
+	name, err := p.store(r.Context(), ref, content, sum, u.sha256, u.overwrite)
 	if err != nil {
 		if errors.Is(err, filestore.ErrInvalidName) {
 			writePlain(w, http.StatusBadRequest, "invalid file name or subfolder")

@@ -131,6 +131,9 @@ type userView struct {
 	reported int // queue_remaining of the last status broadcast
 	sockets  map[*socket]struct{}
 	bySID    map[string]*socket
+	// sent is what each client id was sent per job (see sentState); a
+	// client id's entry lives while it has a socket or a job in flight.
+	sent     map[string]map[string]*sentState
 	reserved int // sockets being accepted
 	lastUsed time.Time
 	closed   bool
@@ -151,6 +154,7 @@ func newUserView(p *Proxy, user string) *userView {
 		jobs:     map[string]*jobEntry{},
 		sockets:  map[*socket]struct{}{},
 		bySID:    map[string]*socket{},
+		sent:     map[string]map[string]*sentState{},
 		lastUsed: time.Now(),
 	}
 	v.ctx, v.cancel = context.WithCancel(p.bg)
@@ -285,6 +289,7 @@ func (v *userView) applyEntry(e jetstream.KeyValueEntry, initial bool) {
 	}
 	// The key is authoritative: it is what the watch filtered on.
 	rec.ID, rec.User = id, v.user
+	withoutUserPaths(&rec)
 	next := &jobEntry{rec: rec}
 	if prev != nil && rec.State == wire.StateRunning {
 		next.execNode = prev.execNode
@@ -335,7 +340,9 @@ func (v *userView) emitTransitionLocked(old, rec *wire.JobRecord) {
 				"prompt_id": rec.ID, "timestamp": millis(rec.StartedAt)}))
 		}
 	}
-	if s != nil && (rec.State == wire.StateRunning || final) {
+	// While the job runs, executed comes from the live events, in
+	// ComfyUI's order; the record fills in at the end what they lost.
+	if s != nil && final {
 		v.sendExecutedLocked(s, rec)
 	}
 	if final {
@@ -352,8 +359,11 @@ func (v *userView) emitTransitionLocked(old, rec *wire.JobRecord) {
 		if s != nil && !cancelledEarly {
 			v.sendLocked(s, textFrame("executing", map[string]any{"node": nil, "prompt_id": rec.ID}))
 		}
-		if s != nil {
-			delete(s.jobs, rec.ID)
+		if m := v.sent[rec.ClientID]; m != nil {
+			delete(m, rec.ID)
+			if len(m) == 0 && v.bySID[rec.ClientID] == nil {
+				delete(v.sent, rec.ClientID)
+			}
 		}
 	}
 }
@@ -621,4 +631,83 @@ func (v *userView) record(id string) (wire.JobRecord, bool) {
 		return wire.JobRecord{}, false
 	}
 	return e.rec, true
+}
+
+// withoutUserPaths takes the agent's per-user folder ("<user>/", which it
+// puts in front of every file name and filename_prefix on the GPU box) out
+// of what ComfyUI reported about a failed run, so that the participant sees
+// their own names, as in the prompt they sent: the inputs of the failing
+// node (current_inputs) and the exception text, in the execution_error
+// payload and in the history's status messages.
+func withoutUserPaths(rec *wire.JobRecord) {
+	prefix := rec.User + "/"
+	clean := func(raw json.RawMessage) json.RawMessage {
+		if len(raw) == 0 || !strings.Contains(string(raw), prefix) {
+			return raw
+		}
+		var m map[string]json.RawMessage
+		if json.Unmarshal(raw, &m) != nil {
+			return raw
+		}
+		for _, k := range []string{"current_inputs", "exception_message"} {
+			if v, ok := m[k]; ok {
+				m[k] = stripPrefix(v, prefix)
+			}
+		}
+		b, err := marshalJSON(m)
+		if err != nil {
+			return raw
+		}
+		return b
+	}
+	rec.Error = clean(rec.Error)
+	for i, msg := range rec.Messages {
+		var pair []json.RawMessage
+		if !strings.Contains(string(msg), prefix) || json.Unmarshal(msg, &pair) != nil || len(pair) != 2 {
+			continue
+		}
+		var typ string
+		if json.Unmarshal(pair[0], &typ) != nil || typ != "execution_error" {
+			continue
+		}
+		if b, err := marshalJSON([]json.RawMessage{pair[0], clean(pair[1])}); err == nil {
+			rec.Messages[i] = b
+		}
+	}
+}
+
+// stripPrefix removes prefix where a path starts in the strings of v (a
+// whole string, or a path after a space, quote or colon in a message).
+func stripPrefix(v json.RawMessage, prefix string) json.RawMessage {
+	var x any
+	if json.Unmarshal(v, &x) != nil {
+		return v
+	}
+	var walk func(any) any
+	walk = func(x any) any {
+		switch t := x.(type) {
+		case string:
+			if strings.HasPrefix(t, prefix) {
+				t = t[len(prefix):]
+			}
+			for _, sep := range []string{" ", "'", "\"", ":", "("} {
+				t = strings.ReplaceAll(t, sep+prefix, sep)
+			}
+			return t
+		case []any:
+			for i := range t {
+				t[i] = walk(t[i])
+			}
+		case map[string]any:
+			for k := range t {
+				t[k] = walk(t[k])
+			}
+		}
+		return x
+	}
+	b, err := marshalJSON(walk(x))
+	if err != nil {
+		return v
+	}
+	return b
 }

@@ -111,19 +111,9 @@ func parsePromptRequest(body []byte, cat *poolCatalog, opts parseOptions) (*prom
 	if top == nil {
 		return nil, plainError(http.StatusInternalServerError, "invalid JSON body: want an object with a \"prompt\" key")
 	}
-	rawPrompt, ok := top["prompt"]
-	if !ok {
-		return nil, &requestError{Status: http.StatusBadRequest, Type: "no_prompt",
-			Message: "No prompt provided", Details: "No prompt provided"}
-	}
-	var nodes map[string]json.RawMessage
-	if err := json.Unmarshal(rawPrompt, &nodes); err != nil || nodes == nil {
-		return nil, plainError(http.StatusInternalServerError, "invalid prompt: want an object mapping node ids to nodes")
-	}
-	if len(nodes) > maxPromptNodes {
-		return nil, plainError(http.StatusBadRequest, "invalid prompt: more than %d nodes", maxPromptNodes)
-	}
-	req := &promptRequest{Prompt: rawPrompt}
+	// ComfyUI reads the priority first: a bad number fails (500) even
+	// before a missing prompt is noticed.
+	req := &promptRequest{}
 	if raw, ok := top["number"]; ok {
 		// ComfyUI: float(number); anything else raises (500).
 		var n float64
@@ -144,13 +134,28 @@ func parsePromptRequest(body []byte, cat *poolCatalog, opts parseOptions) (*prom
 		_ = json.Unmarshal(raw, &v)
 		req.Front = comfyvalidate.PyTruthy(v)
 	}
+	rawPrompt, ok := top["prompt"]
+	if !ok {
+		return nil, &requestError{Status: http.StatusBadRequest, Type: "no_prompt",
+			Message: "No prompt provided", Details: "No prompt provided"}
+	}
+	var nodes map[string]json.RawMessage
+	if err := json.Unmarshal(rawPrompt, &nodes); err != nil || nodes == nil {
+		return nil, plainError(http.StatusInternalServerError, "invalid prompt: want an object mapping node ids to nodes")
+	}
+	if len(nodes) > maxPromptNodes {
+		return nil, plainError(http.StatusBadRequest, "invalid prompt: more than %d nodes", maxPromptNodes)
+	}
+	req.Prompt = rawPrompt
 
 	if raw, ok := top["prompt_id"]; ok && !isNull(raw) {
 		var id string
+		// Newer ComfyUI's check, always: job ids name NATS subjects and
+		// keys, so the baseline's "any value" cannot be taken.
 		if err := json.Unmarshal(raw, &id); err != nil || !canonicalUUID(id) {
 			return nil, &requestError{Status: http.StatusBadRequest, Type: "invalid_prompt_id",
-				Message: "Invalid prompt_id format",
-				Details: fmt.Sprintf("prompt_id must be a lowercase hyphenated UUID, got %s", truncate(string(raw), 80))}
+				Message: "prompt_id must be a valid UUID",
+				Details: "prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to let the server generate one"}
 		}
 		req.PromptID = id
 	}

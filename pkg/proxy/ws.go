@@ -62,7 +62,8 @@ type socket struct {
 	// previewMetadata: the client advertised supports_preview_metadata, so
 	// previews go out as binary event 4 rather than event 1.
 	previewMetadata atomic.Bool
-	// jobs is what this socket was sent per job (guarded by the view's mu).
+	// jobs is what this socket's client id was sent per job, shared by
+	// the sockets of one client id (guarded by the view's mu).
 	jobs map[string]*sentState
 }
 
@@ -105,6 +106,9 @@ func (v *userView) removeSocketLocked(s *socket, code websocket.StatusCode, reas
 	delete(v.sockets, s)
 	if v.bySID[s.sid] == s {
 		delete(v.bySID, s.sid)
+		if len(s.jobs) == 0 {
+			delete(v.sent, s.sid)
+		}
 	}
 	s.goneOnce.Do(func() {
 		s.goneCode, s.goneReason = code, reason
@@ -151,11 +155,14 @@ func (v *userView) addSocket(s *socket) bool {
 	if v.closed {
 		return false
 	}
-	// A newer socket with the same client id (a reconnecting tab) takes
-	// over its messages and what they were, like ComfyUI; the older one
-	// keeps only the broadcasts.
-	if old := v.bySID[s.sid]; old != nil {
-		s.jobs, old.jobs = old.jobs, map[string]*sentState{}
+	// What was sent is kept per client id, not per socket: a reconnecting
+	// tab (same client id) is not sent again what its last socket got,
+	// and takes over the prompt's messages like ComfyUI; an older socket
+	// still open keeps only the broadcasts.
+	if m := v.sent[s.sid]; m != nil {
+		s.jobs = m
+	} else {
+		v.sent[s.sid] = s.jobs
 	}
 	s.out <- statusFrame(v.pending, s.sid)
 	sentExecuting := false
