@@ -45,6 +45,9 @@ type Config struct {
 	// UIFallback serves what the proxy does not answer itself (the
 	// participants' ComfyUI UI upstream); nil: 404.
 	UIFallback http.Handler
+	// NewerErrors makes the proxy answer an unknown node class as newer
+	// ComfyUI does (missing_node_type), whatever the pool's version.
+	NewerErrors bool
 	// Limits of the streams (default: wire defaults with memory storage).
 	Limits wire.Limits
 	Logger zerolog.Logger
@@ -114,7 +117,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	s.Proxy, err = proxy.New(proxy.Config{
 		Addr: "127.0.0.1:0", Conn: s.proxyConn, Registry: s.Registry,
-		Store: store, Quotas: quotas, Fallback: cfg.UIFallback, Logger: cfg.Logger,
+		Store: store, Quotas: quotas, Fallback: cfg.UIFallback, NewerErrors: cfg.NewerErrors, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err

@@ -1,331 +1,386 @@
 // Package conformance runs the same scripted ComfyUI client sessions against
 // the simulator directly and through Atelier (proxy + broker + agent +
-// simulator, pkg/stack), and compares what a client sees: status codes, JSON
-// shapes (keys and value types, after normalising ids, numbers and
-// timestamps that legitimately differ) and WebSocket message sequences.
+// simulator, pkg/stack), and compares what a client sees: status codes,
+// content types, bodies as values, WebSocket message sequences and binary
+// frames, after normalising ids, timestamps and counters (normalize_test.go)
+// and nothing else but the deliberate differences listed in README.md.
 package conformance
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
-	"mime/multipart"
 	"net/http"
 	"os"
-	"sort"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/atelier-run/atelier/pkg/comfysim"
+	"github.com/atelier-run/atelier/pkg/comfyvalidate"
 	"github.com/atelier-run/atelier/pkg/stack"
 )
 
 const (
 	user     = "user001"
 	password = "pw"
+	// deviceName is what both sides' simulated GPU calls itself, so that
+	// /system_stats compares (the stack's agent names its GPUs so).
+	deviceName = "Simulated GPU 0"
 )
 
 // target is one server under test: a base URL (with the participant's
-// prefix for Atelier) and its credentials.
+// prefix for Atelier), its credentials, and the simulators behind it (for
+// fault injection).
 type target struct {
 	name string
 	base string
 	auth bool
+	sims []*comfysim.Server
 }
 
-func (tg target) req(t *testing.T, method, path string, body io.Reader, ct string) (int, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(method, tg.base+path, body)
-	require.NoError(t, err)
-	if ct != "" {
-		req.Header.Set("Content-Type", ct)
+func (tg target) setFault(f comfysim.Fault) {
+	for _, s := range tg.sims {
+		s.SetFault(f)
 	}
-	if tg.auth {
+}
+
+// run is one scripted session against a target. ref, on the Atelier run,
+// is the simulator run's record: reads that follow an asynchronous change
+// (the proxy's view of the job state is a watch) are retried for a while
+// until they match it, and recorded as they are at the end.
+type run struct {
+	t   *testing.T
+	tg  target
+	n   *normalizer
+	out []string
+	ref []string
+	ctx context.Context
+}
+
+func (r *run) record(name, s string) {
+	r.out = append(r.out, r.n.str(name)+" -> "+s)
+}
+
+// response is one HTTP answer.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r *run) send(method, path string, body io.Reader, hdr ...string) response {
+	r.t.Helper()
+	req, err := http.NewRequestWithContext(r.ctx, method, r.tg.base+path, body)
+	require.NoError(r.t, err)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	if r.tg.auth {
 		req.SetBasicAuth(user, password)
 	}
 	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
+	require.NoError(r.t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, b
+	require.NoError(r.t, err)
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
 }
 
-func (tg target) dial(t *testing.T, clientID string) *websocket.Conn {
-	t.Helper()
+// describe renders a response: status, media type, body, and the headers
+// a client acts on.
+func (r *run) describe(n *normalizer, resp response, ordered bool, headers ...string) string {
+	ct := resp.header.Get("Content-Type")
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	if resp.status >= 400 && ct != "application/json" {
+		ct = "-" // see normalizer.body
+	}
+	out := []string{itoa(resp.status), ct, n.body(resp.status, resp.header, resp.body, ordered)}
+	for _, h := range headers {
+		out = append(out, h+"="+n.str(resp.header.Get(h)))
+	}
+	return strings.Join(out, " ")
+}
+
+func itoa(n int) string {
+	b := []byte{}
+	if n == 0 {
+		return "0"
+	}
+	for n > 0 {
+		b = append([]byte{byte('0' + n%10)}, b...)
+		n /= 10
+	}
+	return string(b)
+}
+
+// stepOpts adjusts how one step is recorded.
+type stepOpts struct {
+	ordered bool     // the body's top-level keys are in a meaningful order
+	headers []string // headers to record
+	settle  bool     // retry on the Atelier run until it matches the reference
+	// fix rewrites the decoded body before it is rendered (the documented
+	// differences of README.md)
+	fix func(n *normalizer, v any) any
+}
+
+// do sends a request and records its answer under name.
+func (r *run) do(name, method, path, body, ct string, o stepOpts) response {
+	r.t.Helper()
+	hdr := []string{}
+	if ct != "" {
+		hdr = append(hdr, "Content-Type", ct)
+	}
+	attempt := func() (response, *normalizer, string) {
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		resp := r.send(method, path, rd, hdr...)
+		n := r.n.clone()
+		desc := r.describeFixed(n, resp, o)
+		return resp, n, desc
+	}
+	resp, n, desc := attempt()
+	if o.settle && r.ref != nil && len(r.out) < len(r.ref) {
+		want := r.ref[len(r.out)]
+		deadline := time.Now().Add(3 * time.Second)
+		for r.n.clone().str(name)+" -> "+desc != want && time.Now().Before(deadline) {
+			time.Sleep(25 * time.Millisecond)
+			resp, n, desc = attempt()
+		}
+	}
+	r.n = n
+	r.record(name, desc)
+	return resp
+}
+
+func (r *run) describeFixed(n *normalizer, resp response, o stepOpts) string {
+	if o.fix == nil {
+		return r.describe(n, resp, o.ordered, o.headers...)
+	}
+	v, err := comfyvalidate.DecodeJSON(resp.body)
+	if err != nil {
+		return r.describe(n, resp, o.ordered, o.headers...)
+	}
+	fixed := comfyvalidate.RawOf(o.fix(n, v))
+	return r.describe(n, response{status: resp.status, header: resp.header, body: fixed}, o.ordered, o.headers...)
+}
+
+// get records a GET.
+func (r *run) get(name, path string, o ...stepOpts) response {
+	r.t.Helper()
+	var opt stepOpts
+	if len(o) > 0 {
+		opt = o[0]
+	}
+	return r.do(name, http.MethodGet, path, "", "", opt)
+}
+
+// postJSON records a POST with a JSON (or deliberately broken) body.
+func (r *run) postJSON(name, path, body string, o ...stepOpts) response {
+	r.t.Helper()
+	var opt stepOpts
+	if len(o) > 0 {
+		opt = o[0]
+	}
+	return r.do(name, http.MethodPost, path, body, "application/json", opt)
+}
+
+// wsClient reads a WebSocket the way the comparison needs it: JSON
+// messages as type + normalised data, binary frames decoded. A run of
+// consecutive status messages is recorded as its last value, and only when
+// that differs from the last status recorded: status is a snapshot, and how
+// many broadcasts one change takes is not part of the contract (ComfyUI
+// itself sends some twice).
+type wsClient struct {
+	r          *run
+	c          *websocket.Conn
+	name       string
+	pending    string
+	lastStatus string
+	seq        []string
+}
+
+func (r *run) dial(name, path string) *wsClient {
+	r.t.Helper()
 	h := http.Header{}
-	if tg.auth {
-		r, _ := http.NewRequest(http.MethodGet, "/", nil)
-		r.SetBasicAuth(user, password)
-		h.Set("Authorization", r.Header.Get("Authorization"))
+	if r.tg.auth {
+		req, _ := http.NewRequest(http.MethodGet, "/", nil)
+		req.SetBasicAuth(user, password)
+		h.Set("Authorization", req.Header.Get("Authorization"))
 	}
-	c, _, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(tg.base, "http")+"/ws?clientId="+clientID,
-		&websocket.DialOptions{HTTPHeader: h})
-	require.NoError(t, err)
-	c.SetReadLimit(8 << 20)
-	t.Cleanup(func() { _ = c.CloseNow() })
-	return c
+	c, _, err := websocket.Dial(r.ctx, "ws"+strings.TrimPrefix(r.tg.base, "http")+path, &websocket.DialOptions{HTTPHeader: h})
+	require.NoError(r.t, err)
+	c.SetReadLimit(16 << 20)
+	r.t.Cleanup(func() { _ = c.CloseNow() })
+	return &wsClient{r: r, c: c, name: name}
 }
 
-// shape renders a JSON value's structure: object keys (sorted) with the
-// shapes of their values, arrays as the set of their element shapes,
-// scalars as their type. Maps keyed by ids (history, outputs, node_errors)
-// are normalised through idKeyed.
-func shape(v any, path string) string {
-	switch t := v.(type) {
-	case map[string]any:
-		keys := make([]string, 0, len(t))
-		for k := range t {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		if idKeyed(path) {
-			// Keys are prompt or node ids: compare one value's shape.
-			seen := map[string]bool{}
-			for _, k := range keys {
-				seen[shape(t[k], path+".*")] = true
-			}
-			return "{*:" + strings.Join(sortedKeys(seen), "|") + "}"
-		}
-		parts := make([]string, len(keys))
-		for i, k := range keys {
-			parts[i] = k + ":" + shape(t[k], path+"."+k)
-		}
-		return "{" + strings.Join(parts, ",") + "}"
-	case []any:
-		seen := map[string]bool{}
-		for _, e := range t {
-			seen[shape(e, path+"[]")] = true
-		}
-		return "[" + strings.Join(sortedKeys(seen), "|") + "]"
-	case string:
-		return "s"
-	case float64:
-		return "n"
-	case bool:
-		return "b"
-	case nil:
-		return "null"
+func (w *wsClient) flush() {
+	if w.pending != "" && w.pending != w.lastStatus {
+		w.seq = append(w.seq, "status "+w.pending)
+		w.lastStatus = w.pending
 	}
-	return fmt.Sprintf("%T", v)
+	w.pending = ""
 }
 
-func idKeyed(path string) bool {
-	for _, suf := range []string{"$history", ".outputs", ".meta", ".node_errors", "$object_info"} {
-		if strings.HasSuffix(path, suf) {
-			return true
-		}
-	}
-	return false
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func jsonShape(t *testing.T, b []byte, root string) string {
+// until reads until stop says so (the stopping message included) and
+// records the sequence read under step.
+func (w *wsClient) until(step string, stop func(typ string, data comfyvalidate.Object) bool) {
+	t := w.r.t
 	t.Helper()
-	if len(b) == 0 {
-		return "<empty>"
-	}
-	var v any
-	if json.Unmarshal(b, &v) != nil {
-		// ComfyUI answers most refusals with an empty body, the proxy
-		// with a plain-text reason: clients read only the status.
-		return "<empty>"
-	}
-	return shape(v, root)
-}
-
-type step struct {
-	name, method, path, body, root string
-}
-
-// session is the scripted client: uploads, a valid prompt, error cases,
-// then every read route; each under / and /api.
-func session(t *testing.T, tg target) []string {
-	var out []string
-	record := func(name string, status int, body []byte, root string) {
-		out = append(out, fmt.Sprintf("%s -> %d %s", name, status, jsonShape(t, body, root)))
-	}
-	wf, err := os.ReadFile("../../pkg/comfysim/testdata/workflow-noweights.json")
-	require.NoError(t, err)
-
-	// Upload an input image (and the same again: dedupe).
-	png := minimalPNG()
-	for i := 0; i < 2; i++ {
-		var buf bytes.Buffer
-		mw := multipart.NewWriter(&buf)
-		fw, _ := mw.CreateFormFile("image", "example.png")
-		_, _ = fw.Write(png)
-		_ = mw.Close()
-		st, b := tg.req(t, http.MethodPost, "/upload/image", &buf, mw.FormDataContentType())
-		record("upload", st, b, "")
-		require.Contains(t, string(b), `"example.png"`)
-	}
-
-	// A prompt followed over the WebSocket.
-	ws := tg.dial(t, "conformance-client")
-	var events []string
-	readUntil := func(stop func(typ string, data map[string]any) bool) {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		for {
-			typ, data, err := ws.Read(ctx)
-			require.NoError(t, err, "events so far: %v", events)
-			if typ == websocket.MessageBinary {
-				events = append(events, "binary")
-				continue
-			}
-			var m struct {
-				Type string         `json:"type"`
-				Data map[string]any `json:"data"`
-			}
-			require.NoError(t, json.Unmarshal(data, &m))
-			// progress_state and status counts are timing-dependent
-			// between a local worker and a queue; the durable sequence is
-			// what must match.
-			if m.Type != "progress_state" && m.Type != "status" {
-				events = append(events, m.Type+":"+shape(m.Data, "ws"))
-			}
-			if stop(m.Type, m.Data) {
-				return
-			}
-		}
-	}
-	readUntil(func(typ string, _ map[string]any) bool { return typ == "status" })
-	st, b := tg.req(t, http.MethodPost, "/prompt", strings.NewReader(`{"prompt": `+string(wf)+`, "client_id": "conformance-client"}`), "application/json")
-	record("prompt", st, b, "")
-	require.Equal(t, http.StatusOK, st, string(b))
-	var acc struct {
-		PromptID string `json:"prompt_id"`
-	}
-	require.NoError(t, json.Unmarshal(b, &acc))
-	readUntil(func(typ string, d map[string]any) bool { return typ == "executing" && d["node"] == nil })
-	out = append(out, "ws: "+strings.Join(events, " "))
-
-	// Error cases.
-	for _, e := range []step{
-		{"no prompt", "POST", "/prompt", `{}`, ""},
-		{"unknown class", "POST", "/prompt", `{"prompt": {"1": {"class_type": "Nope", "inputs": {}}}}`, ""},
-		{"no outputs", "POST", "/prompt", `{"prompt": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}}`, ""},
-		{"failed validation", "POST", "/prompt", `{"prompt": {"1": {"class_type": "EmptyImage", "inputs": {"width": 0}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}}`, ""},
-		{"missing upload", "POST", "/prompt", `{"prompt": {"1": {"class_type": "LoadImage", "inputs": {"image": "nope.png"}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}}`, ""},
-		{"view missing", "GET", "/view?filename=nope.png", "", ""},
-		{"view no filename", "GET", "/view", "", ""},
-		{"view traversal", "GET", "/view?filename=../x.png", "", ""},
-		{"view bad type", "GET", "/view?filename=a.png&type=models", "", ""},
-		{"history unknown", "GET", "/history/00000000-0000-4000-8000-000000000000", "", ""},
-		{"model folder unknown", "GET", "/models/nope", "", ""},
-	} {
-		for _, prefix := range []string{"", "/api"} {
-			st, b := tg.req(t, e.method, prefix+e.path, strings.NewReader(e.body), "application/json")
-			record(prefix+" "+e.name, st, b, e.root)
-		}
-	}
-
-	// Read routes.
-	for _, r := range []step{
-		{"prompt", "GET", "/prompt", "", ""},
-		{"queue", "GET", "/queue", "", ""},
-		{"history", "GET", "/history", "", "$history"},
-		{"history max", "GET", "/history?max_items=1&offset=0", "", "$history"},
-		{"history item", "GET", "/history/" + acc.PromptID, "", "$history"},
-		{"view output", "GET", "/view?filename=noweights_00001_.png&subfolder=sim&type=output", "", ""},
-		{"view input", "GET", "/view?filename=example.png%20%5Binput%5D", "", ""},
-		{"view preview", "GET", "/view?filename=noweights_00001_.png&subfolder=sim&type=output&preview=jpeg;50", "", ""},
-		{"view preview webp alpha", "GET", "/view?filename=noweights_00001_.png&subfolder=sim&preview=webp&channel=rgba", "", ""},
-		{"view channel rgb", "GET", "/view?filename=noweights_00001_.png&subfolder=sim&channel=rgb", "", ""},
-		{"view channel a", "GET", "/view?filename=noweights_00001_.png&subfolder=sim&channel=a", "", ""},
-		{"object_info", "GET", "/object_info", "", "$object_info"},
-		{"object_info one", "GET", "/object_info/SaveImage", "", "$object_info"},
-		{"object_info unknown", "GET", "/object_info/Nope", "", "$object_info"},
-		{"embeddings", "GET", "/embeddings", "", ""},
-		{"models checkpoints", "GET", "/models/checkpoints", "", ""},
-		{"features", "GET", "/features", "", ""},
-		{"jobs", "GET", "/api/jobs", "", "$jobs"},
-		{"jobs completed", "GET", "/api/jobs?status=completed,failed,cancelled&limit=200&offset=0", "", "$jobs"},
-		{"jobs queue", "GET", "/api/jobs?status=in_progress,pending", "", "$jobs"},
-		{"job", "GET", "/api/jobs/" + acc.PromptID, "", "$job"},
-		{"job unknown", "GET", "/api/jobs/00000000-0000-4000-8000-000000000000", "", ""},
-		{"jobs bad status", "GET", "/api/jobs?status=bogus", "", ""},
-		{"jobs bad limit", "GET", "/api/jobs?limit=-1", "", ""},
-	} {
-		for _, prefix := range []string{"", "/api"} {
-			st, b := tg.req(t, r.method, prefix+r.path, nil, "")
-			record(prefix+" "+r.name, st, b, r.root)
-		}
-	}
-	// Queue and history control: deleting unknown ids, clearing an empty
-	// queue and interrupting when nothing runs are quiet no-ops; deleting
-	// a finished prompt from the history removes it.
-	for _, c := range []step{
-		{"queue delete unknown", "POST", "/queue", `{"delete": ["00000000-0000-4000-8000-000000000000"]}`, ""},
-		{"queue clear", "POST", "/queue", `{"clear": true}`, ""},
-		{"interrupt idle", "POST", "/interrupt", `{}`, ""},
-		{"interrupt other", "POST", "/interrupt", `{"prompt_id": "00000000-0000-4000-8000-000000000000"}`, ""},
-		{"job cancel unknown", "POST", "/api/jobs/00000000-0000-4000-8000-000000000000/cancel", `{}`, ""},
-		{"jobs cancel bad id", "POST", "/api/jobs/cancel", `{"job_ids": ["nope"]}`, ""},
-		{"jobs cancel unknown", "POST", "/api/jobs/cancel", `{"job_ids": ["00000000-0000-4000-8000-000000000000"]}`, ""},
-		{"history delete", "POST", "/history", `{"delete": ["` + acc.PromptID + `"]}`, ""},
-	} {
-		st, b := tg.req(t, c.method, c.path, strings.NewReader(c.body), "application/json")
-		record(c.name, st, b, c.root)
-	}
-	// The deletion reaches the proxy's view of the job state asynchronously.
-	require.Eventually(t, func() bool {
-		_, b := tg.req(t, http.MethodGet, "/history/"+acc.PromptID, nil, "")
-		return strings.TrimSpace(string(b)) == "{}"
-	}, 5*time.Second, 20*time.Millisecond, "%s: history entry not deleted", tg.name)
-	st, b = tg.req(t, http.MethodGet, "/history/"+acc.PromptID, nil, "")
-	record("history item deleted", st, b, "$history")
-	return out
-}
-
-// minimalPNG is a 1×1 PNG.
-func minimalPNG() []byte {
-	return []byte("\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\xcf\xc0\xf0\x1f\x00\x05\x00\x01\xff\x89\x99=\x1d\x00\x00\x00\x00IEND\xaeB`\x82")
-}
-
-func TestConformance(t *testing.T) {
-	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(w.r.ctx, 30*time.Second)
 	defer cancel()
+	w.seq = nil
+	for {
+		typ, b, err := w.c.Read(ctx)
+		require.NoError(t, err, "%s %s: so far %v", w.r.tg.name, step, w.seq)
+		if typ == websocket.MessageBinary {
+			w.flush()
+			w.seq = append(w.seq, w.r.n.binaryFrame(b))
+			continue
+		}
+		v, err := comfyvalidate.DecodeJSON(b)
+		require.NoError(t, err)
+		msg, _ := v.(comfyvalidate.Object)
+		mt, _ := msg.Str("type")
+		dv, _ := msg.Get("data")
+		data, _ := dv.(comfyvalidate.Object)
+		rendered := w.r.n.render(dv, false)
+		if mt == "status" {
+			w.pending = rendered
+			if _, hasSID := data.Get("sid"); hasSID {
+				w.flush()
+			}
+		} else {
+			w.flush()
+			w.seq = append(w.seq, mt+" "+rendered)
+		}
+		if stop(mt, data) {
+			w.flush()
+			break
+		}
+	}
+	w.r.record(w.name+" "+step, strings.Join(w.seq, "\n    "))
+}
 
-	sim, err := comfysim.New(comfysim.Config{Dir: t.TempDir(), StepDelay: -1})
+// endOf stops at the closing "executing null" of prompt id.
+func endOf(id string) func(string, comfyvalidate.Object) bool {
+	return func(typ string, d comfyvalidate.Object) bool {
+		node, hasNode := d.Get("node")
+		pid, _ := d.Str("prompt_id")
+		return typ == "executing" && hasNode && node == nil && pid == id
+	}
+}
+
+// executingNode stops when node starts executing.
+func executingNode(node string) func(string, comfyvalidate.Object) bool {
+	return func(typ string, d comfyvalidate.Object) bool {
+		n, _ := d.Str("node")
+		return typ == "executing" && n == node
+	}
+}
+
+func startTargets(t *testing.T, ctx context.Context, simCfg func(*comfysim.Config), stackCfg func(*stack.Config)) (target, target) {
+	t.Helper()
+	cfg := comfysim.Config{Dir: t.TempDir(), StepDelay: -1, DeviceName: deviceName}
+	if simCfg != nil {
+		simCfg(&cfg)
+	}
+	sim, err := comfysim.New(cfg)
 	require.NoError(t, err)
 	require.NoError(t, sim.Start(ctx, "127.0.0.1:0"))
 	t.Cleanup(func() { _ = sim.Close() })
 
-	st, err := stack.Start(ctx, stack.Config{Dir: t.TempDir(), Users: []string{user}, Password: password, GPUs: 1, StepDelay: -1})
+	sc := stack.Config{Dir: t.TempDir(), Users: []string{user}, Password: password, GPUs: 1, StepDelay: -1, Logger: zerolog.Nop()}
+	if simCfg != nil {
+		sc.ConfigureSim = func(_ int, c *comfysim.Config) { simCfg(c) }
+	}
+	if stackCfg != nil {
+		stackCfg(&sc)
+	}
+	st, err := stack.Start(ctx, sc)
 	require.NoError(t, err)
 	t.Cleanup(func() { st.Stop(context.Background()) })
 
-	direct := session(t, target{name: "simulator", base: sim.URL()})
-	through := session(t, target{name: "atelier", base: st.ProxyURL() + "/" + user, auth: true})
-	require.Equal(t, len(direct), len(through))
-	var diffs []string
-	for i := range direct {
-		if direct[i] != through[i] && !knownDifference(direct[i], through[i]) {
-			diffs = append(diffs, "simulator: "+direct[i]+"\natelier:   "+through[i])
-		}
-	}
-	require.Empty(t, diffs, "\n%s", strings.Join(diffs, "\n\n"))
+	return target{name: "simulator", base: sim.URL(), sims: []*comfysim.Server{sim}},
+		target{name: "atelier", base: st.ProxyURL() + "/" + user, auth: true, sims: st.Runtime.Simulators()}
 }
 
-// knownDifference lists documented, deliberate differences (README of this
-// package). Every entry needs a reason.
-func knownDifference(sim, atelier string) bool {
-	return false
+// compare runs script against both targets and reports every step whose
+// record differs.
+func compare(t *testing.T, ctx context.Context, direct, through target, script func(r *run)) {
+	t.Helper()
+	ref := &run{t: t, tg: direct, n: newNormalizer(), ctx: ctx}
+	script(ref)
+	got := &run{t: t, tg: through, n: newNormalizer(), ref: ref.out, ctx: ctx}
+	script(got)
+	if dir := os.Getenv("CONFORMANCE_DUMP"); dir != "" {
+		// For reading the two records side by side.
+		_ = os.WriteFile(filepath.Join(dir, t.Name()+".simulator.txt"), []byte(strings.Join(ref.out, "\n")+"\n"), 0o644)
+		_ = os.WriteFile(filepath.Join(dir, t.Name()+".atelier.txt"), []byte(strings.Join(got.out, "\n")+"\n"), 0o644)
+	}
+	require.Equal(t, len(ref.out), len(got.out), "the script took a different path")
+	var diffs []string
+	for i := range ref.out {
+		if ref.out[i] != got.out[i] && !knownDifference(ref.out[i]) {
+			diffs = append(diffs, "simulator: "+ref.out[i]+"\natelier:   "+got.out[i])
+		}
+	}
+	require.Empty(t, diffs, "%d of %d steps differ:\n%s", len(diffs), len(ref.out), strings.Join(diffs, "\n\n"))
+}
+
+// The whole baseline surface, under / and under /api.
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	direct, through := startTargets(t, ctx, nil, nil)
+	compare(t, ctx, direct, through, func(r *run) {
+		for _, prefix := range []string{"", "/api"} {
+			session(r, prefix)
+		}
+	})
+}
+
+// Newer clients (2026-era ComfyUI): missing_node_type and the prompt_id
+// check.
+func TestConformanceNewer(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	direct, through := startTargets(t, ctx,
+		func(c *comfysim.Config) { c.MissingNodeType, c.CheckPromptID = true, true },
+		func(c *stack.Config) { c.NewerErrors = true })
+	compare(t, ctx, direct, through, func(r *run) {
+		for _, prefix := range []string{"", "/api"} {
+			newerSession(r, prefix)
+		}
+	})
+}
+
+// knownDifferences are steps whose records differ for a reason outside the
+// API the proxy serves, each with that reason (README.md). Deliberate
+// differences are normalised instead (normalize_test.go); this list is
+// for what has yet to be fixed elsewhere and should be empty.
+var knownDifferences = map[string]string{
+	"GET /view Range output": "the agent runs the prompt with <user>/ in front of filename_prefix, and " +
+		"SaveImage embeds that prompt in the PNG's text chunk: the participant's file is 8 bytes longer " +
+		"(its pixels are the same, see GET /view output). To fix in the agent.",
+}
+
+func knownDifference(record string) bool {
+	name, _, _ := strings.Cut(record, " -> ")
+	if i := strings.Index(name, "] "); i >= 0 {
+		name = name[i+2:]
+	}
+	_, ok := knownDifferences[name]
+	return ok
 }
