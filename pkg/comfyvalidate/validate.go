@@ -263,7 +263,7 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 	}
 	inputs, ok := inputsV.(Object)
 	if !ok {
-		return validated{}, &PyException{"AttributeError", fmt.Sprintf("'%s' Object has no attribute 'get'", PyTypeName(inputsV))}
+		return validated{}, &PyException{"AttributeError", fmt.Sprintf("'%s' object has no attribute 'get'", PyTypeName(inputsV))}
 	}
 	classV, _ := node.Get("class_type")
 	def, _ := lookupClass(v.cat, classV)
@@ -551,7 +551,7 @@ func pyInt(val any) (*big.Int, string) {
 		}
 		return i, ""
 	default:
-		return nil, fmt.Sprintf("int() argument must be a string, a bytes-like Object or a real number, not '%s'", PyTypeName(val))
+		return nil, fmt.Sprintf("int() argument must be a string, a bytes-like object or a real number, not '%s'", PyTypeName(val))
 	}
 }
 
