@@ -30,6 +30,8 @@ type state struct {
 	// stopped are attempts the broker ended while their agent may still
 	// run them (see stop.go).
 	stopped map[string]*stoppedAttempt
+	// scanning is set while scanTickets reads DISPATCH.
+	scanning bool
 }
 
 type jobEntry struct {

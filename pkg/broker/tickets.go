@@ -183,12 +183,19 @@ func (b *Broker) removeTicket(ctx context.Context, seq uint64) {
 }
 
 // checkTickets re-releases waiting jobs whose ticket vanished from
-// DISPATCH (on the core, every TicketCheckInterval). Only tickets this
-// broker released are checked: after a restart the tickets in the stream
-// are the ones the agents see, and dead ones come through DEADTICKETS.
+// DISPATCH (on the core, every TicketCheckInterval). A ticket this broker
+// released is looked up by its sequence. Tickets released before a
+// restart are not known by sequence; an embedded server killed without a
+// sync can also lose a ticket it had acknowledged while the job's record
+// says dispatched. For those the stream is scanned once, off the core.
 func (b *Broker) checkTickets(ctx context.Context) {
+	unknown := false
 	for _, e := range b.state.jobs {
-		if e.rec.State != wire.StateDispatched || e.rec.Agent != "" || e.ticketSeq == 0 {
+		if e.rec.State != wire.StateDispatched || e.rec.Agent != "" {
+			continue
+		}
+		if e.ticketSeq == 0 {
+			unknown = true
 			continue
 		}
 		_, err := b.res.Dispatch.GetMsg(ctx, e.ticketSeq)
@@ -199,4 +206,62 @@ func (b *Broker) checkTickets(ctx context.Context) {
 			b.log.Error().Err(err).Str("job", e.rec.ID).Msg("release a vanished ticket again")
 		}
 	}
+	if unknown && !b.state.scanning {
+		b.state.scanning = true
+		b.wg.Add(1)
+		go b.scanTickets(ctx)
+	}
+}
+
+// scanTickets reads every ticket in DISPATCH (off the core) and then, on
+// the core, notes where the waiting jobs' tickets lie and releases a new
+// one for each job whose ticket is not there.
+func (b *Broker) scanTickets(ctx context.Context) {
+	defer b.wg.Done()
+	found := map[string]wire.Ticket{} // JOBS key → its newest ticket in the stream
+	seqs := map[string]uint64{}
+	scanned := true
+	info, err := b.res.Dispatch.Info(ctx)
+	if err != nil {
+		b.log.Warn().Err(err).Msg("scan DISPATCH; will retry")
+		scanned = false
+	} else if info.State.Msgs > 0 {
+		for seq := info.State.FirstSeq; seq <= info.State.LastSeq && ctx.Err() == nil; seq++ {
+			raw, err := b.res.Dispatch.GetMsg(ctx, seq)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				continue
+			}
+			if err != nil {
+				b.log.Warn().Err(err).Uint64("seq", seq).Msg("scan DISPATCH; will retry")
+				scanned = false
+				break
+			}
+			var t wire.Ticket
+			if json.Unmarshal(raw.Data, &t) != nil {
+				continue
+			}
+			key := wire.JobKey(t.User, t.JobID)
+			if prev, ok := found[key]; !ok || t.Release >= prev.Release {
+				found[key], seqs[key] = t, seq
+			}
+		}
+	}
+	_ = b.do(ctx, func() {
+		b.state.scanning = false
+		if !scanned {
+			return
+		}
+		for key, e := range b.state.jobs {
+			if e.rec.State != wire.StateDispatched || e.rec.Agent != "" || e.ticketSeq != 0 {
+				continue // held, or released since the scan began
+			}
+			if t, ok := found[key]; ok && t.Release >= e.rec.Releases {
+				e.ticketSeq = seqs[key]
+				continue
+			}
+			if err := b.rerelease(ctx, e, "no ticket for it in DISPATCH"); err != nil {
+				b.log.Error().Err(err).Str("job", e.rec.ID).Msg("release a lost ticket again")
+			}
+		}
+	})
 }
