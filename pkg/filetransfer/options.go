@@ -117,9 +117,12 @@ type Stats struct {
 
 // DefaultWindowBytes is how much data may be in flight by default: enough to
 // keep a loopback or LAN link busy, small enough that the receiver's memory
-// (which holds the window, twice over counting the NATS client's buffers and
-// the garbage collector's slack) stays far below 100 MB per transfer.
-const DefaultWindowBytes = 16 << 20
+// (which holds the window several times over, counting the NATS server's and
+// client's buffers and the garbage collector's slack) stays below 100 MB per
+// transfer. Measured on the 4 GiB benchmark with direct staging writes:
+// 16 MiB in 4 MiB chunks grew the broker by 105-122 MB, 12 MiB in 2 MiB
+// chunks by 65 MB at the same rate (docs/BENCHMARKS.md).
+const DefaultWindowBytes = 12 << 20
 
 // windowFor is the number of chunks in flight: n when set, else
 // DefaultWindowBytes worth of chunks, at least 2.

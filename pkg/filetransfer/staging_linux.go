@@ -35,3 +35,13 @@ func preallocate(f *os.File, size int64) error {
 func startWriteback(f *os.File, off, n int64) {
 	_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
+
+// openDirect opens path for writing with O_DIRECT, or returns nil where the
+// file system does not support it (tmpfs, some overlays).
+func openDirect(path string) *os.File {
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		return nil
+	}
+	return f
+}
