@@ -65,6 +65,9 @@ func TestParticipantsAreIsolated(t *testing.T) {
 	}
 	aliceWS := tb.dial(t, alice, sid)
 	running := tb.submit(t, alice, bytes.Replace(workflow(t, 2), []byte(`"client_id": ""`), []byte(`"client_id": "`+sid+`"`), 1))
+	readUntil(t, tb.ctx, aliceWS, func(m msg) bool {
+		return m.Type == "executing" && m.Data.Node != nil && *m.Data.Node == "3" && m.Data.PromptID == running
+	})
 	queued := tb.submit(t, alice, workflow(t, 3))
 	require.Eventually(t, func() bool {
 		r, p := tb.queueIDs(t, alice)
