@@ -282,7 +282,7 @@ func TestFrontendReplay(t *testing.T) {
 	require.Empty(t, queue.Running)
 	require.Empty(t, queue.Pending)
 	var hist map[string]struct {
-		Prompt  []json.RawMessage                     `json:"prompt"`
+		Prompt  []json.RawMessage                      `json:"prompt"`
 		Outputs map[string]map[string][]map[string]any `json:"outputs"`
 		Status  struct {
 			StatusStr string `json:"status_str"`
