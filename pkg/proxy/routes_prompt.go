@@ -40,34 +40,11 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := p.reqCtx(r)
 	defer cancel()
 
-	cat, err := p.catalogs.get(ctx, sess.Pool)
-	if err != nil {
-		// Without the catalog bucket the broker is not there either; the
-		// publish below would tell. Validate what we can.
-		p.log.Warn().Err(err).Str("pool", sess.Pool).Msg("pool catalog unavailable")
-	}
 	opts := parseOptions{stat: p.storeInputs(ctx, sess.User), newerErrors: p.cfg.NewerErrors}
-	pool := sess.Pool
-	req, rerr := parsePromptRequest(body, cat, opts)
-	if rerr != nil && cat != nil {
-		// The participant's pool cannot run it (a node class or model it
-		// lacks): another pool whose catalog has everything can.
-		for _, other := range p.catalogs.poolsExcept(sess.Pool) {
-			oc, _ := p.catalogs.get(ctx, other)
-			if oreq, oerr := parsePromptRequest(body, oc, opts); oerr == nil && oreq.Validated {
-				req, rerr, pool = oreq, nil, other
-				p.log.Info().Str("user", sess.User).Str("pool", other).Msg("prompt goes to another pool that can run it")
-				break
-			}
-		}
-	}
+	req, pool, rerr := p.choosePool(ctx, body, sess, opts)
 	if rerr != nil {
 		rerr.write(w)
 		return
-	}
-	if !req.Validated {
-		p.log.Warn().Str("user", sess.User).Str("pool", sess.Pool).
-			Msg("no catalog for pool yet: prompt accepted without checking its node classes")
 	}
 
 	job := wire.Job{
@@ -83,6 +60,11 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		Inputs:           req.Inputs,
 		SubmittedAt:      time.Now().UTC(),
 	}
+	v, err := p.views.get(ctx, sess.User)
+	if err != nil {
+		p.unavailable(w, r, err)
+		return
+	}
 	// A client-chosen prompt_id may name a job of this participant that
 	// ran before (it runs again, as in ComfyUI) or one still queued or
 	// running (refused: one job record cannot run twice at once). Other
@@ -90,20 +72,26 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 	var generation uint64
 	if job.ID == "" {
 		job.ID = uuid.NewString()
-	} else {
-		v, err := p.views.get(ctx, sess.User)
-		if err != nil {
-			p.unavailable(w, r, err)
+	} else if rec, ok := v.record(job.ID); ok {
+		if rec.State.Pending() {
+			writePromptIDInUse(w, job.ID)
 			return
 		}
-		if rec, ok := v.record(job.ID); ok {
-			if rec.State.Pending() {
-				writePromptIDInUse(w, job.ID)
-				return
-			}
-			generation = rec.SubmitSeq
-		}
+		generation = rec.SubmitSeq
 	}
+	// The participant's cap on unfinished prompts (registry quotas).
+	maxQueued := p.maxQueuedOf(sess.User)
+	if !v.reserveSubmit(job.ID, maxQueued) {
+		writePromptError(w, http.StatusBadRequest, "queue_full", "Your queue is full",
+			fmt.Sprintf("You have %d prompts queued or running, the most you may have at once; wait for one to finish", maxQueued))
+		return
+	}
+	published := false
+	defer func() {
+		if !published {
+			v.releaseSubmit(job.ID)
+		}
+	}()
 	data, err := json.Marshal(job)
 	if err != nil {
 		writePlain(w, http.StatusInternalServerError, "encode job: "+err.Error())
@@ -129,6 +117,7 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		writePromptIDInUse(w, job.ID)
 		return
 	}
+	published = true
 	p.log.Info().Str("user", sess.User).Str("job", job.ID).Uint64("number", ack.Sequence).Msg("prompt queued")
 	nodeErrors := req.NodeErrors
 	if len(nodeErrors) == 0 {
@@ -143,6 +132,64 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		"number":      number,
 		"node_errors": nodeErrors,
 	})
+}
+
+// choosePool validates the prompt against the participant's pool and, when
+// that pool cannot run it (a node class or model it lacks, or no catalog
+// yet), against the other pools in name order: the first pool that can run
+// it takes it. When none can, the refusal is ComfyUI's answer for the
+// participant's own pool (with its node_errors), else for the first other
+// pool; with no catalog anywhere, no GPU side has said what it can run and
+// the prompt is refused as such. Nothing is ever queued unchecked.
+func (p *Proxy) choosePool(ctx context.Context, body []byte, sess session, opts parseOptions) (*promptRequest, string, *requestError) {
+	own, err := p.catalogs.get(ctx, sess.Pool)
+	if err != nil {
+		p.log.Warn().Err(err).Str("pool", sess.Pool).Msg("pool catalog unavailable")
+	}
+	var refusal *requestError
+	if own != nil {
+		req, rerr := parsePromptRequest(body, own, opts)
+		if rerr == nil {
+			return req, sess.Pool, nil
+		}
+		refusal = rerr
+	}
+	for _, other := range p.catalogs.poolsExcept(sess.Pool) {
+		oc, _ := p.catalogs.get(ctx, other)
+		if oc == nil {
+			continue
+		}
+		req, rerr := parsePromptRequest(body, oc, opts)
+		if rerr == nil {
+			p.log.Info().Str("user", sess.User).Str("pool", other).Msg("prompt goes to another pool that can run it")
+			return req, other, nil
+		}
+		if refusal == nil {
+			refusal = rerr
+		}
+	}
+	if refusal != nil {
+		return nil, "", refusal
+	}
+	// No catalog at all: say what is wrong with the request itself first,
+	// then that nothing can check (or run) it yet.
+	if _, rerr := parsePromptRequest(body, nil, opts); rerr != nil {
+		return nil, "", rerr
+	}
+	return nil, "", &requestError{Status: http.StatusServiceUnavailable, Type: "no_gpu_available",
+		Message: "No GPU is available yet",
+		Details: "No GPU agent has reported what it can run, so the prompt cannot be checked or queued; try again in a moment"}
+}
+
+// maxQueuedOf is the participant's cap on unfinished prompts from the
+// registry (quotas.max_queued), 0 for none. SUBMIT's per-user limit is the
+// workshop-wide ceiling above it.
+func (p *Proxy) maxQueuedOf(user string) int {
+	u, err := p.cfg.Registry.Get(user)
+	if err != nil || u.Quotas == nil || u.Quotas.MaxQueued < 0 {
+		return 0
+	}
+	return u.Quotas.MaxQueued
 }
 
 // writePromptIDInUse refuses a client prompt_id that names a prompt of the

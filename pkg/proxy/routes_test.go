@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -135,20 +136,82 @@ func TestPostPrompt(t *testing.T) {
 	require.JSONEq(t, `{}`, string(job.ExtraData))
 }
 
+// Pool choice at submit: a participant whose pool has no catalog yet (no
+// agent of it has reported) gets their prompt run by a pool that can run
+// it; a prompt no pool can run is refused with ComfyUI's node_errors; with
+// no catalog anywhere nothing is queued unchecked.
 func TestPostPromptWithoutCatalog(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	// carol's pool has no catalog: the classes cannot be checked, the
-	// graph's sinks are the outputs.
-	r := b.postPrompt(carol, `{"prompt": {"1": {"class_type": "Whatever", "inputs": {}},
-		"2": {"class_type": "Sink", "inputs": {"x": ["1", 0]}}, "3": {"class_type": "Sink", "inputs": {"x": ["1", 0]}}}}`)
+	lastJob := func(user string) wire.Job {
+		t.Helper()
+		msg, err := b.res.Submit.GetLastMsgForSubject(b.ctx, wire.SubmitSubject(user))
+		require.NoError(t, err)
+		var job wire.Job
+		require.NoError(t, json.Unmarshal(msg.Data, &job))
+		return job
+	}
+	// carol's pool "bare" has no catalog; the default pool can run it.
+	r := b.postPrompt(carol, `{"prompt": `+testPrompt+`}`)
 	require.Equal(t, http.StatusOK, r.status, string(r.body))
-	msg, err := b.res.Submit.GetLastMsgForSubject(b.ctx, wire.SubmitSubject(carol))
+	job := lastJob(carol)
+	require.Equal(t, wire.DefaultPool, job.Pool)
+	require.Equal(t, []string{"9", "10"}, job.OutputsToExecute)
+
+	// Nobody can run an unknown class: ComfyUI's refusal.
+	r = b.postPrompt(carol, `{"prompt": {"1": {"class_type": "Whatever", "inputs": {}},
+		"2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}}`)
+	require.Equal(t, http.StatusBadRequest, r.status, string(r.body))
+	require.Equal(t, "invalid_prompt", r.json(t)["error"].(map[string]any)["type"])
+	// An input no pool accepts: refused with node_errors.
+	r = b.postPrompt(carol, `{"prompt": {"1": {"class_type": "EmptyImage", "inputs": {"width": "wide"}},
+		"2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}}`)
+	require.Equal(t, http.StatusBadRequest, r.status, string(r.body))
+	require.Equal(t, "prompt_outputs_failed_validation", r.json(t)["error"].(map[string]any)["type"])
+	require.Contains(t, r.json(t)["node_errors"], "1")
+
+	// No catalog anywhere (the agents are gone): nothing is queued.
+	require.NoError(t, b.res.Catalog.Delete(b.ctx, wire.PoolCatalogKey(wire.DefaultPool)))
+	require.Eventually(t, func() bool {
+		return b.postPrompt(alice, `{"prompt": `+testPrompt+`}`).status == http.StatusServiceUnavailable
+	}, 5*time.Second, 10*time.Millisecond)
+	r = b.postPrompt(alice, `{"prompt": `+testPrompt+`}`)
+	require.Equal(t, "no_gpu_available", r.json(t)["error"].(map[string]any)["type"])
+	require.Equal(t, map[string]any{}, r.json(t)["node_errors"])
+	// A request that is wrong in itself still says so.
+	r = b.postPrompt(alice, `{}`)
+	require.Equal(t, http.StatusBadRequest, r.status)
+	require.Equal(t, "no_prompt", r.json(t)["error"].(map[string]any)["type"])
+	info, err := b.res.Submit.Info(b.ctx)
 	require.NoError(t, err)
-	var job wire.Job
-	require.NoError(t, json.Unmarshal(msg.Data, &job))
-	require.Equal(t, carolsPool, job.Pool)
-	require.Equal(t, []string{"2", "3"}, job.OutputsToExecute)
+	require.EqualValues(t, 1, info.State.Msgs, "only the prompt the default pool could check")
+}
+
+// A participant's cap on unfinished prompts (registry quotas.max_queued)
+// is refused at submit in ComfyUI's error shape, counting the prompts
+// still on their way to the broker.
+func TestMaxQueuedQuota(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	_, err := b.reg.Update(b.ctx, alice, func(u *registry.User) error {
+		u.Quotas = &registry.Quotas{MaxQueued: 2}
+		return nil
+	})
+	require.NoError(t, err)
+	for range 2 {
+		r := b.postPrompt(alice, `{"prompt": `+testPrompt+`}`)
+		require.Equal(t, http.StatusOK, r.status, string(r.body))
+	}
+	r := b.postPrompt(alice, `{"prompt": `+testPrompt+`}`)
+	require.Equal(t, http.StatusBadRequest, r.status, string(r.body))
+	e := r.json(t)["error"].(map[string]any)
+	require.Equal(t, "queue_full", e["type"])
+	require.Contains(t, e["details"], "2 prompts")
+	require.Equal(t, map[string]any{}, r.json(t)["node_errors"])
+	// Bob has no cap of his own.
+	for range 3 {
+		require.Equal(t, http.StatusOK, b.postPrompt(bob, `{"prompt": `+testPrompt+`}`).status)
+	}
 }
 
 func TestPostPromptErrors(t *testing.T) {

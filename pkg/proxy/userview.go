@@ -133,10 +133,15 @@ type userView struct {
 	bySID    map[string]*socket
 	// sent is what each client id was sent per job (see sentState); a
 	// client id's entry lives while it has a socket or a job in flight.
-	sent     map[string]map[string]*sentState
-	reserved int // sockets being accepted
-	lastUsed time.Time
-	closed   bool
+	sent map[string]map[string]*sentState
+	// submitting are prompts published (or being published) whose record
+	// has not reached the view yet: they count against the participant's
+	// cap on unfinished prompts. Entries expire (submitTTL) in case a
+	// record never comes.
+	submitting map[string]time.Time
+	reserved   int // sockets being accepted
+	lastUsed   time.Time
+	closed     bool
 }
 
 type jobEntry struct {
@@ -148,14 +153,15 @@ type jobEntry struct {
 
 func newUserView(p *Proxy, user string) *userView {
 	v := &userView{
-		p:        p,
-		user:     user,
-		ready:    make(chan struct{}),
-		jobs:     map[string]*jobEntry{},
-		sockets:  map[*socket]struct{}{},
-		bySID:    map[string]*socket{},
-		sent:     map[string]map[string]*sentState{},
-		lastUsed: time.Now(),
+		p:          p,
+		user:       user,
+		ready:      make(chan struct{}),
+		jobs:       map[string]*jobEntry{},
+		sockets:    map[*socket]struct{}{},
+		bySID:      map[string]*socket{},
+		sent:       map[string]map[string]*sentState{},
+		submitting: map[string]time.Time{},
+		lastUsed:   time.Now(),
 	}
 	v.ctx, v.cancel = context.WithCancel(p.bg)
 	return v
@@ -282,6 +288,7 @@ func (v *userView) applyEntry(e jetstream.KeyValueEntry, initial bool) {
 		}
 		return
 	}
+	delete(v.submitting, id)
 	var rec wire.JobRecord
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		v.p.log.Error().Err(err).Str("key", e.Key()).Msg("undecodable job record ignored")
@@ -600,6 +607,38 @@ func (v *userView) sendEventLocked(s *socket, jobID string, ev *wire.Event, node
 		data = json.RawMessage("{}")
 	}
 	v.sendLocked(s, textFrame(ev.Type, data))
+}
+
+// submitTTL bounds how long a published prompt counts against the cap
+// before its record shows up: the broker takes a prompt in within
+// milliseconds, unless it dropped it.
+const submitTTL = 30 * time.Second
+
+// reserveSubmit counts prompt id against the participant's cap on
+// unfinished prompts (max, 0: none) before it is published; false when the
+// participant is at the cap. Counting the ones still on their way keeps
+// two prompts sent at once from both passing.
+func (v *userView) reserveSubmit(id string, max int) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := time.Now()
+	for k, at := range v.submitting {
+		if now.Sub(at) > submitTTL {
+			delete(v.submitting, k)
+		}
+	}
+	if max > 0 && v.pending+len(v.submitting) >= max {
+		return false
+	}
+	v.submitting[id] = now
+	return true
+}
+
+// releaseSubmit forgets a reservation whose prompt was not published.
+func (v *userView) releaseSubmit(id string) {
+	v.mu.Lock()
+	delete(v.submitting, id)
+	v.mu.Unlock()
 }
 
 // queueRemaining is ComfyUI's queue_remaining for the participant.
