@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"flag"
@@ -83,6 +84,8 @@ func run() error {
 	}
 	p, err := proxy.New(proxy.Config{
 		Addr: *listen, Conn: nc, Registry: reg, Store: store, Quotas: quotas, Fallback: up, Logger: log,
+		// Uploads wait on mello's data disk, not in a RAM-backed /tmp.
+		SpoolDir: filepath.Join(layout.Root, "spool", "uploads"),
 	})
 	if err != nil {
 		return err

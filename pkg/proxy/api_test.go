@@ -6,9 +6,12 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -414,4 +417,49 @@ func TestInputManifest(t *testing.T) {
 	r = b.postPrompt(carol, `{"prompt": {"1": {"class_type": "LoadImage", "inputs": {"image": "only-alice.png"}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}, "front": true}`)
 	require.Equal(t, http.StatusBadRequest, r.status)
 	require.Contains(t, string(r.body), "custom_validation_failed")
+}
+
+// An upload waits in Config.SpoolDir (a disk of mello, not /tmp) while it
+// is hashed, and leaves nothing there.
+func TestUploadSpoolDir(t *testing.T) {
+	t.Parallel()
+	spool := filepath.Join(t.TempDir(), "spool", "uploads")
+	b := setup(t, withConfig(func(c *Config) { c.SpoolDir = spool }))
+	entries := func() []os.DirEntry {
+		e, err := os.ReadDir(spool)
+		require.NoError(t, err, "created by New")
+		return e
+	}
+	require.Empty(t, entries())
+
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	req, err := http.NewRequestWithContext(b.ctx, http.MethodPost, b.url+"/"+alice+"/upload/image", pr)
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	req.Header.Set("Authorization", basic(alice))
+	done := make(chan response, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- response{}
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		done <- response{status: resp.StatusCode, body: body}
+	}()
+	fw, err := mw.CreateFormFile("image", "big.bin")
+	require.NoError(t, err)
+	_, err = fw.Write(bytes.Repeat([]byte{7}, 1<<20))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(entries()) == 1 }, 5*time.Second, 5*time.Millisecond,
+		"the upload in flight is spooled there")
+	_, err = fw.Write(bytes.Repeat([]byte{8}, 1<<20))
+	require.NoError(t, err)
+	require.NoError(t, mw.Close())
+	require.NoError(t, pw.Close())
+	r := <-done
+	require.Equal(t, http.StatusOK, r.status, string(r.body))
+	require.Empty(t, entries(), "nothing left behind")
 }

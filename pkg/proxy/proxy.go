@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -89,6 +90,12 @@ type Config struct {
 	PositionInterval time.Duration
 	// RequestTimeout bounds each NATS operation of a request. Default 10 s.
 	RequestTimeout time.Duration
+	// SpoolDir is where an upload waits while its sha256 is computed (the
+	// name it gets depends on it): up to MaxUploadBytes per upload, several
+	// at once, so a disk of mello rather than a RAM-backed /tmp; on the
+	// file store's disk for the Disk store. Created when missing. Default:
+	// os.TempDir().
+	SpoolDir string
 	// Quotas, when set, refuses uploads that would put a participant over
 	// their disk quota on mello (413 with the reason). Nil: no quota.
 	Quotas *retention.Quotas
@@ -136,6 +143,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.SpoolDir == "" {
+		c.SpoolDir = os.TempDir()
 	}
 }
 
@@ -203,6 +213,9 @@ func New(cfg Config) (*Proxy, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
+		return nil, fmt.Errorf("proxy: upload spool directory: %w", err)
 	}
 	js, err := jetstream.New(cfg.Conn)
 	if err != nil {

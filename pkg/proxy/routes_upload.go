@@ -78,7 +78,7 @@ func (p *Proxy) parseUpload(w http.ResponseWriter, r *http.Request) (*upload, bo
 		}
 		name := part.FormName()
 		if name == "image" && part.FileName() != "" && u.file == nil {
-			if err := u.spool(part, os.TempDir()); err != nil {
+			if err := u.spool(part, p.cfg.SpoolDir); err != nil {
 				var tooBig *http.MaxBytesError
 				if errors.As(err, &tooBig) {
 					return fail(http.StatusRequestEntityTooLarge, fmt.Sprintf("Maximum request body size %d exceeded", p.cfg.MaxUploadBytes))

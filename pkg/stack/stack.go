@@ -118,6 +118,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	s.Proxy, err = proxy.New(proxy.Config{
 		Addr: "127.0.0.1:0", Conn: s.proxyConn, Registry: s.Registry,
 		Store: store, Quotas: quotas, Fallback: cfg.UIFallback, NewerErrors: cfg.NewerErrors, Logger: cfg.Logger,
+		SpoolDir: s.Layout.Root + "/spool/uploads",
 	})
 	if err != nil {
 		return nil, err
