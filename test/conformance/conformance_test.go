@@ -150,7 +150,7 @@ func (r *run) do(name, method, path, body, ct string, o stepOpts) response {
 	resp, n, desc := attempt()
 	if o.settle && r.ref != nil && len(r.out) < len(r.ref) {
 		want := r.ref[len(r.out)]
-		deadline := time.Now().Add(3 * time.Second)
+		deadline := time.Now().Add(10 * time.Second)
 		for r.n.clone().str(name)+" -> "+desc != want && time.Now().Before(deadline) {
 			time.Sleep(25 * time.Millisecond)
 			resp, n, desc = attempt()
