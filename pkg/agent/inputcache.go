@@ -120,11 +120,12 @@ func (c *inputCache) acquire(ctx context.Context, sha string, size int64, fetch 
 		if e := c.entries[sha]; e != nil {
 			if st, err := os.Stat(path); err == nil && st.Size() == size {
 				e.refs++
-				e.used = time.Now()
+				used := time.Now()
+				e.used = used
 				c.mu.Unlock()
 				// The modification time is the use time an agent started
 				// later evicts by.
-				_ = os.Chtimes(path, time.Time{}, e.used)
+				_ = os.Chtimes(path, time.Time{}, used)
 				return path, c.releaser(e), nil
 			}
 			c.dropLocked(sha) // gone or damaged: fetch it again
