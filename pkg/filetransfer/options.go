@@ -74,8 +74,8 @@ func CommitTime(size int64) time.Duration {
 	return time.Duration(size / CommitRate * int64(time.Second))
 }
 
-// WithReconnectTimeout bounds how long Send waits for a dropped connection
-// to come back before giving up. Default 5 min.
+// WithReconnectTimeout bounds how long Send and Fetch wait for a dropped
+// connection to come back before giving up. Default 5 min.
 func WithReconnectTimeout(d time.Duration) Option { return func(o *options) { o.reconnectTimeout = d } }
 
 // WithRetries sets how many consecutive failed attempts (timeouts, no
@@ -110,7 +110,7 @@ type Stats struct {
 	Resends int64
 	// Attempts counts opens (uploads) or chunk request retries (downloads).
 	Attempts int
-	// Reconnects counts the times an upload waited for the connection to
+	// Reconnects counts the times a transfer waited for the connection to
 	// come back and resumed.
 	Reconnects int
 }

@@ -58,8 +58,8 @@ func Send(ctx context.Context, nc *nats.Conn, subjectPrefix, agentID string, met
 	s.log = o.logger.With().Str("transfer", meta.TransferID).Stringer("ref", meta.Ref).Logger()
 	// Status changes interrupt a stream at once when the connection drops,
 	// instead of after a chunk acknowledgement timeout.
-	s.status = nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED, nats.CLOSED)
-	defer nc.RemoveStatusListener(s.status)
+	s.link = newLink(nc, o.reconnectTimeout)
+	defer s.link.close()
 	return s.run(ctx)
 }
 
@@ -91,60 +91,7 @@ type sender struct {
 	stats *Stats
 	log   zerolog.Logger
 	gen   uint64
-	// status reports the connection's status changes.
-	status chan nats.Status
-}
-
-// errDisconnected marks an attempt cut short by the connection dropping:
-// Send waits for the reconnection and resumes.
-var errDisconnected = errors.New("NATS connection lost")
-
-// connErr is the error of an attempt that found the connection down.
-func (s *sender) connErr() error {
-	if s.nc.IsClosed() {
-		return nats.ErrConnectionClosed
-	}
-	return errDisconnected
-}
-
-// lostConnection reports whether err came from the connection dropping
-// (rather than from the receiver or the file), so that the right answer is
-// to wait for the client to reconnect.
-func (s *sender) lostConnection(err error) bool {
-	if s.nc.IsClosed() {
-		return false // closed by its owner: nothing will come back
-	}
-	switch {
-	case errors.Is(err, errDisconnected), errors.Is(err, nats.ErrReconnectBufExceeded),
-		errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionReconnecting):
-		return true
-	}
-	return retryable(err) && !s.nc.IsConnected()
-}
-
-// awaitConnected waits until the client has reconnected, the connection was
-// closed, ctx ends or the reconnect timeout passes.
-func (s *sender) awaitConnected(ctx context.Context) error {
-	deadline := time.NewTimer(s.o.reconnectTimeout)
-	defer deadline.Stop()
-	poll := time.NewTicker(50 * time.Millisecond)
-	defer poll.Stop()
-	for {
-		switch {
-		case s.nc.IsConnected():
-			return nil
-		case s.nc.IsClosed():
-			return nats.ErrConnectionClosed
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline.C:
-			return fmt.Errorf("%w: NATS did not reconnect within %s", ErrTimeout, s.o.reconnectTimeout)
-		case <-s.status:
-		case <-poll.C:
-		}
-	}
+	link  *link
 }
 
 func (s *sender) run(ctx context.Context) (filestore.Ref, error) {
@@ -178,7 +125,7 @@ func (s *sender) run(ctx context.Context) (filestore.Ref, error) {
 		if progressed {
 			failures, reconnects = 0, 0
 		}
-		if s.lostConnection(err) {
+		if s.link.lost(err) {
 			// Not a failure of the transfer: wait for the client to
 			// reconnect (that wait is the backoff), then reopen, which
 			// tells where the receiver is.
@@ -186,7 +133,7 @@ func (s *sender) run(ctx context.Context) (filestore.Ref, error) {
 				return filestore.Ref{}, fmt.Errorf("filetransfer: send %s: connection lost %d times without progress: %w", s.meta.Ref, reconnects, err)
 			}
 			s.log.Info().Err(err).Msg("connection lost during upload; waiting for NATS to reconnect")
-			if werr := s.awaitConnected(ctx); werr != nil {
+			if werr := s.link.await(ctx); werr != nil {
 				return filestore.Ref{}, fmt.Errorf("filetransfer: send %s: %w (after: %v)", s.meta.Ref, werr, err)
 			}
 			s.stats.Reconnects++
@@ -264,24 +211,11 @@ func (s *sender) request(ctx context.Context, verb string, req, reply any, timeo
 	defer cancel()
 	// A reply to a request sent just before the connection dropped never
 	// comes: stop waiting as soon as the client notices.
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case <-s.status:
-				if !s.nc.IsConnected() {
-					cancel()
-					return
-				}
-			}
-		}
-	}()
+	stop, _ := s.link.cancelOnDrop(cancel)
+	defer stop()
 	m, err := s.nc.RequestWithContext(rctx, s.subj+verb, data)
 	if err != nil {
-		if ctx.Err() == nil && !s.nc.IsConnected() && !s.nc.IsClosed() {
+		if ctx.Err() == nil && s.link.down() {
 			return fmt.Errorf("%s: %w: %v", verb, errDisconnected, err)
 		}
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
@@ -336,7 +270,7 @@ func (s *sender) stream(ctx context.Context, start int64, chunkSize, window int)
 		for inflight < window && next < size {
 			if !s.nc.IsConnected() {
 				// Publishing now would only fill the reconnect buffer.
-				return acked, s.connErr()
+				return acked, s.link.connErr()
 			}
 			n := int(min(int64(chunkSize), size-next))
 			if _, err := s.r.ReadAt(buf[:n], next); err != nil && !(errors.Is(err, io.EOF) && n > 0) {
@@ -379,9 +313,9 @@ func (s *sender) stream(ctx context.Context, start int64, chunkSize, window int)
 			return acked, ctx.Err()
 		case <-timer.C:
 			return acked, fmt.Errorf("chunk acknowledgement: %w", ErrTimeout)
-		case <-s.status:
+		case <-s.link.status:
 			if !s.nc.IsConnected() {
-				return acked, s.connErr()
+				return acked, s.link.connErr()
 			}
 			continue
 		case m, ok := <-replies:
