@@ -112,6 +112,11 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 	b.accountState(e, "")
 	b.log.Debug().Str("job", job.ID).Str("user", job.User).Str("state", string(e.rec.State)).Msg("job taken in")
 	b.dispatch(ctx, e.rec.Pool)
+	if e.rec.State == wire.StateQueued {
+		// It waits: its payload stays in JOBS until it leaves the queue.
+		// (A job dispatched at once, above, never had it read back.)
+		e.lighten()
+	}
 }
 
 // newRecord is the queued JOBS record of a job taken in at seq.

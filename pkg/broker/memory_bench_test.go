@@ -20,15 +20,15 @@ import (
 
 // What the broker holds in memory per queued job, at issue 4's size:
 // 10,000 users with 10 queued jobs each (100,000 jobs). Every unfinished
-// job's record stays in memory (the prompt and extra_data included, since
-// a claim hands them to the agent), plus its place in the scheduler and
-// in the metrics.
+// job's record stays in memory without its payload (prompt, extra_data,
+// client id, outputs, inputs: they stay in JOBS until the job leaves the
+// queue), plus its place in the scheduler and in the metrics.
 //
 //   - state: the broker's own structures, built by the code the intake
-//     runs (record, scheduler item, metrics observer), without NATS.
-//     api-prompt is the txt2img example (1.5 KB); ui-prompt adds the
-//     20 KB of UI workflow the ComfyUI frontend sends in
-//     extra_data.extra_pnginfo.
+//     runs (record, lightened as a waiting job's is, scheduler item,
+//     metrics observer), without NATS. api-prompt is the txt2img example
+//     (1.5 KB); ui-prompt adds the 20 KB of UI workflow the ComfyUI
+//     frontend sends in extra_data.extra_pnginfo.
 //   - process: the real broker with its embedded NATS (file storage, the
 //     default limits), dispatch paused, 100,000 jobs published on SUBMIT
 //     and taken in: the heap of the whole process, embedded server and
@@ -74,6 +74,7 @@ func BenchmarkQueuedJobMemory(b *testing.B) {
 							rec.ExtraData = append(json.RawMessage(nil), v.extra...)
 						}
 						e := &jobEntry{rec: rec, rev: seq}
+						e.lighten() // as the intake leaves a job that waits
 						st.jobs[rec.Key()] = e
 						st.sched.Push(schedItem(rec))
 						met.JobChanged("", rec)

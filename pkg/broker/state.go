@@ -45,6 +45,57 @@ type jobEntry struct {
 	// ticketSeq is where the job's latest ticket lies in DISPATCH (0:
 	// not known, e.g. released before a restart).
 	ticketSeq uint64
+	// light means rec lacks the job's payload (see jobPayload): a queued
+	// job's stays in its JOBS record and is read back when the job leaves
+	// the queue.
+	light bool
+}
+
+// jobPayload is the part of a job's record that only the agent running it
+// needs: the prompt and extra_data (a UI submission's extra_data carries
+// the whole workflow, 20 KB and more), the client id, the output nodes and
+// the input manifest. Queued jobs, which may be 100,000, keep it in JOBS
+// only; jobs holding a slot (dispatched or running, as many as the pools
+// have slots and prefetch) keep it in memory too, so a claim reads
+// nothing. Its fields carry the record's own JSON names.
+type jobPayload struct {
+	ClientID         string           `json:"client_id,omitempty"`
+	Prompt           json.RawMessage  `json:"prompt"`
+	ExtraData        json.RawMessage  `json:"extra_data,omitempty"`
+	OutputsToExecute []string         `json:"outputs_to_execute"`
+	Inputs           []wire.InputFile `json:"inputs,omitempty"`
+}
+
+// lighten drops the payload of a job that waits in the queue.
+func (e *jobEntry) lighten() {
+	e.rec.ClientID, e.rec.Prompt, e.rec.ExtraData, e.rec.OutputsToExecute, e.rec.Inputs = "", nil, nil, nil, nil
+	e.light = true
+}
+
+// loadPayload reads a light job's payload back from its JOBS record. A
+// record at another revision than the broker's means another writer: the
+// entry is reloaded and errConflict returned, as transition does.
+func (b *Broker) loadPayload(ctx context.Context, e *jobEntry) error {
+	if !e.light {
+		return nil
+	}
+	kve, err := b.res.Jobs.Get(ctx, e.rec.Key())
+	if err != nil {
+		return fmt.Errorf("broker: read job %s: %w", e.rec.ID, err)
+	}
+	if kve.Revision() != e.rev {
+		b.log.Error().Str("job", e.rec.ID).Msg("JOBS entry changed by another writer; reloading")
+		_ = b.adopt(e, kve)
+		return fmt.Errorf("%w: %s", errConflict, e.rec.ID)
+	}
+	var p jobPayload
+	if err := json.Unmarshal(kve.Value(), &p); err != nil {
+		return fmt.Errorf("broker: decode job %s: %w", e.rec.ID, err)
+	}
+	e.rec.ClientID, e.rec.Prompt, e.rec.ExtraData, e.rec.OutputsToExecute, e.rec.Inputs =
+		p.ClientID, p.Prompt, p.ExtraData, p.OutputsToExecute, p.Inputs
+	e.light = false
+	return nil
 }
 
 func newState(cfg Config) *state {
@@ -69,6 +120,11 @@ var errConflict = errors.New("broker: job changed concurrently")
 // JOBS by compare-and-set. Only on success does the in-memory entry change,
 // so memory never runs ahead of the durable state.
 func (b *Broker) transition(ctx context.Context, e *jobEntry, mutate func(r *wire.JobRecord)) error {
+	// The record is written whole: a queued job's payload is read back
+	// first.
+	if err := b.loadPayload(ctx, e); err != nil {
+		return err
+	}
 	next := e.rec
 	// Maps are shared by the copy: clone the one mutators touch.
 	if e.rec.Outputs != nil {
@@ -97,6 +153,9 @@ func (b *Broker) transition(ctx context.Context, e *jobEntry, mutate func(r *wir
 	prev := e.rec.State
 	e.rec, e.rev = next, rev
 	b.accountState(e, prev)
+	if e.rec.State == wire.StateQueued {
+		e.lighten() // still waiting (bumped, say)
+	}
 	return nil
 }
 
@@ -140,13 +199,21 @@ func (b *Broker) reload(ctx context.Context, e *jobEntry) error {
 	if err != nil {
 		return fmt.Errorf("broker: reload job %s: %w", e.rec.ID, err)
 	}
+	return b.adopt(e, kve)
+}
+
+// adopt makes kve, the job's JOBS entry, the entry's record.
+func (b *Broker) adopt(e *jobEntry, kve jetstream.KeyValueEntry) error {
 	var rec wire.JobRecord
 	if err := json.Unmarshal(kve.Value(), &rec); err != nil {
 		return fmt.Errorf("broker: decode job %s: %w", e.rec.ID, err)
 	}
 	prev := e.rec.State
-	e.rec, e.rev = rec, kve.Revision()
+	e.rec, e.rev, e.light = rec, kve.Revision(), false
 	b.accountState(e, prev)
+	if e.rec.State == wire.StateQueued {
+		e.lighten()
+	}
 	return nil
 }
 
