@@ -63,6 +63,10 @@ type run struct {
 	// it, so ComfyUI runs them in order.
 	submitted     chan struct{}
 	submittedOnce sync.Once
+	// interruptReq is closed when an interrupt reaches a started run: its
+	// follower then takes the prompt out of ComfyUI (withdraw.go).
+	interruptReq  chan struct{}
+	interruptOnce sync.Once
 
 	mu          sync.Mutex
 	phase       runPhase
@@ -100,6 +104,9 @@ type outcome struct {
 	kind    wire.ReportKind
 	payload json.RawMessage // execution_error / execution_interrupted data
 	reason  string
+	// notRun: ComfyUI never ran the prompt (withdrawn from its queue), so
+	// it has no history entry to read.
+	notRun bool
 }
 
 var (
@@ -114,11 +121,12 @@ var (
 func newRun(ctx context.Context, s *slot, job wire.Job, attempt int, ticket jetstream.Msg, delivered uint64, prefetched bool) *run {
 	r := &run{
 		s: s, job: job, attempt: attempt, ticket: ticket, delivered: delivered, prefetched: prefetched,
-		comfyID:   uuid.NewString(),
-		sid:       strings.ReplaceAll(uuid.NewString(), "-", ""),
-		shipped:   map[fileKey]outputFile{},
-		gpuFree:   make(chan struct{}),
-		submitted: make(chan struct{}),
+		comfyID:      uuid.NewString(),
+		sid:          strings.ReplaceAll(uuid.NewString(), "-", ""),
+		shipped:      map[fileKey]outputFile{},
+		gpuFree:      make(chan struct{}),
+		submitted:    make(chan struct{}),
+		interruptReq: make(chan struct{}),
 	}
 	r.log = s.log.With().Str("job", job.ID).Str("user", job.User).Int("attempt", attempt).Logger()
 	// The lease runs from the claim: a prefetched ticket waiting for the
@@ -256,19 +264,13 @@ func (r *run) awaitAhead() (queued bool, gen uint64) {
 
 // cancelAhead takes a prompt queued ahead out of ComfyUI: deleted from the
 // queue if it is still pending, interrupted if ComfyUI started it
-// meanwhile (an interrupt names the prompt, so it touches nothing else).
+// meanwhile (an interrupt names the prompt, so it touches nothing else),
+// until ComfyUI holds it no more (withdrawUnfollowed).
 func (r *run) cancelAhead() {
 	if queued, _ := r.awaitAhead(); !queued {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.s.comfy.DeleteQueued(ctx, r.comfyID); err != nil {
-		r.log.Debug().Err(err).Msg("delete queued prompt")
-	}
-	if err := r.s.comfy.Interrupt(ctx, r.comfyID); err != nil {
-		r.log.Debug().Err(err).Msg("interrupt prompt queued ahead")
-	}
+	r.withdrawUnfollowed(r.comfyPromptID(), 5*time.Second)
 }
 
 // begin moves a pending run to started; false if it was dropped.
@@ -303,8 +305,9 @@ func (r *run) dropBeforeStart(ctx context.Context, reason string, delay bool) bo
 	return true
 }
 
-// interrupt handles a ctl interrupt: a running prompt is interrupted in
-// ComfyUI (the run then ends as interrupted); one not started yet is
+// interrupt handles a ctl interrupt: a started prompt is taken out of
+// ComfyUI, deleted from its queue or interrupted (the run then ends as
+// interrupted, also when ComfyUI never ran it); one not started yet is
 // dropped, reported interrupted, and never runs.
 func (r *run) interrupt(ctx context.Context) {
 	r.mu.Lock()
@@ -324,10 +327,12 @@ func (r *run) interrupt(ctx context.Context) {
 		}
 		r.dropInterrupted(ctx)
 	case phaseStarted:
-		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		if err := r.s.comfy.Interrupt(ictx, comfyID); err != nil {
-			r.log.Warn().Err(err).Msg("interrupt in ComfyUI")
+		// The follower keeps at it until ComfyUI has let go of the
+		// prompt, and ends the run; a first round now, where the prompt
+		// is in ComfyUI already, makes the common case immediate.
+		r.interruptOnce.Do(func() { close(r.interruptReq) })
+		if isClosed(r.submitted) {
+			r.stopInComfy(ctx, comfyID)
 		}
 	}
 }
@@ -416,13 +421,9 @@ func (r *run) execute(parent context.Context) {
 	if r.prefetched {
 		r.reportStarted(ctx)
 	}
-	r.mu.Lock()
-	interrupted := r.interrupted
-	r.mu.Unlock()
-	if interrupted {
-		r.interrupt(ctx)
-	}
 
+	// An interrupt that came before (or while) the prompt went in is
+	// seen by follow at once, through interruptReq.
 	out, err := r.follow(ctx, r.conn, exited)
 	switch {
 	case err == nil:
@@ -465,6 +466,12 @@ func (r *run) execute(parent context.Context) {
 		r.s.restart(ctx, "out of memory")
 		r.freeGPU()
 		r.retryOrFail(ctx, "ComfyUI ran out of GPU memory", out.payload, true)
+		return
+	}
+	if out.notRun {
+		r.log.Info().Msg("interrupted before ComfyUI ran it: taken out of its queue")
+		r.freeGPU()
+		r.finish(ctx, out, nil)
 		return
 	}
 	entry, err := r.history(ctx)
@@ -592,12 +599,38 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 		return o, nil
 	}
 
+	// Once interrupted, the prompt is withdrawn from ComfyUI in rounds
+	// (withdraw.go) until ComfyUI ended it or dropped it unrun.
+	interruptReq := r.interruptReq
+	var withdrawC <-chan time.Time
+	withdrawPause := withdrawFirstPause
+	withdraw := time.NewTimer(time.Hour)
+	withdraw.Stop()
+	defer withdraw.Stop()
+
 	var out *outcome
 	for {
 		var m comfyclient.Message
 		select {
 		case <-ctx.Done():
 			return outcome{}, ctx.Err()
+		case <-interruptReq:
+			interruptReq, withdrawC = nil, withdraw.C
+			if r.withdrawRound(ctx) {
+				return ended(interruptedOutcome(), nil)
+			}
+			withdraw.Reset(withdrawPause)
+			continue
+		case <-withdrawC:
+			if out != nil {
+				continue // ComfyUI ended it; only the closing message is due
+			}
+			if r.withdrawRound(ctx) {
+				return ended(interruptedOutcome(), nil)
+			}
+			withdrawPause = min(2*withdrawPause, withdrawMaxPause)
+			withdraw.Reset(withdrawPause)
+			continue
 		case <-exited:
 			return outcome{}, errComfyExited
 		case <-stall.C:
@@ -640,6 +673,11 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 			quiet.Reset(historyCheckInterval)
 		}
 		data := r.translate(m.Data)
+		if m.Type == "execution_start" && head.PromptID == r.comfyID && withdrawC != nil {
+			// ComfyUI began the prompt after it was interrupted: the
+			// interrupt it lost while about to start it is due now.
+			r.stopInComfy(ctx, r.comfyID)
+		}
 		switch m.Type {
 		case "status", "feature_flags", "logs":
 		case "executing":
@@ -759,6 +797,12 @@ func (r *run) awaitHistory(ctx context.Context, exited <-chan struct{}) (outcome
 				return outcome{}, err
 			}
 		default:
+			if r.isInterrupted() {
+				// Without events the rounds of withdrawing happen here.
+				if r.withdrawRound(ctx) {
+					return interruptedOutcome(), nil
+				}
+			}
 			// Neither finished nor queued nor running: ComfyUI lost it
 			// (a restart we did not see, say). Asked twice, 2 s apart.
 			if polls++; polls%4 == 0 && r.lostByComfy(ctx) {

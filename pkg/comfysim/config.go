@@ -107,6 +107,14 @@ type Config struct {
 	// tests and benchmarks can measure "the prompt reached ComfyUI".
 	OnPrompt func(promptID string)
 
+	// OnDequeue, when set, is called with the prompt id when the worker
+	// has taken the prompt off the queue (GET /queue shows it running)
+	// and before its execution begins. An interrupt by prompt id in that
+	// window is lost, as in ComfyUI, which clears its interrupt flag when
+	// an execution begins; a hook that blocks holds the window open, so
+	// tests can prove a client interrupts again once the prompt started.
+	OnDequeue func(promptID string)
+
 	// OnExecute, when set, is called with the prompt id when the worker
 	// takes the prompt off the queue and starts executing it (before
 	// execution_start): the moment the simulated GPU becomes busy.

@@ -113,6 +113,9 @@ func (s *Server) worker(ctx context.Context) {
 		if it == nil {
 			return
 		}
+		if s.cfg.OnDequeue != nil {
+			s.cfg.OnDequeue(it.id)
+		}
 		if crashed := s.runPrompt(ctx, it); crashed {
 			return
 		}

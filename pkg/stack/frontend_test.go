@@ -239,12 +239,10 @@ func TestFrontendReplay(t *testing.T) {
 		require.Empty(t, r.NodeErrors)
 		return r.PromptID
 	}
+	// Both are cancelled right after they are queued, whatever ComfyUI is
+	// doing with them at that moment (staged, pending in its queue, about
+	// to start, held in the blur): the agent makes the interrupt take.
 	first := queuePrompt(1)
-	// The participant sees it reach the blur (where it is held).
-	startSeen := readUntil(t, tb.ctx, ws, func(m msg) bool {
-		return m.Type == "executing" && m.Data.Node != nil && *m.Data.Node == "3"
-	})
-	require.Equal(t, []string{"execution_start", "execution_cached"}, startSeen[first][:2])
 	waiting := queuePrompt(2)
 	require.Eventually(t, func() bool {
 		getJSON("/api/queue", &queue)
@@ -268,6 +266,11 @@ func TestFrontendReplay(t *testing.T) {
 	seen := finished(t, tb.ctx, ws, 1)
 	require.Equal(t, []string{"execution_interrupted", "executing"}, seen[first][len(seen[first])-2:])
 	require.NotContains(t, seen, waiting, "the cancelled prompt never ran")
+	// The hang is for the first prompt only, which may have been stopped
+	// before it reached the blur.
+	for _, sim := range tb.stack.Runtime.Simulators() {
+		sim.SetFault(comfysim.Fault{})
+	}
 
 	// A third runs to the end.
 	done := queuePrompt(3)
