@@ -43,6 +43,8 @@ bench:
 	$(GO) test -run '^$$' -bench 'SubmitToComfy|RawJetStream' -benchtime 200x -timeout 30m ./test/bench/
 	$(GO) test -run '^$$' -bench 'IdleGap|OutputTransfer|LargeOutputMemory' -benchtime 1x -timeout 30m ./test/bench/
 	$(GO) test -run '^$$' -bench . -benchtime 2000x ./pkg/scheduler/
+	$(GO) test -run '^$$' -bench QueuedJobMemory -benchtime 1x -timeout 30m ./pkg/broker/
+	$(GO) test -run '^$$' -bench DispatchQueuedJobs -benchtime 3x -timeout 30m ./pkg/broker/
 
 clean:
 	rm -rf $(BIN)

@@ -28,7 +28,9 @@ import (
 //     runs (record, lightened as a waiting job's is, scheduler item,
 //     metrics observer), without NATS. api-prompt is the txt2img example
 //     (1.5 KB); ui-prompt adds the 20 KB of UI workflow the ComfyUI
-//     frontend sends in extra_data.extra_pnginfo.
+//     frontend sends in extra_data.extra_pnginfo. ui-prompt-kept is the
+//     reference: the same jobs with their payload in memory, as the
+//     broker held them before.
 //   - process: the real broker with its embedded NATS (file storage, the
 //     default limits), dispatch paused, 100,000 jobs published on SUBMIT
 //     and taken in: the heap of the whole process, embedded server and
@@ -49,7 +51,8 @@ func BenchmarkQueuedJobMemory(b *testing.B) {
 	for _, v := range []struct {
 		name  string
 		extra string
-	}{{"state/api-prompt", ""}, {"state/ui-prompt", uiExtra}} {
+		kept  bool
+	}{{"state/api-prompt", "", false}, {"state/ui-prompt", uiExtra, false}, {"state/ui-prompt-kept", uiExtra, true}} {
 		b.Run(v.name, func(b *testing.B) {
 			for b.Loop() {
 				before := liveHeap()
@@ -74,7 +77,9 @@ func BenchmarkQueuedJobMemory(b *testing.B) {
 							rec.ExtraData = append(json.RawMessage(nil), v.extra...)
 						}
 						e := &jobEntry{rec: rec, rev: seq}
-						e.lighten() // as the intake leaves a job that waits
+						if !v.kept {
+							e.lighten() // as the intake leaves a job that waits
+						}
 						st.jobs[rec.Key()] = e
 						st.sched.Push(schedItem(rec))
 						met.JobChanged("", rec)
