@@ -32,6 +32,9 @@ type state struct {
 	stopped map[string]*stoppedAttempt
 	// scanning is set while scanTickets reads DISPATCH.
 	scanning bool
+	// suspects are waiting jobs whose delivered ticket (JOBS key →
+	// sequence) the last checkTickets found possibly dead.
+	suspects map[string]uint64
 }
 
 type jobEntry struct {

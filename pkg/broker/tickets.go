@@ -26,7 +26,8 @@ import (
 // attempts (claims answered "go") are used up, in which case it fails with
 // the reason. A dead ticket of a job a slot still holds is kept until that
 // attempt ends. A periodic check also re-releases a waiting job whose
-// ticket has vanished from DISPATCH.
+// ticket has vanished from DISPATCH, or is still there but out of
+// deliveries with its advisory lost (checkTickets).
 
 const (
 	// StreamDeadTickets captures the max-deliveries advisories of the
@@ -183,14 +184,30 @@ func (b *Broker) removeTicket(ctx context.Context, seq uint64) {
 }
 
 // checkTickets re-releases waiting jobs whose ticket vanished from
-// DISPATCH (on the core, every TicketCheckInterval). A ticket this broker
-// released is looked up by its sequence. Tickets released before a
-// restart are not known by sequence; an embedded server killed without a
-// sync can also lose a ticket it had acknowledged while the job's record
-// says dispatched. For those the stream is scanned once, off the core.
+// DISPATCH or ran out of deliveries unnoticed (on the core, every
+// TicketCheckInterval). A ticket this broker released is looked up by its
+// sequence. Tickets released before a restart are not known by sequence;
+// an embedded server killed without a sync can also lose a ticket it had
+// acknowledged while the job's record says dispatched. For those the
+// stream is scanned once, off the core.
+//
+// A ticket still in DISPATCH may be dead all the same: its max-deliveries
+// advisory can be lost (an embedded server killed before DEADTICKETS
+// synced it, or DEADTICKETS full). The server keeps a dead ticket in the
+// WorkQueue stream, unacknowledged, but no longer counts it as pending
+// delivery or acknowledgement, and the pool's consumer tells (see
+// poolTickets): a ticket at or below its ack floor that is still there is
+// dead; a delivered ticket above the floor is taken for dead when the pool
+// has dead tickets and an agent's fetch waits while the job stays waiting
+// with the same ticket over two checks in a row: a live ticket would have
+// gone to that fetch. Releasing a waiting job again is harmless if its old
+// ticket was not dead after all (the old ticket is removed; a claim of
+// either is answered as usual).
 func (b *Broker) checkTickets(ctx context.Context) {
 	unknown := false
-	for _, e := range b.state.jobs {
+	pools := map[string]*poolTickets{}
+	suspects := map[string]uint64{}
+	for key, e := range b.state.jobs {
 		if e.rec.State != wire.StateDispatched || e.rec.Agent != "" {
 			continue
 		}
@@ -198,19 +215,109 @@ func (b *Broker) checkTickets(ctx context.Context) {
 			unknown = true
 			continue
 		}
-		_, err := b.res.Dispatch.GetMsg(ctx, e.ticketSeq)
-		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		pt := pools[e.rec.Pool]
+		if pt == nil {
+			// Read before the ticket: a ticket the consumer had settled
+			// then and that is still there after is dead.
+			pt = b.readPoolTickets(ctx, e.rec.Pool)
+			pools[e.rec.Pool] = pt
+		}
+		seq := e.ticketSeq
+		raw, err := b.res.Dispatch.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			if err := b.rerelease(ctx, e, "its ticket is no longer in DISPATCH"); err != nil {
+				b.log.Error().Err(err).Str("job", e.rec.ID).Msg("release a vanished ticket again")
+			}
 			continue
 		}
-		if err := b.rerelease(ctx, e, "its ticket is no longer in DISPATCH"); err != nil {
-			b.log.Error().Err(err).Str("job", e.rec.ID).Msg("release a vanished ticket again")
+		if err != nil || !pt.ok || seq > pt.Delivered {
+			continue // unreadable now (the next check tries again), or not delivered yet
 		}
+		why := ""
+		switch {
+		case seq <= pt.AckFloor:
+			why = "its ticket ran out of deliveries (below the consumer's ack floor)"
+		case pt.Waiting > 0 && b.deadTickets(ctx, pt) > 0:
+			if b.state.suspects[key] != seq {
+				suspects[key] = seq // look again at the next check
+				continue
+			}
+			why = "its ticket ran out of deliveries (not delivered to a waiting fetch)"
+		default:
+			continue
+		}
+		var t wire.Ticket
+		if err := json.Unmarshal(raw.Data, &t); err != nil {
+			b.log.Error().Err(err).Uint64("seq", seq).Msg("remove an undecodable dead ticket")
+			b.removeTicket(ctx, seq)
+			continue
+		}
+		b.log.Warn().Str("job", t.JobID).Str("user", t.User).Uint64("seq", seq).Uint64("ack_floor", pt.AckFloor).
+			Str("why", why).Msg("a ticket ran out of deliveries without an advisory")
+		b.settleDeadTicket(ctx, t, seq, why)
 	}
+	b.state.suspects = suspects
 	if unknown && !b.state.scanning {
 		b.state.scanning = true
 		b.wg.Add(1)
 		go b.scanTickets(ctx)
 	}
+}
+
+// poolTickets is what a pool's DISPATCH consumer says about its tickets.
+type poolTickets struct {
+	pool string
+	ok   bool
+	// AckFloor is the stream sequence up to which the consumer has
+	// settled every ticket (acknowledged, or given up when no older
+	// delivery was pending then); Delivered the highest it delivered.
+	AckFloor, Delivered uint64
+	// Waiting counts agents' fetches the server holds for lack of a
+	// ticket; NotDelivered and AckPending the tickets it still means to
+	// deliver and those out at agents or due again.
+	Waiting                  int
+	NotDelivered, AckPending uint64
+	// dead is how many of the pool's tickets are neither (-1: not read
+	// yet).
+	dead int64
+}
+
+func (b *Broker) readPoolTickets(ctx context.Context, pool string) *poolTickets {
+	pt := &poolTickets{pool: pool, dead: -1}
+	c, err := b.res.Dispatch.Consumer(ctx, wire.DispatchConsumer(pool))
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			b.log.Warn().Err(err).Str("pool", pool).Msg("read the pool's consumer; will retry")
+		}
+		return pt
+	}
+	ci := c.CachedInfo()
+	pt.ok = true
+	pt.AckFloor, pt.Delivered = ci.AckFloor.Stream, ci.Delivered.Stream
+	pt.Waiting, pt.NotDelivered, pt.AckPending = ci.NumWaiting, ci.NumPending, uint64(ci.NumAckPending)
+	return pt
+}
+
+// deadTickets counts the pool's tickets in DISPATCH that its consumer
+// neither means to deliver nor waits an acknowledgement for: the dead
+// ones. The stream is read after the consumer, and the core publishes
+// nothing meanwhile, so an acknowledgement in between can only make the
+// count smaller. 0 when it cannot be read.
+func (b *Broker) deadTickets(ctx context.Context, pt *poolTickets) int64 {
+	if pt.dead >= 0 {
+		return pt.dead
+	}
+	pt.dead = 0
+	subject := wire.DispatchSubject(pt.pool)
+	info, err := b.res.Dispatch.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		b.log.Warn().Err(err).Str("pool", pt.pool).Msg("count the pool's tickets; will retry")
+		return 0
+	}
+	if n := int64(info.State.Subjects[subject]) - int64(pt.NotDelivered) - int64(pt.AckPending); n > 0 {
+		pt.dead = n
+	}
+	return pt.dead
 }
 
 // scanTickets reads every ticket in DISPATCH (off the core) and then, on

@@ -246,3 +246,157 @@ func TestLostTicketAfterARestartIsReleasedAgain(t *testing.T) {
 	require.Equal(t, map[string]int{lost: 2, kept: 1}, got)
 	tb.noTicket(t)
 }
+
+// stopWithExternalNATS is a test bundle whose broker runs against an
+// external embedded server, so the broker can be stopped while the
+// server, and the tickets in it, carry on.
+func stopWithExternalNATS(t *testing.T) *testBundle {
+	t.Helper()
+	ns, err := natsembed.Start(context.Background(), natsembed.Config{StoreDir: t.TempDir(), Port: -1, User: "atelier", Password: "s3cret"})
+	require.NoError(t, err)
+	t.Cleanup(ns.Shutdown)
+	return setupWith(t, func(c *Config) {
+		twoDeliveries(c)
+		c.NATSURL, c.NATSUser, c.NATSPassword = ns.ClientURL(), "atelier", "s3cret"
+	})
+}
+
+// loseAdvisory waits for the server's max-deliveries advisory in
+// DEADTICKETS and removes it, as an embedded server killed before it
+// synced the advisory would.
+func (tb *testBundle) loseAdvisory(t *testing.T) {
+	t.Helper()
+	deadTickets, err := tb.js.Stream(tb.ctx, StreamDeadTickets)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := deadTickets.Info(tb.ctx)
+		return err == nil && info.State.Msgs == 1
+	}, 10*time.Second, 20*time.Millisecond, "the server sent no max-deliveries advisory")
+	require.NoError(t, deadTickets.Purge(tb.ctx))
+}
+
+// ticketSeq finds the job's ticket in DISPATCH.
+func (tb *testBundle) ticketSeq(t *testing.T, id string) uint64 {
+	t.Helper()
+	dispatch, err := tb.js.Stream(tb.ctx, wire.StreamDispatch)
+	require.NoError(t, err)
+	info, err := dispatch.Info(tb.ctx)
+	require.NoError(t, err)
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		if m, err := dispatch.GetMsg(tb.ctx, seq); err == nil && strings.Contains(string(m.Data), id) {
+			return seq
+		}
+	}
+	t.Fatalf("no ticket of %s in DISPATCH", id)
+	return 0
+}
+
+func (tb *testBundle) poolConsumer(t *testing.T) *jetstream.ConsumerInfo {
+	t.Helper()
+	cons, err := tb.js.Consumer(tb.ctx, wire.StreamDispatch, wire.DispatchConsumer(wire.DefaultPool))
+	require.NoError(t, err)
+	info, err := cons.Info(tb.ctx)
+	require.NoError(t, err)
+	return info
+}
+
+// A ticket that ran out of deliveries while its advisory was lost (an
+// embedded server killed before DEADTICKETS synced it; here the advisory
+// is removed while the broker is down) still lies in DISPATCH, and no
+// delivery will ever come. Once the last pending ticket is acknowledged,
+// the consumer's ack floor passes it: the periodic check finds it below
+// the floor and releases the job again at once, with no agent asking.
+func TestDeadTicketBelowTheAckFloorIsReleasedAgain(t *testing.T) {
+	t.Parallel()
+	tb := stopWithExternalNATS(t)
+	tb.heartbeat(t, "a1", "boot1", 2)
+	running := tb.submit(t, "user002")
+	tb.awaitState(t, "user002", running, wire.StateDispatched)
+	tk, runningMsg := tb.fetchTicket(t)
+	require.Equal(t, running, tk.JobID)
+	require.Equal(t, wire.ClaimGo, tb.claim(t, wire.ClaimRequest{JobID: running, User: "user002", Agent: "a1", Slot: "gpu0", Boot: "boot1"}).Action)
+	dead := tb.submit(t, "user001")
+	tb.awaitState(t, "user001", dead, wire.StateDispatched)
+
+	require.NoError(t, tb.broker.Stop(context.Background()))
+	tb.broker = nil
+	tb.handBack(t, dead)
+	tb.handBack(t, dead)
+	tb.noTicket(t)                                   // the server gives the ticket up
+	require.NoError(t, runningMsg.DoubleAck(tb.ctx)) // the running job's agent is done with its ticket
+	tb.loseAdvisory(t)
+	seq := tb.ticketSeq(t, dead)
+	info := tb.poolConsumer(t)
+	require.LessOrEqual(t, seq, info.AckFloor.Stream)
+	require.Zero(t, info.NumAckPending)
+
+	tb.stop()
+	tb.start(t)
+	tb.heartbeat(t, "a1", "boot1", 2)
+	require.Eventually(t, func() bool { return tb.record(t, "user001", dead).Releases == 2 }, 10*time.Second, 20*time.Millisecond,
+		"the dead ticket was not released again")
+	dispatch, err := tb.js.Stream(tb.ctx, wire.StreamDispatch)
+	require.NoError(t, err)
+	_, err = dispatch.GetMsg(tb.ctx, seq)
+	require.ErrorIs(t, err, jetstream.ErrMsgNotFound, "the dead ticket stays in DISPATCH")
+
+	tb.report(t, wire.Report{Kind: wire.ReportSucceeded, JobID: running, User: "user002", Agent: "a1", Attempt: 1})
+	tb.awaitState(t, "user002", running, wire.StateSucceeded)
+	tk, msg := tb.fetchTicket(t)
+	require.Equal(t, dead, tk.JobID)
+	require.Equal(t, 2, tk.Release)
+	require.Equal(t, wire.ClaimGo, tb.claim(t, wire.ClaimRequest{JobID: dead, User: "user001", Agent: "a1", Slot: "gpu1", Boot: "boot1"}).Action)
+	require.NoError(t, msg.Ack())
+}
+
+// The same while another job's ticket is out at a running slot, taken
+// after the dead one died: no acknowledgement moved the ack floor past the
+// dead ticket, so the periodic check goes by the counts (a ticket in the
+// stream that the consumer neither means to deliver nor waits an
+// acknowledgement for) and by an agent's fetch that waits while the job
+// keeps waiting. The running job's ticket is left alone.
+func TestDeadTicketAboveTheAckFloorIsReleasedAgain(t *testing.T) {
+	t.Parallel()
+	tb := stopWithExternalNATS(t)
+	tb.heartbeat(t, "a1", "boot1", 2)
+	dead := tb.submit(t, "user001")
+	tb.awaitState(t, "user001", dead, wire.StateDispatched)
+
+	require.NoError(t, tb.broker.Stop(context.Background()))
+	tb.broker = nil
+	tb.handBack(t, dead)
+	tb.handBack(t, dead)
+	tb.noTicket(t) // the server gives the ticket up
+	tb.loseAdvisory(t)
+
+	tb.stop()
+	tb.start(t)
+	tb.heartbeat(t, "a1", "boot1", 2)
+	running := tb.submit(t, "user002")
+	tb.awaitState(t, "user002", running, wire.StateDispatched)
+	tk, _ := tb.fetchTicket(t)
+	require.Equal(t, running, tk.JobID)
+	require.Equal(t, wire.ClaimGo, tb.claim(t, wire.ClaimRequest{JobID: running, User: "user002", Agent: "a1", Slot: "gpu0", Boot: "boot1"}).Action)
+	seq, runningSeq := tb.ticketSeq(t, dead), tb.ticketSeq(t, running)
+	info := tb.poolConsumer(t)
+	require.Greater(t, seq, info.AckFloor.Stream)
+	require.Equal(t, 1, info.NumAckPending)
+
+	// The other slot's fetch waits: the check releases the dead job's
+	// ticket again, and the fetch gets it.
+	tk, msg := tb.fetchTicket(t)
+	require.Equal(t, dead, tk.JobID)
+	require.Equal(t, 2, tk.Release)
+	require.Equal(t, wire.ClaimGo, tb.claim(t, wire.ClaimRequest{JobID: dead, User: "user001", Agent: "a1", Slot: "gpu1", Boot: "boot1"}).Action)
+	require.NoError(t, msg.Ack())
+
+	dispatch, err := tb.js.Stream(tb.ctx, wire.StreamDispatch)
+	require.NoError(t, err)
+	_, err = dispatch.GetMsg(tb.ctx, seq)
+	require.ErrorIs(t, err, jetstream.ErrMsgNotFound, "the dead ticket stays in DISPATCH")
+	_, err = dispatch.GetMsg(tb.ctx, runningSeq)
+	require.NoError(t, err, "the running job's ticket was removed")
+	r := tb.record(t, "user002", running)
+	require.Equal(t, wire.StateRunning, r.State)
+	require.Equal(t, 1, r.Releases)
+}
