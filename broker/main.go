@@ -96,11 +96,15 @@ func serve(args []string) error {
 		adminToken = cli.String(fs, "admin-token", "ATELIER_ADMIN_TOKEN", "", "instructor token of the HTTP admin API (default: generated into <data>/meta/admin-token)")
 		historyTTL = cli.Duration(fs, "history-ttl", "ATELIER_HISTORY_TTL", def.HistoryTTL, "how long job history is kept")
 		ackWait    = cli.Duration(fs, "ack-wait", "ATELIER_ACK_WAIT", def.AckWait, "how long an agent may hold a ticket without a sign of life")
+		ticketChk  = cli.Duration(fs, "ticket-check-interval", "ATELIER_TICKET_CHECK_INTERVAL", 30*time.Second, "how often waiting jobs' tickets are checked (a vanished or dead one is released again) and participants' running caps re-read")
 		logFormat  = cli.String(fs, "log-format", "ATELIER_LOG_FORMAT", "json", "json or console")
 		logLevel   = cli.String(fs, "log-level", "ATELIER_LOG_LEVEL", "info", "debug, info, warn, error")
 	)
 	_ = fs.Parse(args)
 	log := logging.Must(*logFormat, *logLevel, "atelier-broker")
+	if *ticketChk <= 0 {
+		return fmt.Errorf("--ticket-check-interval (ATELIER_TICKET_CHECK_INTERVAL) must be positive, got %s", *ticketChk)
+	}
 
 	host, port, err := splitHostPort(*natsListen)
 	if err != nil {
@@ -125,6 +129,7 @@ func serve(args []string) error {
 		HTTPAddr: *httpAddr, Limits: limits, Prefetch: *prefetch, Logger: log,
 		Policy: scheduler.Policy(*policy), MaxRunningPerUser: *maxRunning, AdminToken: *adminToken,
 		QuotaBytes: int64(*quotaGB) << 30, OutputTTL: *outputTTL, TempTTL: *tempTTL, InputTTL: *inputTTL,
+		TicketCheckInterval: *ticketChk,
 	})
 }
 
