@@ -88,16 +88,26 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 		r.shipped[k] = done
 		return done, nil
 	}
-	src, size, sum, cleanup, err := r.localOutput(k)
+	src, size, cleanup, err := r.localOutput(k)
 	local := err == nil
 	if err != nil {
 		r.log.Debug().Err(err).Str("file", k.name).Msg("output not readable in place; copying it through /view")
-		src, size, sum, cleanup, err = r.spoolOutput(ctx, k)
+		src, size, cleanup, err = r.spoolOutput(ctx, k)
 		if err != nil {
 			return outputFile{}, err
 		}
 	}
 	defer cleanup()
+	// A PNG carries the participant's own prompt, not the rewritten one
+	// ComfyUI ran (pngmeta.go); what ships is hashed as it ships.
+	src, size, err = r.ownMetadata(src, size, k)
+	if err != nil {
+		return outputFile{}, fmt.Errorf("read %s: %w", k.name, err)
+	}
+	sum, err := hashReaderAt(src, size)
+	if err != nil {
+		return outputFile{}, fmt.Errorf("hash %s: %w", k.name, err)
+	}
 	ref := filestore.Ref{User: r.job.User, Kind: kind, Subfolder: stripUser(r.job.User, k.subfolder), Name: k.name}
 	// The transfer id is stable across retries and agent restarts, so an
 	// interrupted upload resumes where it stopped. It names the content for
@@ -195,55 +205,56 @@ func (r *run) outputDir(k fileKey) string {
 }
 
 // localOutput opens an output where ComfyUI wrote it, through an os.Root of
-// the slot's output (or temp) folder so that no name leads outside it, and
-// hashes it.
-func (r *run) localOutput(k fileKey) (io.ReaderAt, int64, string, func(), error) {
+// the slot's output (or temp) folder so that no name leads outside it.
+func (r *run) localOutput(k fileKey) (io.ReaderAt, int64, func(), error) {
 	dir := r.outputDir(k)
 	if dir == "" {
-		return nil, 0, "", nil, errors.New("the runtime does not expose this folder")
+		return nil, 0, nil, errors.New("the runtime does not expose this folder")
 	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return nil, 0, "", nil, err
+		return nil, 0, nil, err
 	}
 	defer root.Close()
 	f, err := root.Open(filepath.Join(filepath.FromSlash(k.subfolder), k.name))
 	if err != nil {
-		return nil, 0, "", nil, err
+		return nil, 0, nil, err
 	}
 	st, err := f.Stat()
 	if err != nil || !st.Mode().IsRegular() {
 		f.Close()
-		return nil, 0, "", nil, fmt.Errorf("%s is not a regular file", k.name)
+		return nil, 0, nil, fmt.Errorf("%s is not a regular file", k.name)
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, st.Size())); err != nil {
-		f.Close()
-		return nil, 0, "", nil, err
-	}
-	return f, st.Size(), hex.EncodeToString(h.Sum(nil)), func() { f.Close() }, nil
+	return f, st.Size(), func() { f.Close() }, nil
 }
 
-// spoolOutput copies an output from ComfyUI's /view into a spool file,
-// hashing it on the way.
-func (r *run) spoolOutput(ctx context.Context, k fileKey) (io.ReaderAt, int64, string, func(), error) {
+// spoolOutput copies an output from ComfyUI's /view into a spool file.
+func (r *run) spoolOutput(ctx context.Context, k fileKey) (io.ReaderAt, int64, func(), error) {
 	body, _, err := r.s.comfy.View(ctx, k.name, k.subfolder, k.kind)
 	if err != nil {
-		return nil, 0, "", nil, fmt.Errorf("read %s/%s from ComfyUI: %w", k.subfolder, k.name, err)
+		return nil, 0, nil, fmt.Errorf("read %s/%s from ComfyUI: %w", k.subfolder, k.name, err)
 	}
 	defer body.Close()
 	spool, err := os.CreateTemp(r.s.a.spoolDir, "out-*")
 	if err != nil {
-		return nil, 0, "", nil, fmt.Errorf("spool: %w", err)
+		return nil, 0, nil, fmt.Errorf("spool: %w", err)
 	}
 	cleanup := func() { spool.Close(); os.Remove(spool.Name()) }
-	h := sha256.New()
-	size, err := io.Copy(io.MultiWriter(spool, h), body)
+	size, err := io.Copy(spool, body)
 	if err != nil {
 		cleanup()
-		return nil, 0, "", nil, fmt.Errorf("spool %s: %w", k.name, err)
+		return nil, 0, nil, fmt.Errorf("spool %s: %w", k.name, err)
 	}
-	return spool, size, hex.EncodeToString(h.Sum(nil)), cleanup, nil
+	return spool, size, cleanup, nil
+}
+
+// hashReaderAt is the sha256 of the size bytes of src, hex.
+func hashReaderAt(src io.ReaderAt, size int64) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(src, 0, size)); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // stageInputs makes the job's uploaded inputs available to ComfyUI under

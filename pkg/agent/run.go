@@ -40,6 +40,11 @@ type run struct {
 	// would silently get no events.
 	sid     string
 	shipped map[fileKey]outputFile
+	// ownPrompt is the job's prompt as ComfyUI writes it into a PNG, for
+	// the participant's copies of their PNGs (pngmeta.go).
+	ownPromptOnce sync.Once
+	ownPrompt     []byte
+	ownPromptErr  error
 
 	// Prepared ahead of the start: the rewritten prompt (or why it
 	// cannot run), and the WebSocket, dialled on ComfyUI generation gen.

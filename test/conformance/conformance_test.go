@@ -370,11 +370,7 @@ func TestConformanceNewer(t *testing.T) {
 // API the proxy serves, each with that reason (README.md). Deliberate
 // differences are normalised instead (normalize_test.go); this list is
 // for what has yet to be fixed elsewhere and should be empty.
-var knownDifferences = map[string]string{
-	"GET /view Range output": "the agent runs the prompt with <user>/ in front of filename_prefix, and " +
-		"SaveImage embeds that prompt in the PNG's text chunk: the participant's file is 8 bytes longer " +
-		"(its pixels are the same, see GET /view output). To fix in the agent.",
-}
+var knownDifferences = map[string]string{}
 
 func knownDifference(record string) bool {
 	name, _, _ := strings.Cut(record, " -> ")
