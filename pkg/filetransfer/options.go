@@ -113,6 +113,9 @@ type Stats struct {
 	// Reconnects counts the times a transfer waited for the connection to
 	// come back and resumed.
 	Reconnects int
+	// SHA256 of the file an upload committed (computed while sending when
+	// Meta.SHA256 was "").
+	SHA256 string
 }
 
 // DefaultWindowBytes is how much data may be in flight by default: enough to

@@ -14,7 +14,8 @@
 //	<prefix>.<agent>.open    JSON OpenRequest  → JSON OpenReply (offset already received)
 //	<prefix>.<agent>.chunk   raw bytes + headers Atelier-Transfer, Atelier-Offset,
 //	                         Atelier-Crc32c, Atelier-Gen  → JSON ChunkReply
-//	<prefix>.<agent>.commit  JSON TransferRequest → JSON CommitReply (the stored Ref)
+//	<prefix>.<agent>.commit  JSON TransferRequest (with the sha256 when the open
+//	                         had none) → JSON CommitReply (the stored Ref)
 //	<prefix>.<agent>.abort   JSON TransferRequest → JSON CommitReply (empty)
 //
 // # Download (broker → agent), subjects under a prefix such as "file.get"
@@ -174,7 +175,8 @@ func toWire(err error) *WireError {
 	return &WireError{Code: codeInternal, Message: "internal error"}
 }
 
-// OpenRequest starts or resumes an upload.
+// OpenRequest starts or resumes an upload. SHA256 "" means the sender
+// hashes while sending and gives the sum at commit.
 type OpenRequest struct {
 	TransferID string        `json:"transfer_id"`
 	Ref        filestore.Ref `json:"ref"`
@@ -199,9 +201,11 @@ type ChunkReply struct {
 	Error  *WireError `json:"error,omitempty"`
 }
 
-// TransferRequest names a transfer to commit or abort.
+// TransferRequest names a transfer to commit or abort. A commit of a
+// transfer opened without a sha256 carries it.
 type TransferRequest struct {
 	TransferID string `json:"transfer_id"`
+	SHA256     string `json:"sha256,omitempty"`
 }
 
 // CommitReply returns where the file was stored. The name may differ from
@@ -241,7 +245,8 @@ type Meta struct {
 	TransferID string
 	// Ref is where the file should go, as the participant sees it.
 	Ref filestore.Ref
-	// Size in bytes and SHA256 (hex) of the whole file.
+	// Size in bytes and SHA256 (hex) of the whole file. SHA256 "": Send
+	// computes it while sending and tells the receiver at commit.
 	Size   int64
 	SHA256 string
 }

@@ -389,7 +389,7 @@ func (r *Receiver) open(agent string, req OpenRequest) (*transfer, error) {
 	}
 	req.Ref = ref
 	req.SHA256 = strings.ToLower(req.SHA256)
-	if !validSHA256(req.SHA256) {
+	if req.SHA256 != "" && !validSHA256(req.SHA256) {
 		return nil, fmt.Errorf("%w: sha256 %q", ErrBadRequest, req.SHA256)
 	}
 	if req.Size < 0 || req.Size > r.cfg.MaxFileSize {
@@ -741,15 +741,31 @@ func (t *transfer) commit(m *nats.Msg) {
 		fail(fmt.Errorf("%w: have %d of %d bytes", ErrOffsetMismatch, off, t.meta.Size))
 		return
 	}
+	// The sum comes with the open, or (from a sender that hashed while
+	// sending) with the commit.
+	var req TransferRequest
+	_ = json.Unmarshal(m.Data, &req)
+	want := t.meta.SHA256
+	if got := strings.ToLower(req.SHA256); got != "" {
+		if want != "" && got != want || !validSHA256(got) {
+			fail(fmt.Errorf("%w: commit sha256 %q for a transfer opened with %q", ErrBadRequest, req.SHA256, want))
+			return
+		}
+		want = got
+	}
+	if want == "" {
+		fail(fmt.Errorf("%w: no sha256 at open or commit", ErrBadRequest))
+		return
+	}
 	t.h.wait()
 	sum := hex.EncodeToString(t.h.h.Sum(nil))
-	if sum != t.meta.SHA256 {
+	if sum != want {
 		// The staged data is wrong (or the sender's sum is): start over.
 		_ = t.f.Truncate(0)
 		t.h.h.Reset()
 		t.offset.Store(0)
 		_ = os.Remove(t.base + ".hash")
-		fail(fmt.Errorf("%w: sha256 %s, want %s", filestore.ErrChecksumMismatch, sum, t.meta.SHA256))
+		fail(fmt.Errorf("%w: sha256 %s, want %s", filestore.ErrChecksumMismatch, sum, want))
 		return
 	}
 	if err := t.f.Sync(); err != nil {
@@ -762,7 +778,7 @@ func (t *transfer) commit(m *nats.Msg) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute+CommitTime(t.meta.Size))
 	defer cancel()
 	t.committing.Store(true)
-	info, reused, err := t.store(ctx)
+	info, reused, err := t.store(ctx, sum)
 	t.touch()
 	t.committing.Store(false)
 	if err != nil {
@@ -786,10 +802,10 @@ func (t *transfer) commit(m *nats.Msg) {
 // the requested name, or the same name with " (n)" when another file with
 // different content has it; a file with the same content is reused
 // (reused reports it: no new bytes on mello's disk).
-func (t *transfer) store(ctx context.Context) (_ filestore.Info, reused bool, _ error) {
+func (t *transfer) store(ctx context.Context, sum string) (_ filestore.Info, reused bool, _ error) {
 	st := t.r.cfg.Store
 	for range 5 {
-		name, exists, err := filestore.UniqueName(ctx, st, t.meta.Ref, t.meta.SHA256)
+		name, exists, err := filestore.UniqueName(ctx, st, t.meta.Ref, sum)
 		if err != nil {
 			return filestore.Info{}, false, err
 		}
@@ -804,9 +820,9 @@ func (t *transfer) store(ctx context.Context) (_ filestore.Info, reused bool, _ 
 		}
 		var info filestore.Info
 		if imp, ok := st.(filestore.Importer); ok {
-			info, err = imp.Import(ctx, ref, t.base+".part", t.meta.SHA256, filestore.ExpectSize(t.meta.Size))
+			info, err = imp.Import(ctx, ref, t.base+".part", sum, filestore.ExpectSize(t.meta.Size))
 		} else {
-			info, err = copyInto(ctx, st, ref, t.f, t.meta)
+			info, err = copyInto(ctx, st, ref, t.f, t.meta.Size, sum)
 		}
 		if errors.Is(err, filestore.ErrExists) {
 			continue // lost a race for the name: look again
@@ -816,16 +832,16 @@ func (t *transfer) store(ctx context.Context) (_ filestore.Info, reused bool, _ 
 	return filestore.Info{}, false, fmt.Errorf("%w: could not find a free name for %s", filestore.ErrExists, t.meta.Ref)
 }
 
-func copyInto(ctx context.Context, st filestore.Store, ref filestore.Ref, f *os.File, meta OpenRequest) (filestore.Info, error) {
-	w, err := st.Create(ctx, ref, filestore.ExpectSize(meta.Size))
+func copyInto(ctx context.Context, st filestore.Store, ref filestore.Ref, f *os.File, size int64, sum string) (filestore.Info, error) {
+	w, err := st.Create(ctx, ref, filestore.ExpectSize(size))
 	if err != nil {
 		return filestore.Info{}, err
 	}
 	defer w.Abort()
-	if _, err := io.Copy(w, io.NewSectionReader(f, 0, meta.Size)); err != nil {
+	if _, err := io.Copy(w, io.NewSectionReader(f, 0, size)); err != nil {
 		return filestore.Info{}, fmt.Errorf("copy into store: %w", err)
 	}
-	return w.Commit(ctx, meta.SHA256)
+	return w.Commit(ctx, sum)
 }
 
 func (t *transfer) abort(m *nats.Msg) {

@@ -2,8 +2,6 @@ package filetransfer
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +29,12 @@ import (
 // receiver has; only a connection closed by its owner ends it. Memory use is
 // one chunk plus what the NATS client buffers for the window, whatever the
 // file size.
+//
+// With meta.SHA256 "" the sha256 is computed from the chunks as they are
+// read for sending (on a goroutine of its own, three more chunk buffers)
+// and given to the receiver at commit, which checks it against its own:
+// the file is read once, and the first chunk leaves at once instead of
+// after a hashing pass over the whole file. WithStats reports the sum.
 func Send(ctx context.Context, nc *nats.Conn, subjectPrefix, agentID string, meta Meta, r io.ReaderAt, opts ...Option) (filestore.Ref, error) {
 	o := newOptions(opts)
 	if err := ValidAgentID(agentID); err != nil {
@@ -44,7 +48,7 @@ func Send(ctx context.Context, nc *nats.Conn, subjectPrefix, agentID string, met
 		return filestore.Ref{}, fmt.Errorf("filetransfer: send: %w", err)
 	}
 	meta.Ref = ref
-	if !validSHA256(meta.SHA256) || meta.Size < 0 {
+	if meta.SHA256 != "" && !validSHA256(meta.SHA256) || meta.Size < 0 {
 		return filestore.Ref{}, fmt.Errorf("filetransfer: send: %w: size %d sha256 %q", ErrBadRequest, meta.Size, meta.SHA256)
 	}
 	s := &sender{
@@ -56,6 +60,10 @@ func Send(ctx context.Context, nc *nats.Conn, subjectPrefix, agentID string, met
 		s.stats = &Stats{}
 	}
 	s.log = o.logger.With().Str("transfer", meta.TransferID).Stringer("ref", meta.Ref).Logger()
+	if meta.SHA256 == "" {
+		s.hash = newSendHash(meta.Size, min(o.chunkSize, maxChunkFor(nc)))
+		defer s.hash.stop()
+	}
 	// Status changes interrupt a stream at once when the connection drops,
 	// instead of after a chunk acknowledgement timeout.
 	s.link = newLink(nc, o.reconnectTimeout)
@@ -63,21 +71,20 @@ func Send(ctx context.Context, nc *nats.Conn, subjectPrefix, agentID string, met
 	return s.run(ctx)
 }
 
-// SendFile uploads the file at path. A zero meta.Size and empty meta.SHA256
-// are filled in by reading the file first.
+// SendFile uploads the file at path. A zero meta.Size is the file's size;
+// an empty meta.SHA256 is computed while sending (see Send).
 func SendFile(ctx context.Context, nc *nats.Conn, subjectPrefix, agentID string, meta Meta, path string, opts ...Option) (filestore.Ref, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return filestore.Ref{}, fmt.Errorf("filetransfer: send: %w", err)
 	}
 	defer f.Close()
-	if meta.SHA256 == "" {
-		h := sha256.New()
-		n, err := io.Copy(h, f)
+	if meta.Size == 0 {
+		st, err := f.Stat()
 		if err != nil {
-			return filestore.Ref{}, fmt.Errorf("filetransfer: send: hash %s: %w", path, err)
+			return filestore.Ref{}, fmt.Errorf("filetransfer: send: %w", err)
 		}
-		meta.Size, meta.SHA256 = n, hex.EncodeToString(h.Sum(nil))
+		meta.Size = st.Size()
 	}
 	return Send(ctx, nc, subjectPrefix, agentID, meta, f, opts...)
 }
@@ -92,6 +99,8 @@ type sender struct {
 	log   zerolog.Logger
 	gen   uint64
 	link  *link
+	// hash computes the sha256 while sending when Meta.SHA256 is "".
+	hash *sendHash
 }
 
 func (s *sender) run(ctx context.Context) (filestore.Ref, error) {
@@ -170,6 +179,13 @@ func (s *sender) attempt(ctx context.Context) (filestore.Ref, bool, error) {
 		return filestore.Ref{}, false, fmt.Errorf("%w: receiver offset %d", ErrBadRequest, open.Offset)
 	}
 	s.stats.StartOffset = open.Offset
+	if s.hash != nil {
+		// What the receiver has from an earlier Send will not be read by
+		// the stream: hash it now.
+		if err := s.hash.catchUp(s.r, open.Offset); err != nil {
+			return filestore.Ref{}, false, err
+		}
+	}
 	if open.Offset > 0 {
 		s.log.Debug().Int64("offset", open.Offset).Msg("resuming upload")
 	}
@@ -192,8 +208,19 @@ func (s *sender) attempt(ctx context.Context) (filestore.Ref, bool, error) {
 	if err != nil {
 		return filestore.Ref{}, progressed, err
 	}
+	commit := TransferRequest{TransferID: s.meta.TransferID}
+	s.stats.SHA256 = s.meta.SHA256
+	if s.hash != nil {
+		// The open said nothing of the sum (and goes on saying nothing, so
+		// that a reopen describes the same transfer): the commit tells it.
+		sum, err := s.hash.finish(s.r)
+		if err != nil {
+			return filestore.Ref{}, true, err
+		}
+		commit.SHA256, s.stats.SHA256 = sum, sum
+	}
 	var done CommitReply
-	if err := s.request(ctx, "commit", TransferRequest{TransferID: s.meta.TransferID}, &done, s.o.commitTimeout+CommitTime(s.meta.Size)); err != nil {
+	if err := s.request(ctx, "commit", commit, &done, s.o.commitTimeout+CommitTime(s.meta.Size)); err != nil {
 		return filestore.Ref{}, true, err
 	}
 	if err := done.Error.err(); err != nil {
@@ -273,25 +300,46 @@ func (s *sender) stream(ctx context.Context, start int64, chunkSize, window int)
 				return acked, s.link.connErr()
 			}
 			n := int(min(int64(chunkSize), size-next))
-			if _, err := s.r.ReadAt(buf[:n], next); err != nil && !(errors.Is(err, io.EOF) && n > 0) {
+			// A chunk read for the first time goes to the sha256 after
+			// it is sent (when the sum was not given), in a buffer of its
+			// own; resends use buf.
+			data := buf[:n]
+			fresh := false
+			if s.hash != nil {
+				if err := s.hash.catchUp(s.r, next); err != nil {
+					return acked, err
+				}
+				if fresh = s.hash.fresh(next); fresh {
+					data = s.hash.get(n)
+				}
+			}
+			if _, err := s.r.ReadAt(data, next); err != nil && !(errors.Is(err, io.EOF) && n > 0) {
+				if fresh {
+					s.hash.release(data)
+				}
 				return acked, fmt.Errorf("read at %d: %w", next, err)
 			}
 			msg := nats.NewMsg(s.subj + "chunk")
 			msg.Reply = inbox
 			msg.Header.Set(HeaderTransfer, s.meta.TransferID)
 			msg.Header.Set(HeaderOffset, strconv.FormatInt(next, 10))
-			msg.Header.Set(HeaderCRC32C, strconv.FormatUint(uint64(crc32c(buf[:n])), 16))
+			msg.Header.Set(HeaderCRC32C, strconv.FormatUint(uint64(crc32c(data)), 16))
 			msg.Header.Set(HeaderGen, strconv.FormatUint(s.gen, 10))
-			msg.Data = buf[:n]
+			msg.Data = data
 			if s.o.testCorrupt != nil {
-				// Corrupt a copy: buf is re-read for the resend anyway.
-				cp := append([]byte(nil), buf[:n]...)
+				// Corrupt a copy: the data is re-read for the resend anyway.
+				cp := append([]byte(nil), data...)
 				s.o.testCorrupt(next, cp)
 				msg.Data = cp
 			}
-			// PublishMsg copies the payload into the client's buffer, so buf
-			// is free for the next chunk when it returns.
-			if err := s.nc.PublishMsg(msg); err != nil {
+			// PublishMsg copies the payload into the client's buffer, so
+			// data is free for the next chunk (or the hash) when it returns.
+			err := s.nc.PublishMsg(msg)
+			if fresh {
+				// Hashed whether or not it got out: it is the file's.
+				s.hash.put(data)
+			}
+			if err != nil {
 				// A write error on the socket ("broken pipe") may come
 				// before the client noticed the connection is gone.
 				if !s.nc.IsClosed() && !errors.Is(err, nats.ErrMaxPayload) {
