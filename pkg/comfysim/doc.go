@@ -9,7 +9,8 @@
 // against it must work against a real ComfyUI. Model-free image nodes
 // (EmptyImage, LoadImage, ImageInvert, ImageBlur, ImageScale, ImageScaleBy,
 // SaveImage, PreviewImage) do real image processing and write real PNG
-// files; model nodes (CheckpointLoaderSimple, CLIPTextEncode,
+// files; the string nodes (PrimitiveString, PrimitiveStringMultiline,
+// StringConcatenate) compute texts, such as a filename_prefix; model nodes (CheckpointLoaderSimple, CLIPTextEncode,
 // EmptyLatentImage, KSampler, VAEDecode) take simulated time and report
 // sampler progress, and VAEDecode draws a deterministic picture derived
 // from the seed.

@@ -95,6 +95,12 @@ type nodeDef struct {
 	// isChanged feeds the cache signature (IS_CHANGED); "" when absent.
 	isChanged func(s *Server, inputs object) string
 
+	// v3: a v3-schema node (comfy_api io.ComfyNode), whose object_info is
+	// NodeInfoV1 as a dataclass: output_tooltips always (null where an
+	// output has none), deprecated/experimental/api_node always, in the
+	// dataclass's field order.
+	v3 bool
+
 	// run executes the node; see nodes.go.
 	run nodeFunc
 }
@@ -153,6 +159,31 @@ func (d *nodeDef) info(s *Server) object {
 	module := d.module
 	if module == "" {
 		module = "nodes"
+	}
+	if d.v3 {
+		tips := make([]any, len(d.outputs))
+		for i := range tips {
+			if i < len(d.outputTooltips) && d.outputTooltips[i] != "" {
+				tips[i] = d.outputTooltips[i]
+			}
+		}
+		return object{
+			{"input", inputs},
+			{"input_order", order},
+			{"output", anyStrings(d.outputs)},
+			{"output_is_list", isList},
+			{"output_name", anyStrings(outNames)},
+			{"output_tooltips", tips},
+			{"name", d.name},
+			{"display_name", display},
+			{"description", d.description},
+			{"python_module", module},
+			{"category", d.category},
+			{"output_node", d.outputNode},
+			{"deprecated", false},
+			{"experimental", false},
+			{"api_node", false},
+		}
 	}
 	o := object{
 		{"input", inputs},

@@ -100,7 +100,7 @@ func New(cfg Config) (*Server, error) {
 
 		closeDone: make(chan struct{}),
 	}
-	s.nodeList = append(buildNodeDefs(), bigFileNodeDef())
+	s.nodeList = append(append(buildNodeDefs(), stringNodeDefs()...), bigFileNodeDef())
 	for _, d := range s.nodeList {
 		s.nodes[d.name] = d
 	}
