@@ -57,6 +57,7 @@ func serve(args []string) int {
 		noDevReq     = cli.String(fs, "docker-no-gpu", "ATELIER_DOCKER_NO_GPU", "", "docker runtime: set to 1 to leave out the GPU device request (machines without GPUs)")
 		healthCmd    = cli.String(fs, "docker-health-cmd", "ATELIER_DOCKER_HEALTH_CMD", "", "docker runtime: health check command run in the container (default: curl on /system_stats; the simulator image: /atelier-healthcheck healthcheck)")
 		healthEvery  = cli.Duration(fs, "docker-health-interval", "ATELIER_DOCKER_HEALTH_INTERVAL", 5*time.Second, "docker runtime: period of the container health check")
+		dockerUser   = cli.String(fs, "docker-user", "ATELIER_DOCKER_USER", "", "docker runtime: who ComfyUI runs as in the containers, uid:gid or a user of the image (default: the agent's uid:gid, so it can empty the outputs ComfyUI writes; an agent running as root keeps the image's user); \"image\" keeps the image's user")
 		simDir       = cli.String(fs, "sim-dir", "ATELIER_SIM_DIR", filepath.Join(os.TempDir(), "atelier-sim"), "simulated runtime: simulators' input/output/temp root")
 		simStep      = cli.Duration(fs, "sim-step-delay", "ATELIER_SIM_STEP_DELAY", 20*time.Millisecond, "simulated runtime: time per sampler step")
 		spool        = cli.String(fs, "spool", "ATELIER_SPOOL", "", "spool directory for outputs on their way to mello that cannot be read where ComfyUI wrote them (default: a temp dir)")
@@ -164,7 +165,7 @@ func serve(args []string) int {
 		d := &agent.Docker{
 			Agent: cfg.ID, Image: *image, ExtraArgs: strings.Fields(*comfyArgs), GPUs: g,
 			DeviceRequests: !(*noDevReq == "1" || *noDevReq == "true"),
-			ScratchDir:     *scratch, ModelsDir: *models, BasePort: *basePort, HealthInterval: *healthEvery, Logger: log,
+			ScratchDir:     *scratch, ModelsDir: *models, BasePort: *basePort, HealthInterval: *healthEvery, User: *dockerUser, Logger: log,
 		}
 		if *healthCmd != "" {
 			d.HealthCmd = append([]string{"CMD"}, strings.Fields(*healthCmd)...)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -146,16 +147,19 @@ func (f localFile) path() string { return filepath.Join(f.dir, f.rel) }
 // files after it (it counts the names in the folder). ComfyUI may name
 // the file again (a cached output node re-sends its "executed"): the
 // agent remembers where it stored it (emptiedOutput). Through an os.Root,
-// like the read.
-func (a *Agent) emptyShipped(f localFile) {
+// like the read. A file that is gone is no error.
+func (a *Agent) emptyShipped(f localFile) error {
 	root, err := os.OpenRoot(f.dir)
 	if err != nil {
-		return
+		return err
 	}
 	defer root.Close()
 	h, err := root.OpenFile(f.rel, os.O_WRONLY|os.O_TRUNC, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
-		return
+		return err
 	}
 	h.Close()
 	a.emptiedMu.Lock()
@@ -164,6 +168,26 @@ func (a *Agent) emptyShipped(f localFile) {
 		a.emptied = map[string]outputFile{}
 	}
 	a.emptied[f.path()] = f.stored
+	return nil
+}
+
+// cannotEmpty reports, once per slot, that the outputs its ComfyUI writes
+// cannot be emptied, and what to do: every output then stays on the box's
+// scratch disk, which fills. The usual cause is a ComfyUI running as
+// another user than the agent (root in a container, the agent not).
+func (s *slot) cannotEmpty(f localFile, err error) {
+	if !s.emptyWarned.CompareAndSwap(false, true) {
+		return
+	}
+	ev := s.log.Error().Err(err).Str("file", f.path()).Int("agent_uid", os.Geteuid())
+	if st, serr := os.Stat(f.path()); serr == nil {
+		if uid, ok := fileOwner(st); ok {
+			ev = ev.Int("owner_uid", uid)
+		}
+	}
+	ev.Msg("cannot empty the outputs ComfyUI writes once they are shipped: they stay on the box and fill its scratch disk. " +
+		"Run ComfyUI as the agent's user (docker runtime: --docker-user, by default the agent's uid:gid; not \"image\" with a root image) " +
+		"or run the agent as root; --keep-outputs 1 keeps outputs on purpose. Logged once per slot")
 }
 
 // emptiedOutput returns where an output this agent emptied was stored,

@@ -192,7 +192,9 @@ func (r *run) end() {
 	}
 	if !r.s.a.cfg.KeepOutputs {
 		for _, f := range outputs {
-			r.s.a.emptyShipped(f)
+			if err := r.s.a.emptyShipped(f); err != nil {
+				r.s.cannotEmpty(f, err)
+			}
 		}
 	}
 }

@@ -54,7 +54,15 @@ type Docker struct {
 	// /system_stats); HealthInterval its period (default 5 s).
 	HealthCmd      []string
 	HealthInterval time.Duration
-	Logger         zerolog.Logger
+	// User is who ComfyUI runs as in the containers: "uid:gid" (or a
+	// user the image knows). Empty: the agent's own uid:gid, so that the
+	// outputs ComfyUI writes on the bind-mounted scratch are the agent's
+	// and it can empty them once shipped (a root ComfyUI writes files a
+	// non-root agent cannot truncate, and the scratch disk fills); an
+	// agent running as root leaves the image's user, as root can empty
+	// anything. DockerImageUser keeps the image's user in any case.
+	User   string
+	Logger zerolog.Logger
 
 	api      *dockerAPI
 	mu       sync.Mutex
@@ -71,6 +79,24 @@ type container struct {
 }
 
 const comfyContainerPort = 8188
+
+// DockerImageUser as Docker.User runs the containers as the image's own
+// user (its USER, root when it has none).
+const DockerImageUser = "image"
+
+// containerUser is the User of the containers' config ("" for the
+// image's).
+func (d *Docker) containerUser() string {
+	switch {
+	case d.User == DockerImageUser:
+		return ""
+	case d.User != "":
+		return d.User
+	case os.Geteuid() <= 0: // root, or no uids (Windows)
+		return ""
+	}
+	return strconv.Itoa(os.Geteuid()) + ":" + strconv.Itoa(os.Getegid())
+}
 
 // Start removes containers an earlier run left, then creates and starts
 // one container per GPU.
@@ -147,7 +173,7 @@ func (d *Docker) Start(ctx context.Context) ([]Endpoint, error) {
 		d.mu.Unlock()
 		d.wg.Add(1)
 		go d.supervise(runCtx, c)
-		d.Logger.Info().Str("slot", slot).Str("container", id[:12]).Int("port", port).Msg("ComfyUI container started")
+		d.Logger.Info().Str("slot", slot).Str("container", id[:12]).Int("port", port).Str("user", d.containerUser()).Msg("ComfyUI container started")
 		eps = append(eps, Endpoint{
 			Slot: slot, GPU: g.Name, GPUIndex: g.Index, GPUUUID: g.UUID, URL: "http://127.0.0.1:" + strconv.Itoa(port),
 			// The scratch folder is bind-mounted: the agent reads outputs
@@ -197,6 +223,9 @@ func (d *Docker) create(ctx context.Context, slot string, g GPU, scratch string,
 			"StartPeriod": time.Minute.Nanoseconds(),
 		},
 		"HostConfig": host,
+	}
+	if u := d.containerUser(); u != "" {
+		cfg["User"] = u
 	}
 	return d.api.create(ctx, "atelier-"+d.Agent+"-"+slot, cfg)
 }

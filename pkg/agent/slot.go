@@ -43,6 +43,9 @@ type slot struct {
 	fetching     bool
 	// staged remembers the inputs this slot's ComfyUI has, by content.
 	staged map[string]bool
+	// emptyWarned: the slot has logged that its outputs cannot be
+	// emptied (cannotEmpty).
+	emptyWarned atomic.Bool
 
 	wake chan struct{} // a fetch ended
 }
