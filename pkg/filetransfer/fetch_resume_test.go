@@ -148,10 +148,12 @@ func TestFetchSurvivesServerRestart(t *testing.T) {
 		WithProgress(func(done, total int64) {
 			if done >= total/3 {
 				once.Do(func() {
+					// Down before the fetch goes on (it could finish
+					// first otherwise), up again in the background.
+					mu.Lock()
+					srv.Shutdown()
 					go func() {
-						mu.Lock()
 						defer mu.Unlock()
-						srv.Shutdown()
 						again, err := natsembed.Start(ctx, cfg)
 						if err == nil {
 							srv = again
@@ -198,7 +200,7 @@ func TestFetchFileResumesFromSavedState(t *testing.T) {
 	_, err = FetchFile(b.ctx, nc, DefaultGetPrefix, agent, ref, dest, hexSum(data), WithReconnectTimeout(300*time.Millisecond),
 		WithProgress(func(done, total int64) {
 			if done >= total/2 {
-				once.Do(func() { go away.Shutdown() })
+				once.Do(away.Shutdown) // before the fetch goes on
 			}
 		}))
 	require.ErrorIs(t, err, ErrTimeout)
