@@ -313,11 +313,11 @@ func (s *sender) stream(ctx context.Context, start int64, chunkSize, window int)
 					data = s.hash.get(n)
 				}
 			}
-			if _, err := s.r.ReadAt(data, next); err != nil && !(errors.Is(err, io.EOF) && n > 0) {
+			if err := readFull(s.r, data, next); err != nil {
 				if fresh {
 					s.hash.release(data)
 				}
-				return acked, fmt.Errorf("read at %d: %w", next, err)
+				return acked, err
 			}
 			msg := nats.NewMsg(s.subj + "chunk")
 			msg.Reply = inbox

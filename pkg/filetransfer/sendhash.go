@@ -3,6 +3,7 @@ package filetransfer
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -86,13 +87,27 @@ func (s *sendHash) catchUp(r io.ReaderAt, off int64) error {
 		b := <-s.free
 		n := int(min(int64(len(b[:cap(b)])), min(off, s.size)-s.done))
 		b = b[:n]
-		if _, err := r.ReadAt(b, s.done); err != nil && !(err == io.EOF && n > 0) {
+		if err := readFull(r, b, s.done); err != nil {
 			s.release(b)
-			return fmt.Errorf("read at %d for the sha256: %w", s.done, err)
+			return fmt.Errorf("for the sha256: %w", err)
 		}
 		s.put(b)
 	}
 	return nil
+}
+
+// readFull reads len(b) bytes at off. A file shorter than the upload's
+// size is an error: the rest of b would be stale bytes, which a sum computed
+// while sending would then vouch for.
+func readFull(r io.ReaderAt, b []byte, off int64) error {
+	n, err := r.ReadAt(b, off)
+	if n == len(b) {
+		return nil // io.ReaderAt may report io.EOF with the last bytes
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("read at %d: %d of %d bytes: %w (the file is shorter than the upload's size)", off, n, len(b), err)
 }
 
 // finish waits for the hash of the whole file and returns it (hex).

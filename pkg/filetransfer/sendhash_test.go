@@ -3,6 +3,7 @@ package filetransfer
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -63,6 +64,23 @@ func TestSendHashesWhileSending(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, hexSum(data), stats.SHA256)
 	requireSame(t, data, readStored(t, b, ref))
+}
+
+// TestSendFileShorterThanItsSize: a file shorter than the size the upload
+// was opened with (truncated while it ships) fails the Send, with or without
+// a known sum, and nothing is stored: a sum computed while sending must not
+// vouch for stale buffer bytes.
+func TestSendFileShorterThanItsSize(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	data := randomBytes(t, 3<<20+5)
+	for _, m := range []Meta{unhashed("short", outRef("short.mp4"), data), meta("short-known", outRef("short-known.mp4"), data)} {
+		m.Size += 1 << 20
+		_, err := Send(b.ctx, b.agent, DefaultPutPrefix, agent, m, bytes.NewReader(data))
+		require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+		_, err = b.store.Stat(b.ctx, m.Ref)
+		require.ErrorIs(t, err, filestore.ErrNotFound)
+	}
 }
 
 // TestSendHashesWhileSendingThroughGoBacks: corrupted chunks (sent again
