@@ -320,7 +320,9 @@ func (s *slot) stageInput(ctx context.Context, user string, in wire.InputFile) (
 	}
 	path, release, err := s.a.inputs.acquire(ctx, in.SHA256, in.Size, func(ctx context.Context, dst string) error {
 		ref := filestore.Ref{User: user, Kind: filestore.KindInput, Subfolder: in.Subfolder, Name: in.Name}
-		if _, err := filetransfer.FetchFile(ctx, s.a.nc, wire.FileGetPrefix, s.a.cfg.ID, ref, dst, in.SHA256); err != nil {
+		// The fetch waits out a NATS reconnect and goes on from what the
+		// part file holds; its logger says so.
+		if _, err := filetransfer.FetchFile(ctx, s.a.nc, wire.FileGetPrefix, s.a.cfg.ID, ref, dst, in.SHA256, filetransfer.WithLogger(s.log)); err != nil {
 			return fmt.Errorf("fetch %s from mello: %w", in.Name, err)
 		}
 		return nil
