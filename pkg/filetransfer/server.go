@@ -96,6 +96,10 @@ type Server struct {
 	wg      sync.WaitGroup
 	ctx     context.Context
 	cancel  context.CancelFunc
+	// bufs recycles chunk buffers: a reply's payload is copied into the
+	// NATS client's buffer before RespondMsg returns, so a multi-GB
+	// download does not leave a chunk of garbage per request.
+	bufs sync.Pool
 }
 
 // NewServer validates cfg and returns a Server; Start begins serving.
@@ -104,7 +108,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: c, log: c.Logger.With().Str("component", "filetransfer.server").Logger()}, nil
+	s := &Server{cfg: c, log: c.Logger.With().Str("component", "filetransfer.server").Logger()}
+	s.bufs.New = func() any { b := make([]byte, c.ChunkSize); return &b }
+	return s, nil
 }
 
 // Start subscribes (in the queue group "filetransfer-server", so several
@@ -243,7 +249,9 @@ func (s *Server) chunk(ctx context.Context, m *nats.Msg) {
 		return
 	}
 	defer f.Close()
-	buf := make([]byte, req.Length)
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := (*bp)[:req.Length]
 	n, err := f.ReadAt(buf, req.Offset)
 	if err != nil && !errors.Is(err, io.EOF) {
 		s.log.Error().Err(err).Stringer("ref", ref).Msg("read failed")

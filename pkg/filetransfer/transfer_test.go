@@ -432,8 +432,9 @@ func TestFetch(t *testing.T) {
 	require.ErrorIs(t, err, filestore.ErrNotFound)
 }
 
-// TestMemoryBounded checks that a 256 MiB upload does not grow the heap
-// anywhere near the file size (it runs alone: not parallel).
+// TestMemoryBounded checks that a 256 MiB upload, and the download of the
+// same file, do not grow the heap anywhere near the file size (it runs
+// alone: not parallel).
 func TestMemoryBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("256 MiB transfer")
@@ -455,6 +456,38 @@ func TestMemoryBounded(t *testing.T) {
 	sum := hex.EncodeToString(h.Sum(nil))
 	buf = nil
 
+	var ref filestore.Ref
+	growth := heapGrowth(func() {
+		ref, err = SendFile(b.ctx, b.agent, DefaultPutPrefix, agent, Meta{TransferID: TransferID("big"), Ref: outRef("big.bin"), Size: size, SHA256: sum}, path)
+	})
+	require.NoError(t, err)
+	info, err := b.store.Stat(b.ctx, ref)
+	require.NoError(t, err)
+	require.Equal(t, sum, info.SHA256)
+	t.Logf("upload: heap growth %d MiB for a %d MiB file", growth>>20, size>>20)
+	require.Less(t, growth, int64(64<<20), "heap growth must stay far below the file size")
+
+	// The same file downloaded as an input.
+	in := filestore.Ref{User: "user007", Kind: filestore.KindInput, Name: "big.mp4"}
+	w, err := b.store.Create(b.ctx, in)
+	require.NoError(t, err)
+	src, err := os.Open(path)
+	require.NoError(t, err)
+	_, err = io.Copy(w, src)
+	src.Close()
+	require.NoError(t, err)
+	_, err = w.Commit(b.ctx, sum)
+	require.NoError(t, err)
+	dest := filepath.Join(t.TempDir(), "inputs", "big.mp4")
+	growth = heapGrowth(func() { _, err = FetchFile(b.ctx, b.agent, DefaultGetPrefix, agent, in, dest, sum) })
+	require.NoError(t, err)
+	t.Logf("download: heap growth %d MiB for a %d MiB file", growth>>20, size>>20)
+	require.Less(t, growth, int64(64<<20), "heap growth must stay far below the file size")
+}
+
+// heapGrowth runs fn and returns how far the heap in use rose above what it
+// was before, sampled every 20 ms.
+func heapGrowth(fn func()) int64 {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -480,17 +513,10 @@ func TestMemoryBounded(t *testing.T) {
 			}
 		}
 	}()
-	ref, err := SendFile(b.ctx, b.agent, DefaultPutPrefix, agent, Meta{TransferID: TransferID("big"), Ref: outRef("big.bin"), Size: size, SHA256: sum}, path)
+	fn()
 	close(stop)
 	<-sampled
-	require.NoError(t, err)
-	info, err := b.store.Stat(b.ctx, ref)
-	require.NoError(t, err)
-	require.Equal(t, sum, info.SHA256)
-
-	growth := int64(peak.Load()) - int64(base)
-	t.Logf("heap in use: base %d MiB, peak %d MiB, growth %d MiB for a %d MiB file", base>>20, peak.Load()>>20, growth>>20, size>>20)
-	require.Less(t, growth, int64(64<<20), "heap growth must stay far below the file size")
+	return int64(peak.Load()) - int64(base)
 }
 
 func TestReceiverConfigValidation(t *testing.T) {
