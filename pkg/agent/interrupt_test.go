@@ -72,11 +72,14 @@ func TestCancelWhileStaging(t *testing.T) {
 	require.Zero(t, executed.Load(), "the cancelled job never reached the GPU")
 }
 
-// interruptHook sends the broker's interrupt for a job from inside a
-// simulator hook (the simulator's goroutine: no require there) and keeps
-// the answer for the test.
+// interruptHook stops a job from inside a simulator hook (the
+// simulator's goroutine: no require there) and keeps the answer for the
+// test: the broker's interrupt sent straight to the agent, or (cancel) a
+// cancel through the broker's API, which is how a job the broker does not
+// yet record running (prefetched) is stopped.
 type interruptHook struct {
 	b       *bundle
+	cancel  bool
 	job     atomic.Pointer[string]
 	replies chan error
 }
@@ -90,6 +93,19 @@ func newInterruptHook() *interruptHook {
 func (h *interruptHook) fire() {
 	id := h.job.Swap(nil)
 	if id == nil {
+		return
+	}
+	if h.cancel {
+		admin := wire.Caller{User: "admin", Role: wire.RoleAdmin}
+		data, _ := json.Marshal(wire.CancelRequest{Caller: admin, User: "user001", JobIDs: []string{*id}})
+		m, err := h.b.nc.Request(wire.BrokerAPISubject(wire.OpCancel), data, 10*time.Second)
+		if err == nil {
+			var reply wire.CancelReply
+			if err = json.Unmarshal(m.Data, &reply); err == nil && (reply.Error != "" || len(reply.Affected) != 1) {
+				err = fmt.Errorf("the broker did not cancel the job: %s", m.Data)
+			}
+		}
+		h.replies <- err
 		return
 	}
 	data, _ := json.Marshal(wire.ControlRequest{Op: wire.CtlInterrupt, JobID: *id, User: "user001"})
@@ -119,7 +135,9 @@ func TestInterruptRightAfterQueueing(t *testing.T) {
 		// interrupt comes while ComfyUI's worker is about to run it.
 		behind bool
 		// prefetched: the job is the slot's next one, queued ahead in
-		// ComfyUI while another job runs.
+		// ComfyUI while another job runs; it is cancelled through the
+		// broker (which may not record it running yet), and ends
+		// cancelled or interrupted, the broker's word.
 		prefetched bool
 	}{
 		{name: "pending behind another", behind: true},
@@ -129,6 +147,7 @@ func TestInterruptRightAfterQueueing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			hook := newInterruptHook()
+			hook.cancel = tc.prefetched
 			var executed sync.Map // prompt id → true
 			b := setup(t, opts{gpus: 1, stepDelay: 20 * time.Millisecond, simConfig: func(_ int, c *comfysim.Config) {
 				c.OnExecute = func(id string) { executed.Store(id, true) }
@@ -179,7 +198,13 @@ func TestInterruptRightAfterQueueing(t *testing.T) {
 			}
 			recs := b.rec.await(t, []string{id}, 20*time.Second)
 			b.awaitQuiet(t)
-			b.requireOnce(t, recs, wire.StateInterrupted)
+			if tc.prefetched {
+				n, rec := b.rec.finals(id)
+				require.Equal(t, 1, n, "ended once")
+				require.Contains(t, []wire.JobState{wire.StateInterrupted, wire.StateCancelled}, rec.State, "%s (%s)", rec.State, rec.Reason)
+			} else {
+				b.requireOnce(t, recs, wire.StateInterrupted)
+			}
 			require.Empty(t, recs[id].Outputs, "an interrupted job has no outputs")
 
 			// What ComfyUI itself did with the prompt: never ran it

@@ -272,12 +272,12 @@ func (r *run) awaitAhead() (queued bool, gen uint64) {
 // cancelAhead takes a prompt queued ahead out of ComfyUI: deleted from the
 // queue if it is still pending, interrupted if ComfyUI started it
 // meanwhile (an interrupt names the prompt, so it touches nothing else),
-// until ComfyUI holds it no more (withdrawUnfollowed).
+// again until ComfyUI holds it no more (withdrawUnfollowed).
 func (r *run) cancelAhead() {
 	if queued, _ := r.awaitAhead(); !queued {
 		return
 	}
-	r.withdrawUnfollowed(r.comfyPromptID(), 5*time.Second)
+	r.withdrawUnfollowed(r.comfyPromptID())
 }
 
 // begin moves a pending run to started; false if it was dropped.

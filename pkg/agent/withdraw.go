@@ -71,34 +71,55 @@ func interruptedOutcome() outcome {
 	return outcome{kind: wire.ReportInterrupted, reason: interruptedBeforeStart, notRun: true}
 }
 
+// withdrawUnfollowedFor bounds how long the agent goes on withdrawing a
+// prompt nobody follows.
+const withdrawUnfollowedFor = 30 * time.Second
+
 // withdrawUnfollowed takes a prompt nobody follows (queued ahead, then
-// dropped) out of ComfyUI and waits, a bounded time, until ComfyUI holds
-// it neither pending nor running, repeating the interrupt that ComfyUI
-// loses while it is only about to execute the prompt.
-func (r *run) withdrawUnfollowed(id string, within time.Duration) {
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	pause := withdrawFirstPause
-	for {
-		r.stopInComfy(ctx, id)
-		running, pending, err := r.s.comfy.Queue(ctx)
-		if err != nil {
-			// ComfyUI does not answer: a restart (which forgets its
-			// queue) or the agent stopping; nothing more to do.
-			r.log.Debug().Err(err).Msg("read ComfyUI's queue after withdrawing a prompt")
-			return
-		}
-		held := false
-		for _, q := range append(running, pending...) {
-			held = held || q.PromptID == id
-		}
-		if !held {
-			return
-		}
-		if !sleep(ctx, pause) {
-			r.log.Warn().Str("prompt", id).Msg("ComfyUI still holds a withdrawn prompt")
-			return
-		}
-		pause = min(2*pause, withdrawMaxPause)
+// dropped) out of ComfyUI. A first round happens now (usually enough: the
+// prompt is pending, and deleted); while ComfyUI still holds it — about to
+// execute it, and so deaf to the interrupt it got — the rounds go on in
+// the background, a bounded time, so that the caller (an interrupt the
+// broker waits on) is not held.
+func (r *run) withdrawUnfollowed(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	held := r.withdrawUnfollowedRound(ctx, id)
+	cancel()
+	if !held {
+		return
 	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), withdrawUnfollowedFor)
+		defer cancel()
+		pause := withdrawFirstPause
+		for {
+			if !sleep(ctx, pause) {
+				r.log.Warn().Str("prompt", id).Msg("ComfyUI still holds a withdrawn prompt")
+				return
+			}
+			if !r.withdrawUnfollowedRound(ctx, id) {
+				return
+			}
+			pause = min(2*pause, withdrawMaxPause)
+		}
+	}()
+}
+
+// withdrawUnfollowedRound deletes and interrupts the prompt and reports
+// whether ComfyUI still holds it (pending or running).
+func (r *run) withdrawUnfollowedRound(ctx context.Context, id string) (held bool) {
+	r.stopInComfy(ctx, id)
+	running, pending, err := r.s.comfy.Queue(ctx)
+	if err != nil {
+		// ComfyUI does not answer: a restart (which forgets its queue)
+		// or the agent stopping; nothing more to do.
+		r.log.Debug().Err(err).Msg("read ComfyUI's queue after withdrawing a prompt")
+		return false
+	}
+	for _, q := range append(running, pending...) {
+		if q.PromptID == id {
+			return true
+		}
+	}
+	return false
 }
