@@ -151,7 +151,7 @@ func serve(args []string) int {
 		}
 		cfg.Runtime = &agent.Process{
 			Command: strings.Fields(*comfyCmd), Dir: *comfyDir, ExtraArgs: strings.Fields(*comfyArgs), GPUs: g,
-			BasePort: *basePort, InputDir: sc.Inputs(), OutputDir: sc.Outputs(), TempRoot: sc.Temp(), LogDir: ld, Logger: log,
+			BasePort: *basePort, InputDir: sc.Inputs(), OutputRoot: sc.Outputs(), TempRoot: sc.Temp(), LogDir: ld, Logger: log,
 		}
 		cfg.ScratchDir = *scratch
 	case "docker":

@@ -63,7 +63,7 @@ func TestProcessStopsLeftoverComfyUI(t *testing.T) {
 	p := &Process{
 		Command: []string{sim}, ExtraArgs: []string{"--step-delay", "1ms"},
 		GPUs:     []GPU{{Index: 0, Name: "GPU 0"}, {Index: 1, Name: "GPU 1"}},
-		BasePort: port, InputDir: filepath.Join(dir, "in"), OutputDir: filepath.Join(dir, "out"),
+		BasePort: port, InputDir: filepath.Join(dir, "in"), OutputRoot: filepath.Join(dir, "out"),
 		TempRoot: filepath.Join(dir, "temp"), LogDir: filepath.Join(dir, "logs"),
 		StopGrace: 2 * time.Second, Logger: zerolog.Nop(),
 	}

@@ -31,8 +31,9 @@ type Docker struct {
 	// Image is the ComfyUI image; Command its arguments before the
 	// flags the runtime adds (--listen 0.0.0.0 --port 8188
 	// --input-directory /scratch/inputs --output-directory
-	// /scratch/outputs --temp-directory /scratch/temp/gpuN), ExtraArgs
-	// after them.
+	// /scratch/outputs/gpuN --temp-directory /scratch/temp/gpuN: one
+	// output folder per GPU, as ComfyUI numbers files by scanning it),
+	// ExtraArgs after them.
 	Image     string
 	Command   []string
 	ExtraArgs []string
@@ -178,7 +179,7 @@ func (d *Docker) Start(ctx context.Context) ([]Endpoint, error) {
 			Slot: slot, GPU: g.Name, GPUIndex: g.Index, GPUUUID: g.UUID, URL: "http://127.0.0.1:" + strconv.Itoa(port),
 			// The scratch folder is bind-mounted: the agent reads outputs
 			// and places inputs on the host side of the mount.
-			InputDir: filepath.Join(scratch, "inputs"), OutputDir: filepath.Join(scratch, "outputs"),
+			InputDir: filepath.Join(scratch, "inputs"), OutputDir: filepath.Join(scratch, "outputs", slot),
 			TempDir: filepath.Join(scratch, "temp", slot, "temp"),
 		})
 	}
@@ -188,7 +189,7 @@ func (d *Docker) Start(ctx context.Context) ([]Endpoint, error) {
 func (d *Docker) create(ctx context.Context, slot string, g GPU, scratch string, port int) (string, error) {
 	cmd := append([]string{}, d.Command...)
 	cmd = append(cmd, "--listen", "0.0.0.0", "--port", strconv.Itoa(comfyContainerPort),
-		"--input-directory", "/scratch/inputs", "--output-directory", "/scratch/outputs",
+		"--input-directory", "/scratch/inputs", "--output-directory", "/scratch/outputs/"+slot,
 		"--temp-directory", "/scratch/temp/"+slot)
 	cmd = append(cmd, d.ExtraArgs...)
 	mounts := []map[string]any{{"Type": "bind", "Source": scratch, "Target": "/scratch"}}

@@ -41,11 +41,14 @@ type Process struct {
 	// BasePort the port of the first slot (default 8188, then 8189 …).
 	Listen   string
 	BasePort int
-	// InputDir and OutputDir are shared by all slots (the scratch
-	// layout's inputs/ and outputs/); TempRoot/gpuN is each slot's temp
-	// directory (ComfyUI empties its temp directory when it starts, so it
-	// cannot be shared).
-	InputDir, OutputDir, TempRoot string
+	// InputDir is shared by all slots (the scratch layout's inputs/).
+	// OutputRoot/gpuN is each slot's output directory: ComfyUI numbers a
+	// saved file by scanning its output folder, so two ComfyUIs sharing
+	// one would pick the same name for the same prefix and overwrite
+	// each other's files. TempRoot/gpuN is each slot's temp directory
+	// (ComfyUI empties its temp directory when it starts, so it cannot be
+	// shared either).
+	InputDir, OutputRoot, TempRoot string
 	// LogDir holds one log file per slot.
 	LogDir string
 	// StopGrace is how long a process may take to exit after SIGTERM
@@ -99,10 +102,10 @@ func (p *Process) Start(ctx context.Context) ([]Endpoint, error) {
 	if len(p.GPUs) == 0 {
 		return nil, errors.New("process runtime: no GPUs")
 	}
-	if p.InputDir == "" || p.OutputDir == "" || p.TempRoot == "" || p.LogDir == "" {
-		return nil, errors.New("process runtime: InputDir, OutputDir, TempRoot and LogDir are required")
+	if p.InputDir == "" || p.OutputRoot == "" || p.TempRoot == "" || p.LogDir == "" {
+		return nil, errors.New("process runtime: InputDir, OutputRoot, TempRoot and LogDir are required")
 	}
-	for _, d := range []string{p.InputDir, p.OutputDir, p.TempRoot, p.LogDir} {
+	for _, d := range []string{p.InputDir, p.OutputRoot, p.TempRoot, p.LogDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("process runtime: %w", err)
 		}
@@ -130,7 +133,7 @@ func (p *Process) Start(ctx context.Context) ([]Endpoint, error) {
 		eps = append(eps, Endpoint{
 			Slot: sp.slot, GPU: g.Name, GPUIndex: g.Index, GPUUUID: g.UUID,
 			URL:       "http://" + hostPort(p.Listen, sp.port),
-			OutputDir: p.OutputDir, InputDir: p.InputDir,
+			OutputDir: filepath.Join(p.OutputRoot, sp.slot), InputDir: p.InputDir,
 			// ComfyUI's --temp-directory T puts its temp folder at T/temp.
 			TempDir: filepath.Join(p.TempRoot, sp.slot, "temp"),
 		})
@@ -147,14 +150,16 @@ func hostPort(host string, port int) string {
 
 // spawn starts sp's process. Caller must not hold p.mu.
 func (p *Process) spawn(sp *supervised) error {
-	temp := filepath.Join(p.TempRoot, sp.slot)
-	if err := os.MkdirAll(temp, 0o755); err != nil {
-		return fmt.Errorf("process runtime: %w", err)
+	temp, output := filepath.Join(p.TempRoot, sp.slot), filepath.Join(p.OutputRoot, sp.slot)
+	for _, d := range []string{temp, output} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("process runtime: %w", err)
+		}
 	}
 	args := append([]string{}, p.Command[1:]...)
 	args = append(args,
 		"--listen", p.Listen, "--port", strconv.Itoa(sp.port), "--cuda-device", strconv.Itoa(sp.gpu.Index),
-		"--input-directory", p.InputDir, "--output-directory", p.OutputDir, "--temp-directory", temp)
+		"--input-directory", p.InputDir, "--output-directory", output, "--temp-directory", temp)
 	args = append(args, p.ExtraArgs...)
 	logf, err := os.OpenFile(filepath.Join(p.LogDir, "comfyui-"+sp.slot+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

@@ -13,14 +13,18 @@ import (
 
 // Scratch is the GPU box's ephemeral block storage (the seed layout):
 //
-//	<root>/inputs/<user>/    uploads staged for jobs (ComfyUI's input dir)
-//	<root>/outputs/<user>/   what jobs write (ComfyUI's output dir)
-//	<root>/temp/<slot>/      each ComfyUI's temp dir
-//	<root>/cache/inputs/     the agent's content-addressed input cache
-//	<root>/logs/             ComfyUI logs and pid files (process runtime)
+//	<root>/inputs/<user>/          uploads staged for jobs (ComfyUI's input dir)
+//	<root>/outputs/<slot>/<user>/  what jobs write (each ComfyUI's output dir)
+//	<root>/temp/<slot>/            each ComfyUI's temp dir
+//	<root>/cache/inputs/           the agent's content-addressed input cache
+//	<root>/logs/                   ComfyUI logs and pid files (process runtime)
 //
 // The agent rewrites every prompt so a participant's files live under
-// <user>/, which is what makes one shared input and output folder safe.
+// <user>/, which is what makes one shared input folder safe. Outputs get a
+// folder per slot (GPU) on top: ComfyUI numbers a saved file by scanning
+// its output folder, so two ComfyUIs sharing one would pick the same name
+// for the same prefix and overwrite each other. (A single ComfyUI started
+// by someone else, linked by Prepare, writes to <root>/outputs/<user>/.)
 type Scratch struct {
 	Root string
 }

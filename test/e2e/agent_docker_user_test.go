@@ -122,7 +122,7 @@ func TestAgentDockerRuntimeUser(t *testing.T) {
 			s.awaitSuccess(t, ids, 60*time.Second)
 			require.NoError(t, s.stopProc("agent", 30*time.Second)) // every run has ended: its outputs emptied, or not
 
-			sizes := outputSizes(t, filepath.Join(scratch, "outputs", "user001"))
+			sizes := outputSizes(t, filepath.Join(scratch, "outputs", "gpu0", "user001"))
 			require.Len(t, sizes, 6, "one PNG per job on the box")
 			warnings := map[string]int{}
 			for _, l := range logLines(s.log("agent")) {

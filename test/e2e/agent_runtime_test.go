@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"image/png"
 	"net/http"
 	"os"
 	"os/exec"
@@ -40,7 +43,7 @@ func TestAgentProcessRuntimeRestartsKilledComfyUI(t *testing.T) {
 		args := strings.Split(string(cmdline), "\x00")
 		require.Equal(t, sim, args[0])
 		require.Contains(t, args, "--cuda-device")
-		require.Contains(t, args, filepath.Join(scratch, "outputs"))
+		require.Contains(t, args, filepath.Join(scratch, "outputs", "gpu0"), "each GPU's ComfyUI has an output folder of its own")
 	}
 	require.FileExists(t, filepath.Join(scratch, "logs", "comfyui-gpu0.log"))
 
@@ -284,4 +287,58 @@ func TestAgentDockerRuntimeRestartsHungComfyUI(t *testing.T) {
 		require.Equal(t, 1, done[id], "job %s completed %d times", id, done[id])
 	}
 	require.Equal(t, 1, done[hung.Job], "the hung job ran again elsewhere and completed once")
+}
+
+// The GPUs of one box save a participant's outputs under the same prefix
+// at the same time. ComfyUI numbers a file by scanning its output folder,
+// so two ComfyUIs sharing one folder pick the same name and one job's
+// picture overwrites the other's: each job must get back its own image
+// (here a solid colour of its own), under a name no other job has.
+func TestAgentProcessRuntimeGPUsDoNotShareOutputNames(t *testing.T) {
+	t.Parallel()
+	sim := comfysimBin(t)
+	s := startCore(t, []string{"user001"})
+	s.startAgent("agent", "--id", "e2e-outs", "--runtime", "process", "--gpus", "2",
+		"--comfy-command", sim, "--comfy-args", "--step-delay 1ms --log-format json",
+		"--base-port", fmt.Sprint(freePorts(t, 2)), "--scratch", filepath.Join(t.TempDir(), "scratch"),
+		"--retry-delay", "200ms", "--drain-timeout", "10s")
+	s.awaitSlots("e2e-outs", 2, 30*time.Second)
+
+	p := s.participant("user001")
+	wf := workflow(t, "noweights.json")
+	colors := map[string]int{}
+	ids := map[string]string{}
+	for i := range 16 {
+		c := 0x0f0f0f * (i + 1)
+		prompt := bytes.Replace(wf, []byte(`"color": 3355647`), fmt.Appendf(nil, `"color": %d`, c), 1)
+		require.NotEqual(t, wf, prompt)
+		id := p.queue(prompt, "")
+		colors[id], ids[id] = c, "user001"
+	}
+	s.awaitSuccess(t, ids, 2*time.Minute)
+
+	owner := map[string]string{}
+	for id, c := range colors {
+		entry := p.awaitHistory(id, 10*time.Second)
+		var outputs map[string]struct {
+			Images []outputImage `json:"images"`
+		}
+		require.NoError(t, json.Unmarshal(entry["outputs"], &outputs))
+		require.Len(t, outputs["5"].Images, 1)
+		img := outputs["5"].Images[0]
+		require.Empty(t, owner[img.Filename], "jobs %s and %s both name %s", owner[img.Filename], id, img.Filename)
+		owner[img.Filename] = id
+		code, body := p.view(img)
+		require.Equal(t, http.StatusOK, code)
+		decoded, err := png.Decode(bytes.NewReader(body))
+		require.NoError(t, err)
+		r, g, b, _ := decoded.At(64, 48).RGBA()
+		// The workflow inverts the colour before saving it (the blur and
+		// the scaling may round by one); the jobs' colours are 15 apart.
+		want := [3]int{255 - c>>16&0xff, 255 - c>>8&0xff, 255 - c&0xff}
+		got := [3]int{int(r >> 8), int(g >> 8), int(b >> 8)}
+		for i := range want {
+			require.InDelta(t, want[i], got[i], 2, "job %s got another job's picture (%s): %v, want %v", id, img.Filename, got, want)
+		}
+	}
 }
