@@ -25,6 +25,12 @@ const eventBuffer = 4096
 // was sent (see sentState); entries are dropped when a job ends.
 const maxTrackedJobsPerSocket = 256
 
+// maxEarlyNodes bounds the executing nodes a view keeps for jobs whose
+// record it has not seen yet (see userView.earlyNode): normally a few,
+// for jobs just claimed; events for jobs that never get a record only
+// push each other out.
+const maxEarlyNodes = 64
+
 // errViewClosed is returned when a view ends while a request waits for it.
 var errViewClosed = errors.New("participant view closed")
 
@@ -139,13 +145,28 @@ type userView struct {
 	// cap on unfinished prompts. Entries expire (submitTTL) in case a
 	// record never comes.
 	submitting map[string]time.Time
-	reserved   int // sockets being accepted
-	lastUsed   time.Time
-	closed     bool
+	// earlyNode is the executing node of jobs whose live events came
+	// before their record did (the agent runs a job the moment the broker
+	// answers its claim; the JOBS watch may deliver that change later),
+	// handed to the job's entry when it arrives. Bounded by
+	// maxEarlyNodes.
+	earlyNode map[string]string
+	// Owned by the loop (run): the JOBS bucket, whether the initial load
+	// is over, and the jobs whose record was looked up because their
+	// events came first (bounded by maxEarlyNodes).
+	kv       jetstream.KeyValue
+	loaded   bool
+	looked   map[string]struct{}
+	reserved int // sockets being accepted
+	lastUsed time.Time
+	closed   bool
 }
 
 type jobEntry struct {
 	rec wire.JobRecord
+	// rev is the JOBS revision rec comes from: a change the watch
+	// delivers after the record was read directly (lookUp) is older.
+	rev uint64
 	// execNode is the node the job's live events last said was executing,
 	// for the "executing" message a reconnecting socket gets (§3.1).
 	execNode string
@@ -161,6 +182,8 @@ func newUserView(p *Proxy, user string) *userView {
 		bySID:      map[string]*socket{},
 		sent:       map[string]map[string]*sentState{},
 		submitting: map[string]time.Time{},
+		earlyNode:  map[string]string{},
+		looked:     map[string]struct{}{},
 		lastUsed:   time.Now(),
 	}
 	v.ctx, v.cancel = context.WithCancel(p.bg)
@@ -205,6 +228,7 @@ func (v *userView) run() {
 		fail(fmt.Errorf("open job state: %w", err))
 		return
 	}
+	v.kv = kv
 	events := make(chan *nats.Msg, eventBuffer)
 	sub, err := v.p.cfg.Conn.ChanSubscribe(wire.UserEventSubjects(v.user), events)
 	if err != nil {
@@ -245,13 +269,32 @@ func (v *userView) run() {
 					v.reported = v.pending
 					v.mu.Unlock()
 					initial = false
+					v.loaded = true
 					close(v.ready)
 				}
 				continue
 			}
+			// An agent publishes a job's live events before the report
+			// that ends it, so they reach this connection before the JOBS
+			// change the report becomes: relay them first. (select picks
+			// among ready cases at random, and a job's final state drops
+			// whatever live event of it comes after.)
+			v.drainEvents(events)
 			v.applyEntry(e, initial)
 		case m := <-events:
 			v.applyEvent(m)
+		}
+	}
+}
+
+// drainEvents relays the live events already received, without waiting.
+func (v *userView) drainEvents(events <-chan *nats.Msg) {
+	for {
+		select {
+		case m := <-events:
+			v.applyEvent(m)
+		default:
+			return
 		}
 	}
 }
@@ -276,6 +319,9 @@ func (v *userView) applyEntry(e jetstream.KeyValueEntry, initial bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	prev := v.jobs[id]
+	if prev != nil && e.Revision() <= prev.rev {
+		return // already applied: read directly before the watch had it
+	}
 	if e.Operation() != jetstream.KeyValuePut {
 		if prev != nil {
 			delete(v.jobs, id)
@@ -297,9 +343,15 @@ func (v *userView) applyEntry(e jetstream.KeyValueEntry, initial bool) {
 	// The key is authoritative: it is what the watch filtered on.
 	rec.ID, rec.User = id, v.user
 	withoutUserPaths(&rec)
-	next := &jobEntry{rec: rec}
+	next := &jobEntry{rec: rec, rev: e.Revision()}
 	if prev != nil && rec.State == wire.StateRunning {
 		next.execNode = prev.execNode
+	}
+	if n, ok := v.earlyNode[id]; ok {
+		delete(v.earlyNode, id)
+		if next.execNode == "" && !rec.State.Final() {
+			next.execNode = n
+		}
 	}
 	v.jobs[id] = next
 	if prev != nil && prev.rec.State.Pending() {
@@ -485,6 +537,42 @@ func (v *userView) broadcastStatusLocked(force bool) {
 	}
 }
 
+// lookUp reads the record of a job whose live events came before the JOBS
+// watch delivered it, and applies it. An agent runs a job the moment the
+// broker answers its claim, so its first events can overtake the job's
+// queued and running changes; applied first, the record sends what
+// ComfyUI sends before a prompt's events (the status with the new queue
+// length, execution_start), and the watch's copies are then dropped as
+// old (jobEntry.rev). Runs on the loop, without the view's lock.
+func (v *userView) lookUp(jobID string) {
+	if !v.loaded || v.kv == nil {
+		return
+	}
+	v.mu.Lock()
+	_, known := v.jobs[jobID]
+	v.mu.Unlock()
+	if known {
+		return
+	}
+	if _, done := v.looked[jobID]; done {
+		return
+	}
+	if len(v.looked) >= maxEarlyNodes {
+		clear(v.looked)
+	}
+	v.looked[jobID] = struct{}{}
+	ctx, cancel := context.WithTimeout(v.ctx, v.p.cfg.RequestTimeout)
+	defer cancel()
+	e, err := v.kv.Get(ctx, v.user+"."+jobID)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			v.p.log.Debug().Err(err).Str("user", v.user).Str("job", jobID).Msg("reading the record of a job whose events came first")
+		}
+		return
+	}
+	v.applyEntry(e, false)
+}
+
 // applyEvent relays one live event to the socket it is for.
 func (v *userView) applyEvent(m *nats.Msg) {
 	// evt.<agent>.<user>.<job>
@@ -506,6 +594,8 @@ func (v *userView) applyEvent(m *nats.Msg) {
 		// The agent's ComfyUI queue is not the participant's.
 		return
 	}
+
+	v.lookUp(jobID)
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -547,11 +637,20 @@ func (v *userView) applyEvent(m *nats.Msg) {
 				// final message and status, from the job's final state.
 				return
 			}
+			n := *d.Node
+			if d.DisplayNode != nil {
+				n = *d.DisplayNode
+			}
 			if entry != nil {
-				entry.execNode = *d.Node
-				if d.DisplayNode != nil {
-					entry.execNode = *d.DisplayNode
+				entry.execNode = n
+			} else {
+				if _, known := v.earlyNode[jobID]; !known && len(v.earlyNode) >= maxEarlyNodes {
+					for k := range v.earlyNode { // drop an arbitrary entry
+						delete(v.earlyNode, k)
+						break
+					}
 				}
+				v.earlyNode[jobID] = n
 			}
 		}
 	}

@@ -167,7 +167,11 @@ func (v *userView) addSocket(s *socket) bool {
 	s.out <- statusFrame(v.pending, s.sid)
 	sentExecuting := false
 	for _, e := range v.jobs {
-		if e.rec.ClientID != s.sid || e.rec.State != wire.StateRunning {
+		// A prefetched job ComfyUI started the moment the one before it
+		// ended is still dispatched in JOBS until its agent reports it
+		// started, but its live events already say what runs.
+		executing := e.rec.State == wire.StateRunning || (e.rec.State == wire.StateDispatched && e.execNode != "")
+		if e.rec.ClientID != s.sid || !executing {
 			continue
 		}
 		// The job started before this socket: "executing" below stands in

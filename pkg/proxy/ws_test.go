@@ -207,6 +207,31 @@ func TestWSJobLifecycle(t *testing.T) {
 	sentinel(t, b, bobs, bob, "A", "job3")
 }
 
+// A job's first live events can reach the proxy before its record does
+// (the agent starts the job the moment the broker answers its claim): the
+// socket gets them, and a socket reconnecting later is still told which
+// node runs.
+func TestWSEventsBeforeTheRecord(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ws := b.dial(alice, "?clientId=A")
+	ws.expect("status")
+
+	rec := record(alice, 8, wire.StateRunning)
+	rec.ClientID, rec.Agent, rec.Slot, rec.Attempt = "A", "agent1", "0", 1
+	rec.StartedAt = time.Now().UTC().Truncate(time.Millisecond)
+	b.publishEvent("agent1", alice, wire.Event{JobID: rec.ID, ClientID: "A", Attempt: 1, Type: "executing",
+		Data: json.RawMessage(`{"node": "3", "display_node": "3", "prompt_id": "` + rec.ID + `"}`)})
+	require.Equal(t, "3", ws.expect("executing").data(t)["node"])
+
+	b.putRecord(rec)
+	require.JSONEq(t, `{"status": {"exec_info": {"queue_remaining": 1}}}`, string(ws.expect("status").Data))
+	ws.expect("execution_start")
+	again := b.dial(alice, "?clientId=A")
+	again.expect("status")
+	require.JSONEq(t, `{"node": "3"}`, string(again.expect("executing").Data))
+}
+
 func TestWSJobLifecycleSuccessOnLiveStream(t *testing.T) {
 	t.Parallel()
 	b := setup(t)

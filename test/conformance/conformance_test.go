@@ -254,6 +254,12 @@ func (w *wsClient) until(step string, stop func(typ string, data comfyvalidate.O
 		dv, _ := msg.Get("data")
 		data, _ := dv.(comfyvalidate.Object)
 		rendered := w.r.n.render(dv, false)
+		if mt == "atelier_queue_position" {
+			// Atelier's own message (README: queue positions), sent
+			// whenever the workshop's order changes: timing-dependent,
+			// and ComfyUI frontends ignore types they do not know.
+			continue
+		}
 		if mt == "status" {
 			w.pending = rendered
 			if _, hasSID := data.Get("sid"); hasSID {
