@@ -66,14 +66,6 @@ func (in inputSpec) config(s *Server) []any {
 	return []any{first, in.opts}
 }
 
-// extra is the options dict as validation sees it (empty when absent).
-func (in inputSpec) extra() object {
-	if in.opts == nil {
-		return object{}
-	}
-	return in.opts
-}
-
 // nodeDef describes one node class: its object_info entry and its behaviour.
 type nodeDef struct {
 	name, displayName, description, module, category string
@@ -103,21 +95,6 @@ type nodeDef struct {
 
 	// run executes the node; see nodes.go.
 	run nodeFunc
-}
-
-// input returns the spec of a required or optional input and its category.
-func (d *nodeDef) input(name string) (inputSpec, string, bool) {
-	for _, in := range d.required {
-		if in.name == name {
-			return in, "required", true
-		}
-	}
-	for _, in := range d.optional {
-		if in.name == name {
-			return in, "optional", true
-		}
-	}
-	return inputSpec{}, "", false
 }
 
 // info renders the object_info entry with the key order of ComfyUI's

@@ -2,7 +2,6 @@ package comfysim
 
 import (
 	"encoding/json"
-	"math/big"
 
 	"github.com/atelier-run/atelier/pkg/comfyvalidate"
 )
@@ -17,16 +16,12 @@ type (
 	pyFloat = comfyvalidate.PyFloat
 )
 
-func marshalNoEscape(v any) ([]byte, error) { return comfyvalidate.MarshalNoEscape(v) }
-func pyJSON(v any) ([]byte, error)          { return comfyvalidate.PyJSON(v) }
-func mustPyJSON(v any) []byte               { return comfyvalidate.MustPyJSON(v) }
-func decodeJSON(data []byte) (any, error)   { return comfyvalidate.DecodeJSON(data) }
-func pyFloatRepr(v float64) string          { return comfyvalidate.PyFloatRepr(v) }
-func numberIsInt(n json.Number) bool        { return comfyvalidate.NumberIsInt(n) }
-func numberFloat(n json.Number) float64     { return comfyvalidate.NumberFloat(n) }
-func numberRat(n json.Number) *big.Rat      { return comfyvalidate.NumberRat(n) }
-func pyRepr(v any) string                   { return comfyvalidate.PyRepr(v) }
-func pyStr(v any) string                    { return comfyvalidate.PyStr(v) }
-func pyStrRepr(s string) string             { return comfyvalidate.PyStrRepr(s) }
-func pyTypeName(v any) string               { return comfyvalidate.PyTypeName(v) }
-func pyTruthy(v any) bool                   { return comfyvalidate.PyTruthy(v) }
+func pyJSON(v any) ([]byte, error)        { return comfyvalidate.PyJSON(v) }
+func mustPyJSON(v any) []byte             { return comfyvalidate.MustPyJSON(v) }
+func decodeJSON(data []byte) (any, error) { return comfyvalidate.DecodeJSON(data) }
+func numberFloat(n json.Number) float64   { return comfyvalidate.NumberFloat(n) }
+func pyRepr(v any) string                 { return comfyvalidate.PyRepr(v) }
+func pyStr(v any) string                  { return comfyvalidate.PyStr(v) }
+func pyStrRepr(s string) string           { return comfyvalidate.PyStrRepr(s) }
+func pyTypeName(v any) string             { return comfyvalidate.PyTypeName(v) }
+func pyTruthy(v any) bool                 { return comfyvalidate.PyTruthy(v) }

@@ -231,14 +231,12 @@ func TestNumberCounterAndQueue(t *testing.T) {
 	b.sim.SetFault(Fault{Kind: FaultHang, Node: "1"})
 	wf := workflow(t, "workflow-noweights.json")
 	var numbers []string
-	var ids []string
 	for i := 0; i < 3; i++ {
 		status, raw := b.post(t, "/prompt", map[string]any{"prompt": wf, "front": i == 2, "prompt_id": fmt.Sprintf("p%d", i)})
 		require.Equal(t, http.StatusOK, status)
 		var r map[string]json.RawMessage
 		require.NoError(t, json.Unmarshal(raw, &r))
 		numbers = append(numbers, string(r["number"]))
-		ids = append(ids, fmt.Sprintf("p%d", i))
 	}
 	require.Equal(t, []string{"0", "1", "-2"}, numbers)
 

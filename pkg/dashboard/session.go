@@ -108,8 +108,6 @@ func (d *Dashboard) privileged(id string) (registry.User, bool) {
 	return u, u.Role == registry.RoleInstructor || u.Role == registry.RoleAdmin
 }
 
-type ctxSession struct{}
-
 // requireSession lets a request through with a valid session of an
 // instructor or admin; a POST (csrf) must also carry the session's CSRF
 // token and come from the dashboard's own origin.

@@ -576,17 +576,6 @@ func writeFileSync(path string, data []byte) error {
 	return f.Close()
 }
 
-func (r *Receiver) lookup(m *nats.Msg, id string) (*transfer, bool) {
-	agent, ok := agentFromSubject(r.cfg.SubjectPrefix, m.Subject)
-	if !ok {
-		return nil, false
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	t, ok := r.transfers[r.key(agent, id)]
-	return t, ok
-}
-
 // enqueue hands m to the transfer's worker; r.mu guards against a
 // concurrent close of the queue.
 func (r *Receiver) enqueue(m *nats.Msg, agent, id string) (ok, busy bool) {

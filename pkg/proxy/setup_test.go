@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -300,18 +299,4 @@ func (w *wsConn) send(v any) {
 	data, err := json.Marshal(v)
 	require.NoError(w.t, err)
 	require.NoError(w.t, w.c.Write(context.Background(), websocket.MessageText, data))
-}
-
-func mustJSON(t *testing.T, v any) json.RawMessage {
-	t.Helper()
-	b, err := json.Marshal(v)
-	require.NoError(t, err)
-	return b
-}
-
-func compact(t *testing.T, s string) string {
-	t.Helper()
-	var buf bytes.Buffer
-	require.NoError(t, json.Compact(&buf, []byte(s)))
-	return buf.String()
 }

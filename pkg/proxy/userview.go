@@ -825,9 +825,7 @@ func stripPrefix(v json.RawMessage, prefix string) json.RawMessage {
 	walk = func(x any) any {
 		switch t := x.(type) {
 		case string:
-			if strings.HasPrefix(t, prefix) {
-				t = t[len(prefix):]
-			}
+			t = strings.TrimPrefix(t, prefix)
 			for _, sep := range []string{" ", "'", "\"", ":", "("} {
 				t = strings.ReplaceAll(t, sep+prefix, sep)
 			}

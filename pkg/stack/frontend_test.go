@@ -2,7 +2,6 @@ package stack
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -336,28 +335,6 @@ func TestFrontendReplay(t *testing.T) {
 	require.Equal(t, 1, st.Finished["cancelled"])
 	require.Equal(t, 1, st.Finished["interrupted"])
 	require.Equal(t, 1, st.Finished["succeeded"])
-}
-
-// readUntil reads a socket until stop says so and returns the message
-// types seen per prompt.
-func readUntil(t *testing.T, ctx context.Context, c *websocket.Conn, stop func(msg) bool) map[string][]string {
-	t.Helper()
-	seen := map[string][]string{}
-	for {
-		typ, b, err := c.Read(ctx)
-		require.NoError(t, err)
-		if typ != websocket.MessageText {
-			continue
-		}
-		var m msg
-		require.NoError(t, json.Unmarshal(b, &m))
-		if m.Data.PromptID != "" {
-			seen[m.Data.PromptID] = append(seen[m.Data.PromptID], m.Type)
-		}
-		if stop(m) {
-			return seen
-		}
-	}
 }
 
 // newHTTPServer serves h on loopback for the test and returns its URL.

@@ -146,13 +146,6 @@ func (s *system) killBroker() {
 	s.awaitHealthy("http://" + s.brokerAt + "/healthz")
 }
 
-// agentLog returns what the agent logged so far.
-func (s *system) agentLog() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.logs["agent"].String()
-}
-
 type syncWriter struct {
 	mu *sync.Mutex
 	w  io.Writer
