@@ -3,21 +3,16 @@ package filetransfer
 import (
 	"context"
 	"encoding/binary"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
-	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
-	"github.com/atelier-run/atelier/pkg/natsembed"
 )
 
 // storeInput puts data into st as a participant's input file.
@@ -109,28 +104,8 @@ func TestFetchSurvivesKickedConnection(t *testing.T) {
 func TestFetchSurvivesServerRestart(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	root := t.TempDir()
-	cfg := natsembed.Config{StoreDir: filepath.Join(root, "nats"), Port: -1, Logger: zerolog.Nop()}
-	srv, err := natsembed.Start(ctx, cfg)
-	require.NoError(t, err)
-	u, err := url.Parse(srv.ClientURL())
-	require.NoError(t, err)
-	cfg.Port, err = strconv.Atoi(u.Port())
-	require.NoError(t, err)
-	var mu sync.Mutex
-	t.Cleanup(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		srv.Shutdown()
-	})
-
-	// The server side on a TCP connection: a client of the in-process kind
-	// cannot reconnect to a new server.
-	brokerConn := reconnecting(t, srv.ClientURL())
-	agentConn := reconnecting(t, srv.ClientURL())
-	layout := datalayout.New(filepath.Join(root, "data"))
-	require.NoError(t, layout.Ensure())
-	store := filestore.NewDisk(layout)
+	rs := startRestartable(t)
+	brokerConn, agentConn, store := rs.broker, rs.agent, rs.store
 	s, err := NewServer(ServerConfig{Conn: brokerConn, Store: store})
 	require.NoError(t, err)
 	require.NoError(t, s.Start(ctx))
@@ -150,16 +125,8 @@ func TestFetchSurvivesServerRestart(t *testing.T) {
 				once.Do(func() {
 					// Down before the fetch goes on (it could finish
 					// first otherwise), up again in the background.
-					mu.Lock()
-					srv.Shutdown()
-					go func() {
-						defer mu.Unlock()
-						again, err := natsembed.Start(ctx, cfg)
-						if err == nil {
-							srv = again
-						}
-						restarted <- err
-					}()
+					rs.stop()
+					go func() { restarted <- rs.start() }()
 				})
 			}
 		}))

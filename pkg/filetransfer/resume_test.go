@@ -29,6 +29,62 @@ func reconnecting(t testing.TB, url string) *nats.Conn {
 	return nc
 }
 
+// restartable is an embedded NATS server (JetStream on a file store) that
+// a test stops and starts again on the same port and store, as a broker
+// restart does, with a broker's and an agent's connection that reconnect
+// to it (TCP: a client of the in-process kind cannot reconnect to a new
+// server) and a file store.
+type restartable struct {
+	root          string
+	broker, agent *nats.Conn
+	store         *filestore.Disk
+
+	ctx context.Context
+	cfg natsembed.Config
+	mu  sync.Mutex // held from stop to start
+	srv *natsembed.Server
+}
+
+func startRestartable(t *testing.T) *restartable {
+	t.Helper()
+	rs := &restartable{root: t.TempDir(), ctx: context.Background()}
+	rs.cfg = natsembed.Config{StoreDir: filepath.Join(rs.root, "nats"), Port: -1, Logger: zerolog.Nop()}
+	srv, err := natsembed.Start(rs.ctx, rs.cfg)
+	require.NoError(t, err)
+	rs.srv = srv
+	u, err := url.Parse(srv.ClientURL())
+	require.NoError(t, err)
+	rs.cfg.Port, err = strconv.Atoi(u.Port())
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		rs.srv.Shutdown()
+	})
+	rs.broker = reconnecting(t, srv.ClientURL())
+	rs.agent = reconnecting(t, srv.ClientURL())
+	layout := datalayout.New(filepath.Join(rs.root, "data"))
+	require.NoError(t, layout.Ensure())
+	rs.store = filestore.NewDisk(layout)
+	return rs
+}
+
+// stop shuts the server down; start must follow.
+func (rs *restartable) stop() {
+	rs.mu.Lock()
+	rs.srv.Shutdown()
+}
+
+// start brings the server up again on the same port and store.
+func (rs *restartable) start() error {
+	defer rs.mu.Unlock()
+	again, err := natsembed.Start(rs.ctx, rs.cfg)
+	if err == nil {
+		rs.srv = again
+	}
+	return err
+}
+
 // resentAtMost is what a cut may cost: the chunks in flight when it
 // happened (one window) and one more chunk.
 func resentAtMost(nc *nats.Conn) int64 {
@@ -75,29 +131,9 @@ func TestSendSurvivesKickedConnection(t *testing.T) {
 func TestSendSurvivesServerRestart(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	root := t.TempDir()
-	cfg := natsembed.Config{StoreDir: filepath.Join(root, "nats"), Port: -1, Logger: zerolog.Nop()}
-	srv, err := natsembed.Start(ctx, cfg)
-	require.NoError(t, err)
-	u, err := url.Parse(srv.ClientURL())
-	require.NoError(t, err)
-	cfg.Port, err = strconv.Atoi(u.Port())
-	require.NoError(t, err)
-	var mu sync.Mutex
-	t.Cleanup(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		srv.Shutdown()
-	})
-
-	// The receiver on a TCP connection: a client of the in-process kind
-	// cannot reconnect to a new server.
-	brokerConn := reconnecting(t, srv.ClientURL())
-	agentConn := reconnecting(t, srv.ClientURL())
-	layout := datalayout.New(filepath.Join(root, "data"))
-	require.NoError(t, layout.Ensure())
-	store := filestore.NewDisk(layout)
-	r, err := NewReceiver(ReceiverConfig{Conn: brokerConn, Store: store, StagingDir: filepath.Join(root, "staging")})
+	rs := startRestartable(t)
+	brokerConn, agentConn, store := rs.broker, rs.agent, rs.store
+	r, err := NewReceiver(ReceiverConfig{Conn: brokerConn, Store: store, StagingDir: filepath.Join(rs.root, "staging")})
 	require.NoError(t, err)
 	require.NoError(t, r.Start(ctx))
 	t.Cleanup(r.Stop)
@@ -112,14 +148,8 @@ func TestSendSurvivesServerRestart(t *testing.T) {
 			if done >= total/3 {
 				once.Do(func() {
 					go func() {
-						mu.Lock()
-						defer mu.Unlock()
-						srv.Shutdown()
-						again, err := natsembed.Start(ctx, cfg)
-						if err == nil {
-							srv = again
-						}
-						restarted <- err
+						rs.stop()
+						restarted <- rs.start()
 					}()
 				})
 			}
