@@ -153,19 +153,12 @@ func TestDeadTicketOfAHeldJobWaitsForItsRelease(t *testing.T) {
 // advisory waited in DEADTICKETS.
 func TestDeadTicketWhileTheBrokerIsDown(t *testing.T) {
 	t.Parallel()
-	ns, err := natsembed.Start(context.Background(), natsembed.Config{StoreDir: t.TempDir(), Port: -1, User: "atelier", Password: "s3cret"})
-	require.NoError(t, err)
-	t.Cleanup(ns.Shutdown)
-	tb := setupWith(t, func(c *Config) {
-		twoDeliveries(c)
-		c.NATSURL, c.NATSUser, c.NATSPassword = ns.ClientURL(), "atelier", "s3cret"
-	})
+	tb := setupOnExternalNATS(t)
 	tb.heartbeat(t, "a1", "boot1", 1)
 	id := tb.submit(t, "user001")
 	tb.awaitState(t, "user001", id, wire.StateDispatched)
 
-	require.NoError(t, tb.broker.Stop(context.Background()))
-	tb.broker = nil
+	tb.stopBroker(t)
 	tb.handBack(t, id)
 	tb.handBack(t, id)
 	tb.noTicket(t)
@@ -206,21 +199,14 @@ func TestVanishedTicketIsReleasedAgain(t *testing.T) {
 // ticket is still there keeps it.
 func TestLostTicketAfterARestartIsReleasedAgain(t *testing.T) {
 	t.Parallel()
-	ns, err := natsembed.Start(context.Background(), natsembed.Config{StoreDir: t.TempDir(), Port: -1, User: "atelier", Password: "s3cret"})
-	require.NoError(t, err)
-	t.Cleanup(ns.Shutdown)
-	tb := setupWith(t, func(c *Config) {
-		twoDeliveries(c)
-		c.NATSURL, c.NATSUser, c.NATSPassword = ns.ClientURL(), "atelier", "s3cret"
-	})
+	tb := setupOnExternalNATS(t)
 	tb.heartbeat(t, "a1", "boot1", 2)
 	lost := tb.submit(t, "user001")
 	tb.awaitState(t, "user001", lost, wire.StateDispatched)
 	kept := tb.submit(t, "user002")
 	tb.awaitState(t, "user002", kept, wire.StateDispatched)
 
-	require.NoError(t, tb.broker.Stop(context.Background()))
-	tb.broker = nil
+	tb.stopBroker(t)
 	dispatch, err := tb.js.Stream(tb.ctx, wire.StreamDispatch)
 	require.NoError(t, err)
 	info, err := dispatch.Info(tb.ctx)
@@ -247,10 +233,10 @@ func TestLostTicketAfterARestartIsReleasedAgain(t *testing.T) {
 	tb.noTicket(t)
 }
 
-// stopWithExternalNATS is a test bundle whose broker runs against an
+// setupOnExternalNATS returns a test bundle whose broker runs against an
 // external embedded server, so the broker can be stopped while the
 // server, and the tickets in it, carry on.
-func stopWithExternalNATS(t *testing.T) *testBundle {
+func setupOnExternalNATS(t *testing.T) *testBundle {
 	t.Helper()
 	ns, err := natsembed.Start(context.Background(), natsembed.Config{StoreDir: t.TempDir(), Port: -1, User: "atelier", Password: "s3cret"})
 	require.NoError(t, err)
@@ -259,6 +245,14 @@ func stopWithExternalNATS(t *testing.T) *testBundle {
 		twoDeliveries(c)
 		c.NATSURL, c.NATSUser, c.NATSPassword = ns.ClientURL(), "atelier", "s3cret"
 	})
+}
+
+// stopBroker stops the broker alone: its NATS (external) and the bundle's
+// connection stay.
+func (tb *testBundle) stopBroker(t *testing.T) {
+	t.Helper()
+	require.NoError(t, tb.broker.Stop(context.Background()))
+	tb.broker = nil
 }
 
 // loseAdvisory waits for the server's max-deliveries advisory in
@@ -308,7 +302,7 @@ func (tb *testBundle) poolConsumer(t *testing.T) *jetstream.ConsumerInfo {
 // the floor and releases the job again at once, with no agent asking.
 func TestDeadTicketBelowTheAckFloorIsReleasedAgain(t *testing.T) {
 	t.Parallel()
-	tb := stopWithExternalNATS(t)
+	tb := setupOnExternalNATS(t)
 	tb.heartbeat(t, "a1", "boot1", 2)
 	running := tb.submit(t, "user002")
 	tb.awaitState(t, "user002", running, wire.StateDispatched)
@@ -318,8 +312,7 @@ func TestDeadTicketBelowTheAckFloorIsReleasedAgain(t *testing.T) {
 	dead := tb.submit(t, "user001")
 	tb.awaitState(t, "user001", dead, wire.StateDispatched)
 
-	require.NoError(t, tb.broker.Stop(context.Background()))
-	tb.broker = nil
+	tb.stopBroker(t)
 	tb.handBack(t, dead)
 	tb.handBack(t, dead)
 	tb.noTicket(t)                                   // the server gives the ticket up
@@ -357,13 +350,12 @@ func TestDeadTicketBelowTheAckFloorIsReleasedAgain(t *testing.T) {
 // keeps waiting. The running job's ticket is left alone.
 func TestDeadTicketAboveTheAckFloorIsReleasedAgain(t *testing.T) {
 	t.Parallel()
-	tb := stopWithExternalNATS(t)
+	tb := setupOnExternalNATS(t)
 	tb.heartbeat(t, "a1", "boot1", 2)
 	dead := tb.submit(t, "user001")
 	tb.awaitState(t, "user001", dead, wire.StateDispatched)
 
-	require.NoError(t, tb.broker.Stop(context.Background()))
-	tb.broker = nil
+	tb.stopBroker(t)
 	tb.handBack(t, dead)
 	tb.handBack(t, dead)
 	tb.noTicket(t) // the server gives the ticket up
