@@ -182,16 +182,7 @@ func (b *bundle) submit(t *testing.T, user string, steps int) string {
 	var prompt string
 	var outputs []string
 	if steps > 0 {
-		prompt = fmt.Sprintf(`{
- "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "%s"}},
- "11": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["10", 1], "text": "a lighthouse"}},
- "12": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["10", 1], "text": "blurry"}},
- "13": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
- "14": {"class_type": "KSampler", "inputs": {"model": ["10", 0], "positive": ["11", 0], "negative": ["12", 0], "latent_image": ["13", 0],
-        "seed": %d, "steps": %d, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
- "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["10", 2]}},
- "16": {"class_type": "SaveImage", "inputs": {"images": ["15", 0], "filename_prefix": "t2i"}}
-}`, comfysim.DefaultCheckpoint, time.Now().UnixNano()%1_000_000, steps)
+		prompt = txt2img(steps)
 		outputs = []string{"16"}
 	} else {
 		prompt = fmt.Sprintf(`{

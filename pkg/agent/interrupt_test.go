@@ -21,17 +21,7 @@ import (
 // job: it ends interrupted, once, and never executes in ComfyUI.
 func TestInterruptWhileStaging(t *testing.T) {
 	t.Parallel()
-	var executed atomic.Int32
-	b := setup(t, opts{gpus: 1, simConfig: func(_ int, c *comfysim.Config) {
-		c.WSRegisterDelay = time.Minute
-		c.OnExecute = func(string) { executed.Add(1) }
-	}})
-	id := b.submit(t, "user001", 0)
-	require.Eventually(t, func() bool {
-		b.rec.mu.Lock()
-		defer b.rec.mu.Unlock()
-		return b.rec.records[id].State == wire.StateRunning
-	}, 10*time.Second, 5*time.Millisecond)
+	b, id, executed := claimedWhileStaging(t)
 
 	reply := b.control(t, wire.ControlRequest{Op: wire.CtlInterrupt, JobID: id, User: "user001"})
 	require.True(t, reply.Done, "the agent holds the claimed job while it stages it")
@@ -44,24 +34,33 @@ func TestInterruptWhileStaging(t *testing.T) {
 	b.awaitQuiet(t)
 	b.requireOnce(t, recs, wire.StateInterrupted)
 	require.Zero(t, executed.Load(), "the interrupted job never reached the GPU")
+}
 
+// claimedWhileStaging submits a job to an agent whose ComfyUI takes a
+// minute to register the job's WebSocket, and returns once the broker
+// records the job running: the slot is still staging it. executed counts
+// the prompts ComfyUI started.
+func claimedWhileStaging(t *testing.T) (b *bundle, id string, executed *atomic.Int32) {
+	t.Helper()
+	executed = new(atomic.Int32)
+	b = setup(t, opts{gpus: 1, simConfig: func(_ int, c *comfysim.Config) {
+		c.WSRegisterDelay = time.Minute
+		c.OnExecute = func(string) { executed.Add(1) }
+	}})
+	id = b.submit(t, "user001", 0)
+	require.Eventually(t, func() bool {
+		b.rec.mu.Lock()
+		defer b.rec.mu.Unlock()
+		return b.rec.records[id].State == wire.StateRunning
+	}, 10*time.Second, 5*time.Millisecond)
+	return b, id, executed
 }
 
 // A cancel through the broker's API in the same window: the job ends
 // cancelled or interrupted (the broker's word), once, and never runs.
 func TestCancelWhileStaging(t *testing.T) {
 	t.Parallel()
-	var executed atomic.Int32
-	b := setup(t, opts{gpus: 1, simConfig: func(_ int, c *comfysim.Config) {
-		c.WSRegisterDelay = time.Minute
-		c.OnExecute = func(string) { executed.Add(1) }
-	}})
-	id := b.submit(t, "user001", 0)
-	require.Eventually(t, func() bool {
-		b.rec.mu.Lock()
-		defer b.rec.mu.Unlock()
-		return b.rec.records[id].State == wire.StateRunning
-	}, 10*time.Second, 5*time.Millisecond)
+	b, id, executed := claimedWhileStaging(t)
 	admin := wire.Caller{User: "admin", Role: wire.RoleAdmin}
 	b.api(t, wire.OpCancel, wire.CancelRequest{Caller: admin, User: "user001", JobIDs: []string{id}})
 	b.rec.await(t, []string{id}, 20*time.Second)
