@@ -92,11 +92,10 @@ func TestSendHashesWhileSendingThroughGoBacks(t *testing.T) {
 	data := randomBytes(t, 32<<20)
 	nc := reconnecting(t, b.srv.ClientURL())
 	var kick sync.Once
-	var corruptFrom, corrupted atomic.Int64
-	corruptFrom.Store(-1)
+	var corrupted atomic.Int64
 	var stats Stats
 	ref, err := Send(b.ctx, nc, DefaultPutPrefix, agent, unhashed("goback", outRef("goback.mp4"), data), bytes.NewReader(data),
-		WithStats(&stats), corruptOnce(&corruptFrom, &corrupted),
+		WithStats(&stats), corruptOnce(afterReconnect(nc, int64(len(data))/2), &corrupted),
 		WithProgress(func(done, total int64) {
 			if done >= total/4 {
 				kick.Do(func() {
@@ -104,9 +103,6 @@ func TestSendHashesWhileSendingThroughGoBacks(t *testing.T) {
 					require.NoError(t, err)
 					require.NoError(t, b.srv.DisconnectClientByID(cid))
 				})
-			}
-			if done >= total/2 {
-				corruptFrom.CompareAndSwap(-1, done)
 			}
 		}))
 	require.NoError(t, err)
