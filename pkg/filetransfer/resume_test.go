@@ -147,10 +147,10 @@ func TestSendSurvivesServerRestart(t *testing.T) {
 		WithProgress(func(done, total int64) {
 			if done >= total/3 {
 				once.Do(func() {
-					go func() {
-						rs.stop()
-						restarted <- rs.start()
-					}()
+					// Down before the Send goes on (it could finish
+					// first otherwise), up again in the background.
+					rs.stop()
+					go func() { restarted <- rs.start() }()
 				})
 			}
 		}))
