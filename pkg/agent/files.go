@@ -24,10 +24,19 @@ type fileKey struct{ kind, subfolder, name string }
 // outputFile is where a shipped file landed in the participant's store.
 type outputFile struct{ subfolder, name string }
 
+// outputPlace is where a file appears in its job's outputs: the output
+// node, the list of the node's UI output ("images", "gifs", "video" …) and
+// the position in it. A re-run of the job (after an agent restart) names
+// the same place for the same output, under ComfyUI's next counter.
+type outputPlace struct {
+	node, list string
+	index      int
+}
+
 // shipOutput ships every file a node's UI output names ("images", "gifs",
 // "video", "audio" … any list of {filename, subfolder, type}) and returns
 // the output with the names the participant sees.
-func (r *run) shipOutput(ctx context.Context, output json.RawMessage) (json.RawMessage, error) {
+func (r *run) shipOutput(ctx context.Context, node string, output json.RawMessage) (json.RawMessage, error) {
 	var lists map[string]json.RawMessage
 	if err := json.Unmarshal(output, &lists); err != nil || lists == nil {
 		return output, nil // null or not an object: nothing to ship
@@ -38,7 +47,7 @@ func (r *run) shipOutput(ctx context.Context, output json.RawMessage) (json.RawM
 			continue // text, animated flags …
 		}
 		changed := false
-		for _, item := range items {
+		for i, item := range items {
 			var name, sub, kind string
 			if json.Unmarshal(item["filename"], &name) != nil || name == "" {
 				continue
@@ -48,7 +57,7 @@ func (r *run) shipOutput(ctx context.Context, output json.RawMessage) (json.RawM
 			if kind == "" {
 				kind = "output"
 			}
-			stored, err := r.shipFile(ctx, fileKey{kind: kind, subfolder: sub, name: name})
+			stored, err := r.shipFile(ctx, fileKey{kind: kind, subfolder: sub, name: name}, outputPlace{node: node, list: key, index: i})
 			if err != nil {
 				return nil, err
 			}
@@ -63,11 +72,12 @@ func (r *run) shipOutput(ctx context.Context, output json.RawMessage) (json.RawM
 	return json.Marshal(lists)
 }
 
-// shipFile sends one output file to mello's file store. A file is shipped
-// once per run. When the agent can read ComfyUI's folders (the process and
-// simulated runtimes), it reads the file where ComfyUI wrote it; otherwise
-// it copies it through ComfyUI's /view into a spool file first.
-func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
+// shipFile sends one output file, found at place in the job's outputs, to
+// mello's file store. A file is shipped once per run. When the agent can
+// read ComfyUI's folders (the process and simulated runtimes), it reads
+// the file where ComfyUI wrote it; otherwise it copies it through
+// ComfyUI's /view into a spool file first.
+func (r *run) shipFile(ctx context.Context, k fileKey, place outputPlace) (outputFile, error) {
 	if done, ok := r.shipped[k]; ok {
 		return done, nil
 	}
@@ -100,25 +110,18 @@ func (r *run) shipFile(ctx context.Context, k fileKey) (outputFile, error) {
 	}
 	defer cleanup()
 	// A PNG carries the participant's own prompt, not the rewritten one
-	// ComfyUI ran (pngmeta.go); what ships is hashed as it ships.
+	// ComfyUI ran (pngmeta.go).
 	src, size, err = r.ownMetadata(src, size, k)
 	if err != nil {
 		return outputFile{}, fmt.Errorf("read %s: %w", k.name, err)
 	}
-	sum, err := hashReaderAt(src, size)
-	if err != nil {
-		return outputFile{}, fmt.Errorf("hash %s: %w", k.name, err)
-	}
 	ref := filestore.Ref{User: r.job.User, Kind: kind, Subfolder: stripUser(r.job.User, k.subfolder), Name: k.name}
-	// The transfer id is stable across retries and agent restarts, so an
-	// interrupted upload resumes where it stopped. It names the content for
-	// this job (job, folder, sha256), not the attempt nor the file name: an
-	// agent restarted while shipping re-runs the job, and ComfyUI saves the
-	// same output under its next counter (…_00002_.mp4); the receiver then
-	// carries the staged part over to the new name instead of starting over.
-	tid := sha256.Sum256(fmt.Appendf(nil, "%s/%s/%s/%s", r.job.ID, k.kind, k.subfolder, sum))
+	// The sha256 is computed while the file is sent (Meta.SHA256 ""): the
+	// file is read once, and its first chunk leaves at once instead of after
+	// a hashing pass over a multi-GB video. The receiver checks the sum the
+	// commit brings against what it received.
 	stored, err := filetransfer.Send(ctx, r.s.a.nc, wire.FilePutPrefix, r.s.a.cfg.ID,
-		filetransfer.Meta{TransferID: hex.EncodeToString(tid[:16]), Ref: ref, Size: size, SHA256: sum}, src)
+		filetransfer.Meta{TransferID: outputTransferID(r.job.ID, k, place), Ref: ref, Size: size}, src)
 	if err != nil {
 		return outputFile{}, fmt.Errorf("send %s to mello: %w", k.name, err)
 	}
@@ -272,13 +275,19 @@ func (r *run) spoolOutput(ctx context.Context, k fileKey) (io.ReaderAt, int64, f
 	return spool, size, cleanup, nil
 }
 
-// hashReaderAt is the sha256 of the size bytes of src, hex.
-func hashReaderAt(src io.ReaderAt, size int64) (string, error) {
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(src, 0, size)); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+// outputTransferID is the transfer id of an output upload. It is stable
+// across retries and agent restarts, so an interrupted upload resumes where
+// it stopped, and it names where the file is in the job's outputs (job,
+// place, folder), not the attempt nor the file name: an agent restarted
+// while shipping re-runs the job, and ComfyUI saves the same output under
+// its next counter (…_00002_.mp4); the receiver then carries the staged
+// part over to the new name (same id, same size) instead of starting over.
+// A re-run whose bytes differ from what was staged (a sampler that is not
+// deterministic) fails the commit's sha256 check, and the upload starts
+// over from the first byte: stitched halves of two runs are never stored.
+func outputTransferID(job string, k fileKey, place outputPlace) string {
+	id := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%d\x00%s\x00%s", job, place.node, place.list, place.index, k.kind, k.subfolder))
+	return hex.EncodeToString(id[:16])
 }
 
 // stageInputs makes the job's uploaded inputs available to ComfyUI under

@@ -738,7 +738,7 @@ func (r *run) handleExecuted(ctx context.Context, data json.RawMessage) (json.Ra
 	}
 	var node string
 	_ = json.Unmarshal(msg["node"], &node)
-	output, err := r.shipOutput(ctx, msg["output"])
+	output, err := r.shipOutput(ctx, node, msg["output"])
 	if err != nil {
 		return nil, fmt.Errorf("ship outputs of node %s: %w", node, err)
 	}
@@ -873,7 +873,7 @@ func (r *run) finish(ctx context.Context, out outcome, h *historyEntry) {
 	if h != nil {
 		rep.Outputs = map[string]json.RawMessage{}
 		for node, o := range h.Outputs {
-			shipped, err := r.shipOutput(ctx, o)
+			shipped, err := r.shipOutput(ctx, node, o)
 			if err != nil {
 				if ctx.Err() != nil {
 					return

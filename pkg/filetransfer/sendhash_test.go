@@ -208,3 +208,38 @@ func TestCommitChecksTheSendersSum(t *testing.T) {
 	request("commit", TransferRequest{TransferID: id}, &done)
 	require.Nil(t, done.Error)
 }
+
+// TestRerunWithOtherBytesStartsOver: an agent restarted mid-upload re-runs
+// the job, and the re-run's output has the size of the first but other
+// bytes (a sampler that is not deterministic). Its upload, under the same
+// transfer id and without a sum, resumes from the staged part of the
+// first; the commit's sha256 check catches the stitched halves, the staged
+// data is dropped, the whole second file is sent again, and what is stored
+// is the second file, never a mix of the two.
+func TestRerunWithOtherBytesStartsOver(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first := randomBytes(t, 16<<20)
+	second := randomBytes(t, len(first))
+	m := unhashed("rerun-other", outRef("LTX_00001_.mp4"), first)
+	nc1 := connect(t, b.srv)
+	var once sync.Once
+	_, err := Send(b.ctx, nc1, DefaultPutPrefix, agent, m, bytes.NewReader(first),
+		WithProgress(func(done, total int64) {
+			if done >= total/2 {
+				once.Do(nc1.Close)
+			}
+		}))
+	require.ErrorIs(t, err, nats.ErrConnectionClosed)
+
+	m.Ref = outRef("LTX_00002_.mp4")
+	var stats Stats
+	ref, err := Send(b.ctx, b.agent, DefaultPutPrefix, agent, m, bytes.NewReader(second), WithStats(&stats))
+	require.NoError(t, err)
+	require.Equal(t, m.Ref, ref)
+	requireSame(t, second, readStored(t, b, ref))
+	require.Equal(t, hexSum(second), stats.SHA256)
+	require.Equal(t, 2, stats.Attempts, "the resumed attempt was refused at commit, the next sent it all")
+	require.Zero(t, stats.StartOffset, "the last attempt started from the first byte")
+	require.GreaterOrEqual(t, stats.BytesSent, int64(len(second)), "the whole file after the refusal")
+}
