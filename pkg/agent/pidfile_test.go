@@ -2,7 +2,6 @@ package agent
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testport"
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
@@ -43,14 +43,6 @@ func simBinary(t *testing.T) string {
 	return simBinPath
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // A ComfyUI an earlier run of the agent left behind (its pid file names
 // it, and it holds the slot's port) is stopped when the process runtime
 // starts: the new ComfyUI comes up on the same port. A pid file whose pid
@@ -59,7 +51,9 @@ func TestProcessStopsLeftoverComfyUI(t *testing.T) {
 	t.Parallel()
 	sim := simBinary(t)
 	dir := t.TempDir()
-	port := freePort(t)
+	// gpu0's port and gpu1's after it, from below the ephemeral range:
+	// free until the ComfyUIs bind them.
+	port := testport.Consecutive(t, 2)
 	p := &Process{
 		Command: []string{sim}, ExtraArgs: []string{"--step-delay", "1ms"},
 		GPUs:     []GPU{{Index: 0, Name: "GPU 0"}, {Index: 1, Name: "GPU 1"}},

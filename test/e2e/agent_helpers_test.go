@@ -9,18 +9,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testport"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/stretchr/testify/require"
 )
@@ -169,29 +168,12 @@ func buildStatic(path, pkg string) error {
 }
 
 // freePorts finds n consecutive free loopback ports (the process and
-// docker runtimes give slot i the port base+i).
+// docker runtimes give slot i the port base+i), from below the kernel's
+// ephemeral range: a port found free there stays free until the runtime
+// binds it (see internal/testport).
 func freePorts(t *testing.T, n int) int {
 	t.Helper()
-	for try := 0; try < 50; try++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		base := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		ok := base+n < 65535
-		for i := 1; ok && i < n; i++ {
-			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(base+i))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free consecutive ports")
-	return 0
+	return testport.Consecutive(t, n)
 }
 
 // logLine is the part of an agent's JSON log line the tests read.

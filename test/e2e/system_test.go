@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testport"
 	"github.com/stretchr/testify/require"
 )
 
@@ -55,12 +55,13 @@ func repoRoot() string {
 	return filepath.Clean(filepath.Join(wd, "..", ".."))
 }
 
+// freeAddr is a loopback address for a process to listen on, with a port
+// from below the kernel's ephemeral range (internal/testport): one found
+// free with port 0 may be given to another listener, or taken by an
+// outgoing connection, before the process binds it.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
+	return testport.Addr(t)
 }
 
 // system is a running Atelier made of real processes.
