@@ -282,6 +282,7 @@ func (a *Agent) sendHeartbeat() {
 		Agent: a.cfg.ID, Pool: a.cfg.Pool, Version: Version, Boot: a.boot,
 		StartedAt: a.startedAt, At: time.Now().UTC(),
 		Draining: a.Draining(), ScratchBytes: a.scratchBytes.Load(),
+		Held: a.heldKeys(),
 	}
 	for _, s := range a.slots {
 		st := s.status()

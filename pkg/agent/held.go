@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"slices"
 	"strings"
 	"sync"
 )
@@ -30,7 +31,7 @@ func (h *held) resolve(r *run) {
 	})
 }
 
-// enter records that a slot claims the job; nil if the agent already
+// enter records that a slot claims the job (key: wire.HeldKey); nil if the agent already
 // holds it (claiming, prefetched, running, or still reporting).
 func (a *Agent) enter(key string) *held {
 	a.liveMu.Lock()
@@ -70,6 +71,19 @@ func (a *Agent) holding(user, jobID string) *held {
 		}
 	}
 	return nil
+}
+
+// heldKeys lists the jobs the agent holds (wire.HeldKey), for the
+// heartbeat.
+func (a *Agent) heldKeys() []string {
+	a.liveMu.Lock()
+	defer a.liveMu.Unlock()
+	keys := make([]string, 0, len(a.live))
+	for key := range a.live {
+		keys = append(keys, key)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // Held is the number of jobs the agent holds: being claimed, staged,

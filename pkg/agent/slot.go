@@ -391,7 +391,7 @@ func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *r
 	// re-claim its own jobs (a claim reply lost to a restart must not
 	// strand the job), so the agent itself must not claim what it holds,
 	// from the claim until the run has reported and acknowledged.
-	key := t.User + "/" + t.JobID
+	key := wire.HeldKey(t.User, t.JobID)
 	h := s.a.enter(key)
 	if h == nil {
 		s.log.Info().Str("job", t.JobID).Msg("ticket for a job this agent already holds; deferring it")

@@ -95,6 +95,7 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	b.cancel = cancel
+	b.state.since = time.Now()
 	defer func() {
 		if err != nil {
 			b.shutdown()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
@@ -85,6 +86,7 @@ func (b *Broker) claim(ctx context.Context, req wire.ClaimRequest) wire.ClaimRep
 		return wire.ClaimReply{Action: wire.ClaimLater, Reason: "could not record the claim"}
 	}
 	rec = e.rec
+	e.claimedAt, e.orphanSeen = time.Now(), false
 	b.log.Info().Str("job", rec.ID).Str("user", rec.User).Str("agent", req.Agent).Str("slot", req.Slot).
 		Int("attempt", rec.Attempt).Msg("job claimed")
 	return wire.ClaimReply{

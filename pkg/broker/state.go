@@ -35,6 +35,9 @@ type state struct {
 	// suspects are waiting jobs whose delivered ticket (JOBS key →
 	// sequence) the last checkTickets found possibly dead.
 	suspects map[string]uint64
+	// since is when this broker started: before AgentTimeout has passed,
+	// not every live agent has heartbeated yet (see orphans.go).
+	since time.Time
 }
 
 type jobEntry struct {
@@ -52,6 +55,12 @@ type jobEntry struct {
 	// job's stays in its JOBS record and is read back when the job leaves
 	// the queue.
 	light bool
+	// claimedAt is when this broker answered the claim that made the
+	// job held (zero: before its start). orphanSeen is set when a look at
+	// the job's dead ticket found that its holder does not hold it (see
+	// orphans.go). Both in memory only.
+	claimedAt  time.Time
+	orphanSeen bool
 }
 
 // jobPayload is the part of a job's record that only the agent running it

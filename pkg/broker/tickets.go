@@ -136,10 +136,14 @@ func (b *Broker) settleDeadTicket(ctx context.Context, t wire.Ticket, seq uint64
 		// and record) the job waits for the dispatcher anyway.
 		b.removeTicket(ctx, seq)
 		return true
-	case e.rec.State == wire.StateRunning || e.rec.Agent != "":
+	case held(e):
 		// A slot holds the job: if it ends, fine; if it gives the job
-		// back, the job needs a ticket then.
-		return false
+		// back, the job needs a ticket then. Unless the holder does not
+		// hold it after all (orphans.go): then it is given back now.
+		dropped, settled := b.dropOrphanedHold(ctx, e, seq)
+		if !dropped {
+			return settled
+		}
 	}
 	if max := b.cfg.Limits.MaxDeliver; e.rec.Attempt >= max {
 		reason := fmt.Sprintf("gave up after %d attempts", e.rec.Attempt)
@@ -208,7 +212,10 @@ func (b *Broker) checkTickets(ctx context.Context) {
 	pools := map[string]*poolTickets{}
 	suspects := map[string]uint64{}
 	for key, e := range b.state.jobs {
-		if e.rec.State != wire.StateDispatched || e.rec.Agent != "" {
+		// Waiting jobs, and held ones whose holder does not hold them
+		// (their dead ticket is then settled like a waiting job's).
+		orphan := held(e) && b.notHeldReason(e) != ""
+		if (e.rec.State != wire.StateDispatched || e.rec.Agent != "") && !orphan {
 			continue
 		}
 		if e.ticketSeq == 0 {
@@ -224,6 +231,11 @@ func (b *Broker) checkTickets(ctx context.Context) {
 		}
 		seq := e.ticketSeq
 		raw, err := b.res.Dispatch.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) && orphan {
+			// The holder acknowledged the ticket: it finished the job
+			// and its report is on its way.
+			continue
+		}
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			if err := b.rerelease(ctx, e, "its ticket is no longer in DISPATCH"); err != nil {
 				b.log.Error().Err(err).Str("job", e.rec.ID).Msg("release a vanished ticket again")
@@ -359,12 +371,15 @@ func (b *Broker) scanTickets(ctx context.Context) {
 			return
 		}
 		for key, e := range b.state.jobs {
-			if e.rec.State != wire.StateDispatched || e.rec.Agent != "" || e.ticketSeq != 0 {
-				continue // held, or released since the scan began
+			if e.ticketSeq != 0 || !occupiesSlot(e.rec.State) {
+				continue // released since the scan began, or not out
 			}
 			if t, ok := found[key]; ok && t.Release >= e.rec.Releases {
 				e.ticketSeq = seqs[key]
 				continue
+			}
+			if held(e) {
+				continue // the holder has the ticket, or acknowledged it
 			}
 			if err := b.rerelease(ctx, e, "no ticket for it in DISPATCH"); err != nil {
 				b.log.Error().Err(err).Str("job", e.rec.ID).Msg("release a lost ticket again")

@@ -40,4 +40,14 @@ type Heartbeat struct {
 	Slots    []SlotStatus `json:"slots"`
 	// ScratchBytes is the disk used under the agent's scratch root.
 	ScratchBytes int64 `json:"scratch_bytes,omitempty"`
+	// Held lists the jobs the agent holds, as HeldKey(user, job): from
+	// the moment a slot sends the claim until the run has reported and
+	// acknowledged its ticket (claiming, staging, prefetched, running,
+	// shipping). The broker gives back a job it recorded as held by this
+	// agent when its ticket can no longer come back and the agent does
+	// not list it (a claim answered while the agent had given up waiting).
+	Held []string `json:"held,omitempty"`
 }
+
+// HeldKey names a job in Heartbeat.Held.
+func HeldKey(user, job string) string { return user + "/" + job }
