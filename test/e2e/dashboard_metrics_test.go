@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -77,18 +78,21 @@ func TestDashboardMetricsAndStatusCommand(t *testing.T) {
 		require.NoError(t, err, string(out))
 		return string(out)
 	}
+	// The pause and the queued job's position come from the dashboard's
+	// poll of the broker (every 500 ms here), the job list from JOBS: the
+	// poll that first says paused may have come before the job was queued.
+	queuedAt := regexp.MustCompile(`\d+\s+\w{8}\s+user002\s+default\s+queued`)
 	var out string
 	require.Eventually(t, func() bool {
 		out = status("--user", "teacher", "--password", dashPassword)
-		return contains(out, "queue PAUSED")
-	}, 10*time.Second, 100*time.Millisecond)
+		return contains(out, "queue PAUSED") && queuedAt.MatchString(out)
+	}, 10*time.Second, 100*time.Millisecond, "the status never showed the pause and the queued job's position")
 	// The slot's state is the agent's last heartbeat: it may still say
 	// busy for a moment after its job ended.
 	require.Regexp(t, `waiting 1 \(queued 1, dispatched 0\)  running 0  GPUs busy [01]/1  agents 1  last hour: 2 done, 0 failed`, out)
 	require.Regexp(t, `dash-box\s+gpu0\s+Simulated GPU 0\s+(idle|busy)`, out)
 	require.Regexp(t, `user001\s+0\s+0\s+1\s+0`, out)
 	require.Regexp(t, `user002\s+1\s+0\s+1\s+0`, out)
-	require.Regexp(t, `\d+\s+\w{8}\s+user002\s+default\s+queued`, out)
 
 	out = status()
 	require.Contains(t, out, "waiting 1 (queued 1, dispatched 0)  running 0")
