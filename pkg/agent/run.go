@@ -538,8 +538,12 @@ func (r *run) extraData() json.RawMessage {
 
 // keepLease tells JetStream the job is still being worked on, so the
 // ticket is not redelivered while a long job runs (or waits, prefetched).
-func (r *run) keepLease(ctx context.Context) {
-	every := r.s.ackWait / 3
+func (r *run) keepLease(ctx context.Context) { keepLease(ctx, r.ticket, r.s.ackWait, r.log) }
+
+// keepLease extends the ticket's lease every third of the consumer's
+// AckWait until ctx ends.
+func keepLease(ctx context.Context, ticket jetstream.Msg, ackWait time.Duration, log zerolog.Logger) {
+	every := ackWait / 3
 	if every <= 0 {
 		every = 10 * time.Second
 	}
@@ -550,8 +554,8 @@ func (r *run) keepLease(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := r.ticket.InProgress(); err != nil {
-				r.log.Warn().Err(err).Msg("extend ticket lease")
+			if err := ticket.InProgress(); err != nil {
+				log.Warn().Err(err).Msg("extend ticket lease")
 			}
 		}
 	}

@@ -404,7 +404,7 @@ func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *r
 			s.a.leave(h)
 		}
 	}()
-	reply, err := s.claim(ctx, t, meta.NumDelivered, prefetch)
+	reply, err := s.claimKeepingLease(ctx, msg, t, meta.NumDelivered, prefetch)
 	if err != nil {
 		s.log.Warn().Err(err).Str("job", t.JobID).Msg("claim failed; ticket goes back")
 		_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
@@ -456,6 +456,37 @@ func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *r
 		_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
 	}
 	return nil
+}
+
+// claimTries is how often a slot asks for a job whose claim got no answer.
+const claimTries = 3
+
+// claimKeepingLease claims the ticket's job, keeping the ticket's lease
+// while it waits, and asks again when no answer comes (a broker killed
+// after it recorded the claim, say). Handing the ticket back instead
+// would use up one of its deliveries, and so would every redelivery while
+// the claim is pending (this agent defers a ticket of a job it holds);
+// once the deliveries are used up the ticket cannot come back. The broker
+// answers the holder's repeated claim with "go".
+func (s *slot) claimKeepingLease(ctx context.Context, ticket jetstream.Msg, t wire.Ticket, delivery uint64, prefetch bool) (wire.ClaimReply, error) {
+	lctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go keepLease(lctx, ticket, s.ackWait, s.log)
+	var err error
+	for try := 1; try <= claimTries; try++ {
+		var reply wire.ClaimReply
+		if reply, err = s.claim(ctx, t, delivery, prefetch); err == nil {
+			return reply, nil
+		}
+		if ctx.Err() != nil || try == claimTries {
+			break
+		}
+		s.log.Warn().Err(err).Str("job", t.JobID).Int("try", try).Msg("claim got no answer; asking again")
+		if !sleep(ctx, s.a.cfg.RetryDelay) {
+			break
+		}
+	}
+	return wire.ClaimReply{}, err
 }
 
 func (s *slot) claim(ctx context.Context, t wire.Ticket, delivery uint64, prefetch bool) (wire.ClaimReply, error) {
