@@ -31,6 +31,68 @@ func TestViewEviction(t *testing.T) {
 	require.Never(t, func() bool { return views() == 0 }, 200*time.Millisecond, 10*time.Millisecond)
 }
 
+// A view still loading its initial state is in use by the requests that
+// wait for it: the janitor evicts an idle view as old as it, not this one.
+// (A load can take longer than ViewIdleTimeout on a loaded machine; the
+// janitor cancelled it, and the requests waiting for it got 503.)
+func TestLoadingViewIsNotEvicted(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withConfig(func(c *Config) { c.ViewIdleTimeout = 20 * time.Millisecond }))
+	r := b.proxy.views
+	registered := func(v *userView) bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.views[v.user] == v
+	}
+	setLastUsed := func(v *userView, at time.Time) {
+		v.mu.Lock()
+		v.lastUsed = at
+		v.mu.Unlock()
+	}
+	// Alice's view never loads by itself (its loop does not run): the
+	// test says when it is loaded. Not idle until a request waits for it.
+	loading := newUserView(b.proxy, alice)
+	setLastUsed(loading, time.Now().Add(time.Hour))
+	r.mu.Lock()
+	r.views[alice] = loading
+	r.mu.Unlock()
+	type result struct {
+		v   *userView
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		v, err := r.get(b.ctx, alice)
+		got <- result{v, err}
+	}()
+	require.Eventually(t, func() bool {
+		loading.mu.Lock()
+		defer loading.mu.Unlock()
+		return loading.waiting == 1
+	}, 10*time.Second, time.Millisecond)
+
+	// Both views were last used an hour ago; Bob's is loaded, and nobody
+	// waits for it. The janitor's pass that evicts Bob's looks at Alice's
+	// too.
+	setLastUsed(loading, time.Now().Add(-time.Hour))
+	idle := newUserView(b.proxy, bob)
+	close(idle.ready)
+	setLastUsed(idle, time.Now().Add(-time.Hour))
+	r.mu.Lock()
+	r.views[bob] = idle
+	r.mu.Unlock()
+	require.Eventually(t, func() bool { return !registered(idle) }, 10*time.Second, time.Millisecond)
+	require.True(t, registered(loading), "the view was evicted while a request waited for it")
+	require.NoError(t, loading.ctx.Err())
+
+	// Loaded: the request has it, and it is evicted once idle.
+	close(loading.ready)
+	res := <-got
+	require.NoError(t, res.err)
+	require.Same(t, loading, res.v)
+	require.Eventually(t, func() bool { return !registered(loading) }, 10*time.Second, time.Millisecond)
+}
+
 func TestStopClosesSockets(t *testing.T) {
 	t.Parallel()
 	b := setup(t)

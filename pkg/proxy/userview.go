@@ -48,8 +48,18 @@ func newViewRegistry(p *Proxy) *viewRegistry {
 }
 
 // get returns user's view, creating it on first use, once its initial state
-// is loaded (bounded by ctx).
+// is loaded (bounded by ctx). A view is in use while requests wait for it
+// to load: the janitor does not evict it from under them (its load can
+// take longer than ViewIdleTimeout).
 func (r *viewRegistry) get(ctx context.Context, user string) (*userView, error) {
+	return r.getThen(ctx, user, nil)
+}
+
+// getThen is get that, when then is not nil and the view is loaded, runs
+// then under the view's lock at the moment the request stops waiting for
+// it: what then takes (a socket's place) keeps the view in use with no gap
+// in which the janitor could evict it.
+func (r *viewRegistry) getThen(ctx context.Context, user string, then func(v *userView)) (*userView, error) {
 	r.mu.Lock()
 	v, ok := r.views[user]
 	if !ok {
@@ -62,17 +72,29 @@ func (r *viewRegistry) get(ctx context.Context, user string) (*userView, error) 
 		r.p.wg.Add(1)
 		go v.run()
 	}
+	// Counted under r.mu, which the janitor holds while it evicts.
+	v.mu.Lock()
+	v.waiting++
+	v.mu.Unlock()
 	r.mu.Unlock()
 
+	var err error
 	select {
 	case <-v.ready:
+		err = v.err
 	case <-ctx.Done():
-		return nil, fmt.Errorf("wait for job state of %s: %w", user, ctx.Err())
+		err = fmt.Errorf("wait for job state of %s: %w", user, ctx.Err())
 	}
-	if v.err != nil {
-		return nil, v.err
+	v.mu.Lock()
+	v.waiting--
+	v.lastUsed = time.Now()
+	if err == nil && then != nil {
+		then(v)
 	}
-	v.touch()
+	v.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	return v, nil
 }
 
@@ -158,6 +180,7 @@ type userView struct {
 	loaded   bool
 	looked   map[string]struct{}
 	reserved int // sockets being accepted
+	waiting  int // requests waiting in get for the initial load
 	lastUsed time.Time
 	closed   bool
 }
@@ -190,16 +213,10 @@ func newUserView(p *Proxy, user string) *userView {
 	return v
 }
 
-func (v *userView) touch() {
-	v.mu.Lock()
-	v.lastUsed = time.Now()
-	v.mu.Unlock()
-}
-
 func (v *userView) idleSince(now time.Time) time.Duration {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(v.sockets) > 0 || v.reserved > 0 {
+	if len(v.sockets) > 0 || v.reserved > 0 || v.waiting > 0 {
 		return 0
 	}
 	return now.Sub(v.lastUsed)

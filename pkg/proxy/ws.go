@@ -137,6 +137,10 @@ func (v *userView) closeSockets(reason string) {
 func (v *userView) reserveSocket(limit int) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	return v.reserveSocketLocked(limit)
+}
+
+func (v *userView) reserveSocketLocked(limit int) bool {
 	if v.closed || len(v.sockets)+v.reserved >= limit {
 		return false
 	}
@@ -206,12 +210,17 @@ func (p *Proxy) handleWS(w http.ResponseWriter, r *http.Request) {
 	if sid == "" {
 		sid = newSID()
 	}
-	v, err := p.views.get(r.Context(), sess.User)
+	// The place is taken as the request stops waiting for the view, so
+	// the view cannot be evicted as idle before the socket is registered.
+	reserved := false
+	v, err := p.views.getThen(r.Context(), sess.User, func(v *userView) {
+		reserved = v.reserveSocketLocked(p.cfg.MaxSocketsPerUser)
+	})
 	if err != nil {
 		p.unavailable(w, r, err)
 		return
 	}
-	if !v.reserveSocket(p.cfg.MaxSocketsPerUser) {
+	if !reserved {
 		writePlain(w, http.StatusTooManyRequests, "too many open WebSockets for this participant; close some tabs")
 		return
 	}
