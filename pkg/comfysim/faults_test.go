@@ -130,14 +130,16 @@ func TestFaultCrash(t *testing.T) {
 func TestFaultSlowStart(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	status, _ := b.post(t, "/sim/fault", `{"kind": "slow_start", "delay": "300ms"}`)
+	// Long enough that the request right after the fault is set still
+	// falls in it on a loaded machine.
+	status, _ := b.post(t, "/sim/fault", `{"kind": "slow_start", "delay": "2s"}`)
 	require.Equal(t, http.StatusOK, status)
 	status, _, _ = b.get(t, "/system_stats")
 	require.Equal(t, http.StatusServiceUnavailable, status)
 	require.Eventually(t, func() bool {
 		status, _, _ := b.get(t, "/system_stats")
 		return status == http.StatusOK
-	}, 5*time.Second, 20*time.Millisecond)
+	}, 10*time.Second, 20*time.Millisecond)
 	status, _ = b.post(t, "/sim/fault", `{"kind": "bogus"}`)
 	require.Equal(t, http.StatusBadRequest, status)
 }
