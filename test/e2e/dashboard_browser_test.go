@@ -82,7 +82,10 @@ func step(t *testing.T, ctx context.Context, name string, d time.Duration, actio
 // a queued job with its button; a participant gets 403.
 func TestDashboardInBrowser(t *testing.T) {
 	t.Parallel()
-	s := startDashStack(t, 1, 150*time.Millisecond)
+	// 300 ms a model step: the watched job runs for about 8 s, time for
+	// a browser on a loaded machine to show it running (it does so about
+	// 0.6 s after the resume on a quiet one).
+	s := startDashStack(t, 1, 300*time.Millisecond)
 	base := s.broker.HTTPURL() + "/dashboard/"
 	ctx := browser(t, s.ctx)
 
