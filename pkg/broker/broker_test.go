@@ -153,7 +153,10 @@ func (tb *testBundle) report(t *testing.T, r wire.Report) {
 	require.NoError(t, err)
 }
 
-// fetchTicket pulls one ticket of the default pool.
+// fetchTicket pulls one ticket of the default pool. The wait is as long as
+// awaitState's: a ticket the broker releases again comes after an agent
+// timeout and two periodic checks, and one fetch took over a second on a
+// loaded machine.
 func (tb *testBundle) fetchTicket(t *testing.T) (wire.Ticket, jetstream.Msg) {
 	t.Helper()
 	var cons jetstream.Consumer
@@ -161,8 +164,8 @@ func (tb *testBundle) fetchTicket(t *testing.T) (wire.Ticket, jetstream.Msg) {
 		c, err := tb.js.Consumer(tb.ctx, wire.StreamDispatch, wire.DispatchConsumer(wire.DefaultPool))
 		cons = c
 		return err == nil
-	}, 5*time.Second, 10*time.Millisecond)
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	}, 10*time.Second, 10*time.Millisecond)
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(10*time.Second))
 	require.NoError(t, err)
 	for m := range batch.Messages() {
 		var tk wire.Ticket
