@@ -40,7 +40,12 @@ func TestDrainThroughTheBrokerReachesTheAgent(t *testing.T) {
 		PromptID string `json:"prompt_id"`
 	}
 	require.NoError(t, json.Unmarshal(body, &r))
-	time.Sleep(time.Second) // several heartbeats and dispatch rounds
+	// Taken in by the broker (the proxy only published it), then several
+	// heartbeats and dispatch rounds.
+	require.Eventually(t, func() bool {
+		return len(b.Queues(tb.ctx, wire.QueuesRequest{Caller: admin}).Jobs) == 1
+	}, 10*time.Second, 20*time.Millisecond, "the broker took the prompt in")
+	time.Sleep(time.Second)
 	q := b.Queues(tb.ctx, wire.QueuesRequest{Caller: admin})
 	require.Len(t, q.Jobs, 1)
 	require.Equal(t, wire.StateQueued, q.Jobs[0].State, "a draining agent takes no job")
