@@ -17,6 +17,11 @@ import (
 func TestQueueDepthChartSurvivesARestart(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
+	// setup's dashboard keeps its own series under the same key (every
+	// 10 s, and on Stop): its save could land between d1's last and d2's
+	// load on a slow run. Only this test's dashboards keep one here.
+	tb.dash.Stop()
+	require.NoError(t, tb.res.Broker.Purge(tb.ctx, depthKey))
 	reg, err := registry.Open(registry.Config{Path: tb.layout.RegistryPath()})
 	require.NoError(t, err)
 	var clock atomic.Int64
