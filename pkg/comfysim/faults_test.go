@@ -111,7 +111,7 @@ func TestFaultCrash(t *testing.T) {
 	id := b.submit(t, workflow(t, "workflow-noweights.json"), "c")
 	select {
 	case <-crashed:
-	case <-time.After(5 * time.Second):
+	case <-time.After(execWait):
 		t.Fatal("OnCrash not called")
 	}
 	// The socket dies without execution_success / executing null.

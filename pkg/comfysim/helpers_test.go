@@ -154,10 +154,16 @@ func (b *testBundle) dial(t *testing.T, path string) *testWS {
 	return &testWS{t: t, conn: conn}
 }
 
-// next reads one message (5 s timeout).
+// execWait bounds a wait for the simulator to execute (the next message
+// of a prompt, its history entry): milliseconds on a quiet machine, but a
+// node took 3 s between two messages under -race with the package's
+// parallel tests on a loaded 2-core one.
+const execWait = 30 * time.Second
+
+// next reads one message (execWait timeout).
 func (w *testWS) next() wsMsg {
 	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), execWait)
 	defer cancel()
 	typ, data, err := w.conn.Read(ctx)
 	require.NoError(w.t, err)

@@ -213,7 +213,7 @@ func TestValidationErrors(t *testing.T) {
 	require.Eventually(t, func() bool {
 		status, raw, _ := b.get(t, "/history/"+id)
 		return status == http.StatusOK && json.Unmarshal(raw, &hist) == nil && len(hist[id].Prompt) == 5
-	}, 5e9, 1e7)
+	}, execWait, 1e7)
 	require.Equal(t, "5.0", string(hist[id].Prompt[0]))
 	require.Contains(t, string(hist[id].Prompt[2]), `"height": 20,`)
 	require.Contains(t, string(hist[id].Prompt[2]), `"width": 20}`)
@@ -289,13 +289,13 @@ func TestNumberCounterAndQueue(t *testing.T) {
 	require.Eventually(t, func() bool {
 		b.getJSON(t, "/history/p0", &hist)
 		return hist["p0"].Status.StatusStr == "error"
-	}, 5e9, 1e7)
+	}, execWait, 1e7)
 	require.False(t, hist["p0"].Status.Completed)
 	// p2 runs next and succeeds.
 	require.Eventually(t, func() bool {
 		b.getJSON(t, "/history/p2", &hist)
 		return hist["p2"].Status.StatusStr == "success"
-	}, 5e9, 1e7)
+	}, execWait, 1e7)
 
 	// History paging: completion order, max_items takes the newest.
 	var page map[string]json.RawMessage
