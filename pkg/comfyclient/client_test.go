@@ -30,6 +30,11 @@ func setup(t *testing.T) *bundle {
 	return setupWith(t, comfysim.Config{StepDelay: -1})
 }
 
+// execWait bounds a test that runs a prompt: about a second under -race
+// on a quiet machine (the simulator's blur, pixel by pixel), 7 s seen on
+// a loaded 2-core one.
+const execWait = time.Minute
+
 func setupWith(t *testing.T, cfg comfysim.Config) *bundle {
 	t.Helper()
 	cfg.Dir = t.TempDir()
@@ -53,7 +58,7 @@ func workflow(t *testing.T, name string) json.RawMessage {
 func TestDialWaitsForRegistration(t *testing.T) {
 	t.Parallel()
 	b := setupWith(t, comfysim.Config{StepDelay: -1, WSRegisterDelay: 300 * time.Millisecond})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), execWait)
 	defer cancel()
 
 	conn, err := b.client.Dial(ctx, "early-bird")
@@ -111,7 +116,7 @@ func TestInfo(t *testing.T) {
 func TestPromptLifecycle(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), execWait)
 	defer cancel()
 
 	conn, err := b.client.Dial(ctx, "agent-1")
