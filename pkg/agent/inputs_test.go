@@ -60,7 +60,10 @@ func (b *bundle) putInput(t *testing.T, user, subfolder, name string, data []byt
 func TestInputsPlacedInComfyUIsFolder(t *testing.T) {
 	t.Parallel()
 	b := setup(t, opts{gpus: 1, simConfig: func(_ int, c *comfysim.Config) { c.MaxUploadSize = 64 << 10 }})
-	data := noisePNG(t, 1024, 1024)
+	// 256 KiB of noise, four times the limit (bigger costs seconds under
+	// -race: generating 4 MiB took 6 s on a loaded machine).
+	data := noisePNG(t, 256, 256)
+	require.Greater(t, len(data), 4*(64<<10), "well over ComfyUI's upload limit")
 	in := b.putInput(t, "user001", "refs", "noise.png", data)
 	id := uuid.NewString()
 	prompt := `{"1": {"class_type": "LoadImage", "inputs": {"image": "refs/noise.png"}},
