@@ -91,7 +91,9 @@ func (b *Broker) dropOrphanedHold(ctx context.Context, e *jobEntry, seq uint64) 
 			log.Error().Err(err).Msg("end a stopped job whose holder is gone")
 			return false, false
 		}
-		b.removeTicket(ctx, seq)
+		if seq != 0 {
+			b.removeTicket(ctx, seq)
+		}
 		return false, true
 	}
 	err := b.transition(ctx, e, func(r *wire.JobRecord) {
@@ -106,4 +108,35 @@ func (b *Broker) dropOrphanedHold(ctx context.Context, e *jobEntry, seq uint64) 
 	e.orphanSeen = false
 	log.Warn().Msg("gave back a held job whose holder does not hold it")
 	return true, false
+}
+
+// reportsApplied reports whether the broker has applied every report in
+// REPORTS: none waits for delivery or for the broker's acknowledgement
+// (which it gives once a report is applied).
+func (b *Broker) reportsApplied(ctx context.Context) bool {
+	c, err := b.res.Reports.Consumer(ctx, wire.ConsumerReports)
+	if err != nil {
+		return false
+	}
+	ci := c.CachedInfo()
+	return ci.NumPending == 0 && ci.NumAckPending == 0
+}
+
+// settleOrphanWithoutTicket handles a held job whose holder does not hold
+// it and whose ticket is not in DISPATCH (on the core). The holder
+// acknowledged the ticket, so it ended the attempt and reported, and the
+// report is on its way; unless the report was lost (published to an
+// embedded server killed before it wrote it). With no report left to
+// apply, and the holder still not holding the job at the next look, the
+// job is given back and released again.
+func (b *Broker) settleOrphanWithoutTicket(ctx context.Context, e *jobEntry) {
+	if !b.reportsApplied(ctx) {
+		e.orphanSeen = false
+		return
+	}
+	if dropped, _ := b.dropOrphanedHold(ctx, e, 0); dropped {
+		if err := b.rerelease(ctx, e, "its holder acknowledged its ticket and no report of it is left"); err != nil {
+			b.log.Error().Err(err).Str("job", e.rec.ID).Msg("release a job whose report was lost")
+		}
+	}
 }

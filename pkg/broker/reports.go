@@ -33,11 +33,25 @@ func (b *Broker) applyReport(ctx context.Context, r wire.Report) {
 		b.stoppedAttemptReported(ctx, r)
 		return
 	}
-	heldNotStarted := e.rec.State == wire.StateDispatched && (r.Kind == wire.ReportStarted || r.Kind == wire.ReportReleased)
+	// A prefetched job is held (dispatched, with its agent) until its
+	// "started" report. Any report of that very attempt applies to it: an
+	// output or the end also says it started, when the "started" report
+	// was lost (an embedded server killed before it wrote it to REPORTS).
+	// Ignoring them left the job held by an attempt that had finished and
+	// acknowledged its ticket: nothing would ever end it.
+	heldNotStarted := e.rec.State == wire.StateDispatched && e.rec.Agent != ""
 	if (e.rec.State != wire.StateRunning && !heldNotStarted) || e.rec.Attempt != r.Attempt || e.rec.Agent != r.Agent {
 		log.Info().Str("state", string(e.rec.State)).Int("current_attempt", e.rec.Attempt).
 			Msg("report of a stale attempt ignored")
 		return
+	}
+	if heldNotStarted && r.Kind != wire.ReportStarted && r.Kind != wire.ReportReleased {
+		log.Warn().Msg("report of a prefetched attempt that never reported its start: taken as started")
+		start := wire.Report{Kind: wire.ReportStarted, JobID: r.JobID, User: r.User, Agent: r.Agent, Attempt: r.Attempt, At: r.At}
+		b.applyReport(ctx, start)
+		if e.rec.State != wire.StateRunning {
+			return // the start could not be recorded; logged there
+		}
 	}
 	var mutate func(rec *wire.JobRecord)
 	switch r.Kind {

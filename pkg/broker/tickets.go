@@ -232,8 +232,13 @@ func (b *Broker) checkTickets(ctx context.Context) {
 		seq := e.ticketSeq
 		raw, err := b.res.Dispatch.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) && orphan {
-			// The holder acknowledged the ticket: it finished the job
-			// and its report is on its way.
+			// The holder acknowledged the ticket: it ended the attempt
+			// and reported, and the report is on its way. Unless it was
+			// lost (published to an embedded server killed before it
+			// wrote it): then, with no report left to apply and the
+			// holder still not holding the job at the next look, the
+			// job is given back and released again.
+			b.settleOrphanWithoutTicket(ctx, e)
 			continue
 		}
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -379,7 +384,11 @@ func (b *Broker) scanTickets(ctx context.Context) {
 				continue
 			}
 			if held(e) {
-				continue // the holder has the ticket, or acknowledged it
+				// The holder has the ticket, or acknowledged it.
+				if b.notHeldReason(e) != "" {
+					b.settleOrphanWithoutTicket(ctx, e)
+				}
+				continue
 			}
 			if err := b.rerelease(ctx, e, "no ticket for it in DISPATCH"); err != nil {
 				b.log.Error().Err(err).Str("job", e.rec.ID).Msg("release a lost ticket again")

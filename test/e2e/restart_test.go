@@ -138,6 +138,7 @@ func TestBrokerKilledMidRunLosesNothing(t *testing.T) {
 		ids[sub.id] = sub.user
 	}
 	require.Len(t, ids, 200)
+	defer s.logUnfinished(t)
 	s.awaitSuccess(t, ids, 3*time.Minute)
 
 	// And ran to completion exactly once where it ran.
