@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"time"
 
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,6 +33,23 @@ func (b *Broker) applyReport(ctx context.Context, r wire.Report) {
 		log.Debug().Msg("report for a finished or unknown job ignored")
 		b.stoppedAttemptReported(ctx, r)
 		return
+	}
+	if e.rec.State == wire.StateDispatched && e.rec.Agent == "" && r.Attempt == e.rec.Attempt+1 && r.Kind != wire.ReportReleased {
+		// The broker answered this agent's claim "go" for this attempt
+		// (no other way to learn the number), but the record of the
+		// claim was lost (an embedded server killed before it wrote
+		// it). The claim is taken as made, so the attempt's reports
+		// apply instead of the job running a second time. Had another
+		// agent claimed the job since, the record would name it.
+		if err := b.transition(ctx, e, func(rec *wire.JobRecord) {
+			rec.State, rec.Attempt = wire.StateDispatched, r.Attempt
+			rec.Agent, rec.Slot = r.Agent, r.Slot
+		}); err != nil {
+			log.Error().Err(err).Msg("record a claim whose record was lost")
+			return
+		}
+		e.claimedAt = time.Now()
+		log.Warn().Str("agent", r.Agent).Msg("report of a claim whose record was lost: the claim is taken as made")
 	}
 	// A prefetched job is held (dispatched, with its agent) until its
 	// "started" report. Any report of that very attempt applies to it: an
