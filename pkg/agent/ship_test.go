@@ -67,12 +67,13 @@ func slowLink(t *testing.T, natsURL string, rate int) string {
 }
 
 // Outputs that take longer to ship than the event watchdog (four 3 MiB
-// videos over a 4 MiB/s uplink, a 500 ms watchdog) ship while the relay
-// goes on reading ComfyUI, busy with a sampler: the watchdog does not take
-// it for hung (with the relay blocked during each ship, each ship was an
-// even chance of a false "hung" restart), the job succeeds at the first
-// attempt, and the participant still sees ComfyUI's order: each node's
-// "executed", with the shipped file, right after its "executing".
+// videos over a 1 MiB/s uplink, 3 s each, a 2 s watchdog) ship while the
+// relay goes on reading ComfyUI, busy with a sampler (600 steps, 12 s):
+// the watchdog does not take it for hung (with the relay blocked during
+// each ship, each ship was an even chance of a false "hung" restart), the
+// job succeeds at the first attempt, and the participant still sees
+// ComfyUI's order: each node's "executed", with the shipped file, right
+// after its "executing".
 func TestSlowShipDoesNotStallTheRelay(t *testing.T) {
 	t.Parallel()
 	restarts := 0
@@ -80,8 +81,11 @@ func TestSlowShipDoesNotStallTheRelay(t *testing.T) {
 	b := setup(t, opts{gpus: 1, stepDelay: 20 * time.Millisecond,
 		simConfig: func(int, *comfysim.Config) { mu.Lock(); restarts++; mu.Unlock() },
 		configure: func(c agent.Config) agent.Config {
-			c.NATSURL = slowLink(t, c.NATSURL, 4<<20)
-			c.EventTimeout = 500 * time.Millisecond
+			c.NATSURL = slowLink(t, c.NATSURL, 1<<20)
+			// Not shorter: with 500 ms (and a 4 MiB/s uplink) the first
+			// attempt was taken for hung now and then under -race on a
+			// loaded machine.
+			c.EventTimeout = 2 * time.Second
 			return c
 		}})
 	id := uuid.NewString()
@@ -111,7 +115,7 @@ func TestSlowShipDoesNotStallTheRelay(t *testing.T) {
  "12": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["10", 1], "text": "blurry"}},
  "13": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
  "14": {"class_type": "KSampler", "inputs": {"model": ["10", 0], "positive": ["11", 0], "negative": ["12", 0], "latent_image": ["13", 0],
-        "seed": 1, "steps": 150, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "seed": 1, "steps": 600, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
  "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["10", 2]}},
  "16": {"class_type": "SaveImage", "inputs": {"images": ["15", 0], "filename_prefix": "t2i"}}`
 	for _, n := range big {
