@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"reflect"
 	"strings"
@@ -41,10 +42,20 @@ func (tb *testBundle) cancel(t *testing.T, req wire.CancelRequest) wire.CancelRe
 
 func (tb *testBundle) requireSubmitGone(t *testing.T, r wire.JobRecord) {
 	t.Helper()
-	st, err := tb.js.Stream(tb.ctx, wire.StreamSubmit)
+	tb.requireMsgGone(t, wire.StreamSubmit, r.SubmitSeq, "a final job leaves SUBMIT")
+}
+
+// requireMsgGone waits for the broker to remove the message at seq from
+// the stream. It does so after it wrote the job's record, which a test
+// polling JOBS may see first.
+func (tb *testBundle) requireMsgGone(t *testing.T, stream string, seq uint64, msg string) {
+	t.Helper()
+	st, err := tb.js.Stream(tb.ctx, stream)
 	require.NoError(t, err)
-	_, err = st.GetMsg(tb.ctx, r.SubmitSeq)
-	require.ErrorIs(t, err, jetstream.ErrMsgNotFound, "a final job leaves SUBMIT")
+	require.Eventually(t, func() bool {
+		_, err := st.GetMsg(tb.ctx, seq)
+		return errors.Is(err, jetstream.ErrMsgNotFound)
+	}, 10*time.Second, 10*time.Millisecond, "%s (%s seq %d)", msg, stream, seq)
 }
 
 func TestCancelAtEveryStage(t *testing.T) {

@@ -218,10 +218,7 @@ func TestJobLifecycle(t *testing.T) {
 	require.NoError(t, msg.DoubleAck(tb.ctx))
 
 	// The finished job left SUBMIT, and its tickets are skipped.
-	submit, err := tb.js.Stream(tb.ctx, wire.StreamSubmit)
-	require.NoError(t, err)
-	_, err = submit.GetMsg(tb.ctx, r.SubmitSeq)
-	require.ErrorIs(t, err, jetstream.ErrMsgNotFound)
+	tb.requireSubmitGone(t, r)
 	skip := tb.claim(t, wire.ClaimRequest{JobID: id, User: "user001", Agent: "a2", Slot: "gpu0", Boot: "boot2"})
 	require.Equal(t, wire.ClaimSkip, skip.Action)
 

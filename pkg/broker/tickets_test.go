@@ -328,10 +328,7 @@ func TestDeadTicketBelowTheAckFloorIsReleasedAgain(t *testing.T) {
 	tb.heartbeat(t, "a1", "boot1", 2)
 	require.Eventually(t, func() bool { return tb.record(t, "user001", dead).Releases == 2 }, 10*time.Second, 20*time.Millisecond,
 		"the dead ticket was not released again")
-	dispatch, err := tb.js.Stream(tb.ctx, wire.StreamDispatch)
-	require.NoError(t, err)
-	_, err = dispatch.GetMsg(tb.ctx, seq)
-	require.ErrorIs(t, err, jetstream.ErrMsgNotFound, "the dead ticket stays in DISPATCH")
+	tb.requireMsgGone(t, wire.StreamDispatch, seq, "the dead ticket stays in DISPATCH")
 
 	tb.report(t, wire.Report{Kind: wire.ReportSucceeded, JobID: running, User: "user002", Agent: "a1", Attempt: 1})
 	tb.awaitState(t, "user002", running, wire.StateSucceeded)
