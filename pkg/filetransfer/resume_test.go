@@ -197,15 +197,7 @@ func TestResumeUnderANewName(t *testing.T) {
 	data := randomBytes(t, 24<<20)
 	first := meta("rerun", outRef("LTX_00001_.mp4"), data)
 
-	nc1 := connect(t, b.srv)
-	var once sync.Once
-	_, err := Send(b.ctx, nc1, DefaultPutPrefix, agent, first, bytes.NewReader(data),
-		WithProgress(func(done, total int64) {
-			if done >= total/2 {
-				once.Do(nc1.Close)
-			}
-		}))
-	require.ErrorIs(t, err, nats.ErrConnectionClosed)
+	b.sendUntilAgentDies(t, first, data, 2)
 
 	again := first
 	again.Ref = outRef("LTX_00002_.mp4")

@@ -121,15 +121,7 @@ func TestSendHashesWhileSendingResumes(t *testing.T) {
 	b := setup(t)
 	data := randomBytes(t, 16<<20)
 	m := unhashed("resume-unhashed", outRef("resume.mp4"), data)
-	nc1 := connect(t, b.srv)
-	var once sync.Once
-	_, err := Send(b.ctx, nc1, DefaultPutPrefix, agent, m, bytes.NewReader(data),
-		WithProgress(func(done, total int64) {
-			if done >= total/2 {
-				once.Do(nc1.Close)
-			}
-		}))
-	require.ErrorIs(t, err, nats.ErrConnectionClosed)
+	b.sendUntilAgentDies(t, m, data, 2)
 
 	src := &countingReader{r: bytes.NewReader(data)}
 	var stats Stats
@@ -222,15 +214,7 @@ func TestRerunWithOtherBytesStartsOver(t *testing.T) {
 	first := randomBytes(t, 16<<20)
 	second := randomBytes(t, len(first))
 	m := unhashed("rerun-other", outRef("LTX_00001_.mp4"), first)
-	nc1 := connect(t, b.srv)
-	var once sync.Once
-	_, err := Send(b.ctx, nc1, DefaultPutPrefix, agent, m, bytes.NewReader(first),
-		WithProgress(func(done, total int64) {
-			if done >= total/2 {
-				once.Do(nc1.Close)
-			}
-		}))
-	require.ErrorIs(t, err, nats.ErrConnectionClosed)
+	b.sendUntilAgentDies(t, m, first, 2)
 
 	m.Ref = outRef("LTX_00002_.mp4")
 	var stats Stats

@@ -58,6 +58,22 @@ func connect(t testing.TB, s *server.Server) *nats.Conn {
 	return nc
 }
 
+// sendUntilAgentDies starts uploading data as m on a connection of its
+// own and closes that connection (the agent dies) once the receiver has
+// acknowledged 1/part of it: the receiver keeps the staged part.
+func (b *testBundle) sendUntilAgentDies(t *testing.T, m Meta, data []byte, part int64) {
+	t.Helper()
+	nc := connect(t, b.srv)
+	var once sync.Once
+	_, err := Send(b.ctx, nc, DefaultPutPrefix, agent, m, bytes.NewReader(data),
+		WithProgress(func(done, total int64) {
+			if done >= total/part {
+				once.Do(nc.Close)
+			}
+		}))
+	require.ErrorIs(t, err, nats.ErrConnectionClosed)
+}
+
 func setup(t testing.TB, mutate ...func(*ReceiverConfig)) *testBundle {
 	t.Helper()
 	b := &testBundle{ctx: context.Background()}
@@ -191,16 +207,7 @@ func TestResumeAfterConnectionClosed(t *testing.T) {
 	m := meta("resume", outRef("resume.bin"), data)
 
 	// First attempt: the agent's connection dies a third of the way in.
-	nc1 := connect(t, b.srv)
-	var once sync.Once
-	_, err := Send(b.ctx, nc1, DefaultPutPrefix, agent, m, bytes.NewReader(data),
-		WithProgress(func(done, _ int64) {
-			if done >= int64(len(data))/3 {
-				once.Do(nc1.Close)
-			}
-		}))
-	require.Error(t, err)
-	require.ErrorIs(t, err, nats.ErrConnectionClosed)
+	b.sendUntilAgentDies(t, m, data, 3)
 
 	// An agent restart: a new connection, the same deterministic id.
 	nc2 := connect(t, b.srv)
@@ -219,15 +226,7 @@ func TestResumeAfterReceiverRestart(t *testing.T) {
 
 	data := randomBytes(t, 8<<20)
 	m := meta("restart", outRef("restart.bin"), data)
-	var once sync.Once
-	nc1 := connect(t, b.srv)
-	_, err := Send(b.ctx, nc1, DefaultPutPrefix, agent, m, bytes.NewReader(data),
-		WithProgress(func(done, _ int64) {
-			if done >= int64(len(data))/2 {
-				once.Do(nc1.Close)
-			}
-		}))
-	require.Error(t, err)
+	b.sendUntilAgentDies(t, m, data, 2)
 
 	// The broker restarts: a new Receiver on the same staging dir.
 	b.receiver.Stop()
@@ -274,15 +273,7 @@ func TestCorruptedStagingDetectedAtCommit(t *testing.T) {
 
 	data := randomBytes(t, 4<<20)
 	m := meta("rot", outRef("rot.bin"), data)
-	var once sync.Once
-	nc1 := connect(t, b.srv)
-	_, err := Send(b.ctx, nc1, DefaultPutPrefix, agent, m, bytes.NewReader(data),
-		WithProgress(func(done, _ int64) {
-			if done >= int64(len(data))/2 {
-				once.Do(nc1.Close)
-			}
-		}))
-	require.Error(t, err)
+	b.sendUntilAgentDies(t, m, data, 2)
 
 	// The broker crashes (no saved hash state) and the staged data is
 	// damaged on disk.
