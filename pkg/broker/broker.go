@@ -270,7 +270,11 @@ func (b *Broker) runCore(ctx context.Context) {
 // errStopped is returned by do when the broker stops first.
 var errStopped = errors.New("broker: stopped")
 
-// do runs fn on the core goroutine and waits for it.
+// do runs fn on the core goroutine and waits for it; errStopped when ctx
+// ends first or while fn runs (fn's own work may have been cut short).
+// Once the core took fn, do waits for fn to end even past ctx: the core
+// runs fn the moment it takes it, and a caller returning before fn ends
+// would read what fn is still writing.
 func (b *Broker) do(ctx context.Context, fn func()) error {
 	done := make(chan struct{})
 	select {
@@ -278,12 +282,11 @@ func (b *Broker) do(ctx context.Context, fn func()) error {
 	case <-ctx.Done():
 		return errStopped
 	}
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
+	<-done
+	if ctx.Err() != nil {
 		return errStopped
 	}
+	return nil
 }
 
 // subscribe starts the intake of SUBMIT, the REPORTS consumer and the
