@@ -48,10 +48,7 @@ func TestEndOfAPrefetchedJobWithoutItsStartApplies(t *testing.T) {
 // and released again, so it runs and ends.
 func TestJobWhoseEndWasLostIsReleasedAgain(t *testing.T) {
 	t.Parallel()
-	tb := setupWith(t, orphanConfig)
-	hbs := tb.heartbeatsOfA1(t)
-	id := tb.submit(t, "user001")
-	tb.awaitState(t, "user001", id, wire.StateDispatched)
+	tb, hbs, id := setupOrphan(t)
 	hbs.hold(wire.HeldKey("user001", id))
 	tk, msg := tb.fetchTicket(t)
 	require.Equal(t, id, tk.JobID)

@@ -54,6 +54,17 @@ func (tb *testBundle) heartbeatsOfA1(t *testing.T) *heartbeats {
 	return h
 }
 
+// setupOrphan starts a broker with orphanConfig, agent a1's heartbeats
+// (holding nothing yet) and one job of user001, dispatched.
+func setupOrphan(t *testing.T) (*testBundle, *heartbeats, string) {
+	t.Helper()
+	tb := setupWith(t, orphanConfig)
+	hbs := tb.heartbeatsOfA1(t)
+	id := tb.submit(t, "user001")
+	tb.awaitState(t, "user001", id, wire.StateDispatched)
+	return tb, hbs, id
+}
+
 func (h *heartbeats) hold(keys ...string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -68,10 +79,7 @@ func (h *heartbeats) hold(keys ...string) {
 // again, and runs.
 func TestDeadTicketOfAJobItsAgentDoesNotHoldIsReleasedAgain(t *testing.T) {
 	t.Parallel()
-	tb := setupWith(t, orphanConfig)
-	hbs := tb.heartbeatsOfA1(t)
-	id := tb.submit(t, "user001")
-	tb.awaitState(t, "user001", id, wire.StateDispatched)
+	tb, hbs, id := setupOrphan(t)
 	key := wire.HeldKey("user001", id)
 	hbs.hold(key)
 
@@ -114,10 +122,7 @@ func TestDeadTicketOfAJobItsAgentDoesNotHoldIsReleasedAgain(t *testing.T) {
 // released again, and another agent runs it.
 func TestDeadTicketOfAJobWhoseAgentIsGoneIsReleasedAgain(t *testing.T) {
 	t.Parallel()
-	tb := setupWith(t, orphanConfig)
-	hbs := tb.heartbeatsOfA1(t)
-	id := tb.submit(t, "user001")
-	tb.awaitState(t, "user001", id, wire.StateDispatched)
+	tb, hbs, id := setupOrphan(t)
 
 	tk, first := tb.fetchTicket(t)
 	require.Equal(t, id, tk.JobID)
