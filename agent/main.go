@@ -8,8 +8,8 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -35,7 +35,7 @@ func main() {
 }
 
 func serve(args []string) int {
-	fs := flag.NewFlagSet("atelier-agent", flag.ExitOnError)
+	fs := pflag.NewFlagSet("atelier-agent", pflag.ExitOnError)
 	var (
 		id           = cli.String(fs, "id", "ATELIER_AGENT_ID", "", "agent id (default: host name)")
 		pool         = cli.String(fs, "pool", "ATELIER_POOL", "default", "pool this agent serves")
@@ -72,6 +72,7 @@ func serve(args []string) int {
 		logLevel     = cli.String(fs, "log-level", "ATELIER_LOG_LEVEL", "info", "debug, info, warn, error")
 	)
 	_ = fs.Parse(args)
+	cli.MustApplyEnv(fs)
 	log := logging.Must(*logFormat, *logLevel, "atelier-agent")
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(os.Stderr, "atelier-agent: "+format+"\n", a...)
@@ -186,11 +187,12 @@ func serve(args []string) int {
 // temp/) and, with --comfy-dir, links the checkout's input/ and output/
 // into it. Idempotent: the set-up script runs it on every boot.
 func prepare(args []string) int {
-	fs := flag.NewFlagSet("atelier-agent prepare", flag.ExitOnError)
+	fs := pflag.NewFlagSet("atelier-agent prepare", pflag.ExitOnError)
 	scratch := cli.String(fs, "scratch", "ATELIER_SCRATCH", agent.DefaultScratchRoot, "scratch root")
 	comfyDir := cli.String(fs, "comfy-dir", "ATELIER_COMFY_DIR", "", "ComfyUI checkout whose input/ and output/ become links into the scratch layout")
 	users := cli.String(fs, "users", "ATELIER_USERS", "", "comma-separated users whose folders to create now")
 	_ = fs.Parse(args)
+	cli.MustApplyEnv(fs)
 	var us []string
 	for _, u := range strings.Split(*users, ",") {
 		if u = strings.TrimSpace(u); u != "" {
@@ -209,9 +211,10 @@ func prepare(args []string) int {
 // healthcheck is a container health check for images without curl (the
 // simulator's FROM scratch image): GET the URL, exit 0 on 200.
 func healthcheck(args []string) int {
-	fs := flag.NewFlagSet("atelier-agent healthcheck", flag.ExitOnError)
+	fs := pflag.NewFlagSet("atelier-agent healthcheck", pflag.ExitOnError)
 	url := fs.String("url", "http://127.0.0.1:8188/system_stats", "URL that answers 200 when healthy")
 	_ = fs.Parse(args)
+	cli.MustApplyEnv(fs)
 	c := &http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get(*url)
 	if err != nil {

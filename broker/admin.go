@@ -5,8 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
 	"io"
 	"net/http"
 	"os"
@@ -33,7 +33,7 @@ var adminCommands = map[string]string{
 }
 
 func admin(cmd string, args []string) error {
-	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
+	fs := pflag.NewFlagSet(cmd, pflag.ExitOnError)
 	url := cli.String(fs, "broker", "ATELIER_BROKER_URL", "http://127.0.0.1:8191", "broker HTTP URL")
 	token := cli.String(fs, "token", "ATELIER_ADMIN_TOKEN", "", "admin token (default: read from <data>/meta/admin-token)")
 	dataDir := cli.String(fs, "data", "ATELIER_DATA", "./data", "data directory (to find the admin token)")
@@ -42,6 +42,7 @@ func admin(cmd string, args []string) error {
 		fs.PrintDefaults()
 	}
 	_ = fs.Parse(args)
+	cli.MustApplyEnv(fs)
 	args = fs.Args()
 	if *token == "" {
 		data, err := os.ReadFile(broker.AdminTokenPath(*dataDir))

@@ -7,8 +7,8 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
 	"os"
 	"strings"
 	"time"
@@ -72,7 +72,7 @@ func main() {
 }
 
 func serve(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	fs := pflag.NewFlagSet("serve", pflag.ExitOnError)
 	def := wire.DefaultLimits()
 	var (
 		dataDir    = cli.String(fs, "data", "ATELIER_DATA", "./data", "data directory (JetStream store, instances, registry)")
@@ -82,7 +82,7 @@ func serve(args []string) error {
 		natsListen = cli.String(fs, "nats-listen", "ATELIER_NATS_LISTEN", "127.0.0.1:4222", "embedded NATS client listener for agents and proxies")
 		maxMem     = cli.Int(fs, "nats-max-memory-mb", "ATELIER_NATS_MAX_MEMORY_MB", 256, "embedded JetStream memory limit")
 		maxStore   = cli.Int(fs, "nats-max-store-gb", "ATELIER_NATS_MAX_STORE_GB", 10, "embedded JetStream disk limit")
-		syncAlways = fs.Bool("nats-sync-always", cli.Env("ATELIER_NATS_SYNC_ALWAYS", "") == "true", "fsync every JetStream write (env ATELIER_NATS_SYNC_ALWAYS=true)")
+		syncAlways = cli.Bool(fs, "nats-sync-always", "ATELIER_NATS_SYNC_ALWAYS", false, "fsync every JetStream write")
 		httpAddr   = cli.String(fs, "http", "ATELIER_BROKER_HTTP", "127.0.0.1:8191", "HTTP listen address (health, status, dashboard)")
 		backlog    = cli.Int(fs, "max-backlog", "ATELIER_MAX_BACKLOG", int(def.MaxBacklogPerUser), "unfinished jobs per participant")
 		prefetch   = cli.Int(fs, "prefetch", "ATELIER_PREFETCH", 0, "tickets per pool beyond its agents' slots and their own prefetch")
@@ -101,6 +101,7 @@ func serve(args []string) error {
 		logLevel   = cli.String(fs, "log-level", "ATELIER_LOG_LEVEL", "info", "debug, info, warn, error")
 	)
 	_ = fs.Parse(args)
+	cli.MustApplyEnv(fs)
 	log := logging.Must(*logFormat, *logLevel, "atelier-broker")
 	if *ticketChk <= 0 {
 		return fmt.Errorf("--ticket-check-interval (ATELIER_TICKET_CHECK_INTERVAL) must be positive, got %s", *ticketChk)
@@ -150,14 +151,15 @@ func user(args []string) error {
 		return errors.New("user: want add, list or passwd")
 	}
 	sub, args := args[0], args[1:]
-	fs := flag.NewFlagSet("user "+sub, flag.ExitOnError)
+	fs := pflag.NewFlagSet("user "+sub, pflag.ExitOnError)
 	dataDir := cli.String(fs, "data", "ATELIER_DATA", "./data", "data directory")
 	id := fs.String("id", "", "user id, e.g. user007")
 	name := fs.String("name", "", "display name")
 	role := fs.String("role", "participant", "participant, instructor or admin")
 	pool := fs.String("pool", wire.DefaultPool, "GPU pool")
-	password := fs.String("password", cli.Env("ATELIER_USER_PASSWORD", ""), "password (env ATELIER_USER_PASSWORD)")
+	password := cli.String(fs, "password", "ATELIER_USER_PASSWORD", "", "password")
 	_ = fs.Parse(args)
+	cli.MustApplyEnv(fs)
 
 	layout := datalayout.New(*dataDir)
 	if err := layout.Ensure(); err != nil {

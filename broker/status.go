@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
 	"io"
 	"net/http"
 	"os"
@@ -23,7 +23,7 @@ import (
 // and the participants when the admin token is at hand: --token, or the
 // one in the data directory). --watch redraws it until Ctrl-C.
 func status(args []string) error {
-	fs := flag.NewFlagSet("status", flag.ExitOnError)
+	fs := pflag.NewFlagSet("status", pflag.ExitOnError)
 	var (
 		url      = cli.String(fs, "url", "ATELIER_BROKER_URL", "http://127.0.0.1:8191", "the broker's HTTP address")
 		user     = cli.String(fs, "user", "ATELIER_INSTRUCTOR", "", "instructor account for the full picture (dashboard API)")
@@ -35,6 +35,7 @@ func status(args []string) error {
 		dataDir  = cli.String(fs, "data", "ATELIER_DATA", "./data", "data directory (to find the admin token)")
 	)
 	_ = fs.Parse(args)
+	cli.MustApplyEnv(fs)
 	if *token == "" {
 		if data, err := os.ReadFile(broker.AdminTokenPath(*dataDir)); err == nil {
 			*token = strings.TrimSpace(string(data))

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"flag"
+	"github.com/spf13/pflag"
 
 	"github.com/atelier-run/atelier/pkg/cli"
 	"github.com/atelier-run/atelier/pkg/datalayout"
@@ -29,7 +29,7 @@ func main() {
 }
 
 func run() error {
-	fs := flag.NewFlagSet("atelier-proxy", flag.ExitOnError)
+	fs := pflag.NewFlagSet("atelier-proxy", pflag.ExitOnError)
 	var (
 		listen     = cli.String(fs, "listen", "ATELIER_PROXY_LISTEN", "127.0.0.1:8190", "HTTP listen address for participants")
 		dataDir    = cli.String(fs, "data", "ATELIER_DATA", "./data", "mello data directory (registry, participants' files)")
@@ -44,6 +44,7 @@ func run() error {
 		logLevel  = cli.String(fs, "log-level", "ATELIER_LOG_LEVEL", "info", "debug, info, warn, error")
 	)
 	_ = fs.Parse(os.Args[1:])
+	cli.MustApplyEnv(fs)
 	log := logging.Must(*logFormat, *logLevel, "atelier-proxy")
 
 	layout := datalayout.New(*dataDir)

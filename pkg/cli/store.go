@@ -1,7 +1,7 @@
 package cli
 
 import (
-	"flag"
+	"github.com/spf13/pflag"
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
@@ -10,7 +10,7 @@ import (
 // StoreFlags defines the file store flags shared by the broker and the
 // proxy (they must agree on where participants' files live) and returns a
 // function that builds the store once the flags are parsed.
-func StoreFlags(fs *flag.FlagSet) func(datalayout.Layout) (filestore.Store, error) {
+func StoreFlags(fs *pflag.FlagSet) func(datalayout.Layout) (filestore.Store, error) {
 	kind := String(fs, "store", "ATELIER_STORE", "disk", "where participants' files live: disk (the data directory) or s3 (an S3-compatible bucket; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
 	endpoint := String(fs, "s3-endpoint", "ATELIER_S3_ENDPOINT", "", "S3-compatible endpoint URL (R2, MinIO; empty: AWS)")
 	region := String(fs, "s3-region", "ATELIER_S3_REGION", "auto", "S3 region")

@@ -9,8 +9,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/spf13/pflag"
 	"net/http"
 	"os"
 	"os/exec"
@@ -32,7 +32,7 @@ func main() {
 }
 
 func run() error {
-	fs := flag.NewFlagSet("devstack", flag.ExitOnError)
+	fs := pflag.NewFlagSet("devstack", pflag.ExitOnError)
 	var (
 		bin       = fs.String("bin", "./bin", "directory with atelier-broker, atelier-proxy, atelier-agent")
 		dataDir   = cli.String(fs, "data", "ATELIER_DATA", "./data", "data directory")
@@ -43,6 +43,7 @@ func run() error {
 		logFormat = cli.String(fs, "log-format", "ATELIER_LOG_FORMAT", "console", "json or console")
 	)
 	_ = fs.Parse(os.Args[1:])
+	cli.MustApplyEnv(fs)
 
 	layout := datalayout.New(*dataDir)
 	if err := layout.Ensure(); err != nil {
