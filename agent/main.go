@@ -95,15 +95,6 @@ func serve(args []string) int {
 		InputCacheDir: *cacheDir, InputCacheBytes: maxCache, KeepOutputs: isTrue(*keepOutputs),
 		EventTimeout: *eventTimeout, DrainTimeout: *drainTimeout, RetryDelay: *retryDelay, Logger: log,
 	}
-	if cfg.ID == "" {
-		h, _ := os.Hostname()
-		cfg.ID = strings.Map(func(r rune) rune {
-			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
-				return r
-			}
-			return '-'
-		}, h)
-	}
 	query := strings.Fields(*gpuQuery)
 	discover := func() ([]agent.GPU, error) {
 		listed, err := agent.QueryGPUs(ctx, query)

@@ -96,7 +96,7 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.ID == "" {
 		if h, err := os.Hostname(); err == nil {
-			c.ID = sanitizeID(h)
+			c.ID = wire.SanitizeToken(h)
 		}
 	}
 	if c.Pool == "" {
@@ -159,19 +159,4 @@ func (c *Config) validate() error {
 		return fmt.Errorf("agent config: %w", err)
 	}
 	return nil
-}
-
-// sanitizeID turns a host name into a valid agent id.
-func sanitizeID(h string) string {
-	b := []byte(h)
-	for i, c := range b {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
-		if !ok {
-			b[i] = '-'
-		}
-	}
-	if len(b) > 64 {
-		b = b[:64]
-	}
-	return string(b)
 }

@@ -136,3 +136,23 @@ func ValidateToken(kind, s string) error {
 	}
 	return nil
 }
+
+// SanitizeToken turns s (a host name, say) into a string ValidateToken
+// accepts: characters other than letters, digits, '-' and '_' become '-',
+// a leading '-' or '_' becomes 'x', and it is cut to 64 characters. An
+// empty s stays empty.
+func SanitizeToken(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 0 && (b[0] == '-' || b[0] == '_') {
+		b[0] = 'x'
+	}
+	if len(b) > 64 {
+		b = b[:64]
+	}
+	return string(b)
+}
