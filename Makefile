@@ -8,7 +8,7 @@ BINARIES := atelier-broker atelier-proxy atelier-agent atelier-comfysim atelier-
 # with CGO_ENABLED=0.
 STATIC  := CGO_ENABLED=0 $(GO) build -tags nodynamic
 
-.PHONY: all build run test vet fmt-check bench clean
+.PHONY: all build run test vet fmt-check doccheck bench clean
 
 all: build
 
@@ -32,9 +32,14 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+# A comment or document citing a file or section that does not exist
+# (a section number that was renumbered, a renamed .go file) fails the build.
+doccheck:
+	$(GO) run ./tools/doccheck .
+
 # The GB-sized transfers skip themselves under -race (ten times slower) and
 # run in a second pass without it.
-test: vet fmt-check
+test: vet fmt-check doccheck
 	$(GO) test -race -count=1 -timeout 25m $(PKGS)
 	$(GO) test -count=1 -timeout 10m -run '^TestLargeOutputs$$' -v ./pkg/filetransfer/
 
