@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"encoding/json"
-	"strings"
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -27,7 +26,7 @@ func (b *Broker) handleHeartbeat(ctx context.Context, m *nats.Msg) {
 		b.log.Warn().Err(err).Str("subject", m.Subject).Msg("drop undecodable heartbeat")
 		return
 	}
-	if strings.TrimPrefix(m.Subject, "hb.") != hb.Agent || wire.ValidateToken("agent", hb.Agent) != nil {
+	if agent, err := wire.ParseHeartbeatSubject(m.Subject); err != nil || agent != hb.Agent {
 		b.log.Warn().Str("subject", m.Subject).Str("agent", hb.Agent).Msg("drop heartbeat whose subject does not match it")
 		return
 	}

@@ -38,8 +38,11 @@ func apiError(err error) wire.APIReply {
 // subscribeAPI answers api.broker.<op> requests.
 func (b *Broker) subscribeAPI(ctx context.Context) error {
 	s, err := b.nc.QueueSubscribe(wire.BrokerAPISubject("*"), "atelier-broker", func(m *nats.Msg) {
-		op := strings.TrimPrefix(m.Subject, wire.BrokerAPISubject(""))
-		reply := b.Call(ctx, op, m.Data)
+		op, err := wire.ParseBrokerAPISubject(m.Subject)
+		var reply any = apiError(fmt.Errorf("%w: %v", ErrInvalid, err))
+		if err == nil {
+			reply = b.Call(ctx, op, m.Data)
+		}
 		data, _ := json.Marshal(reply)
 		if err := m.Respond(data); err != nil {
 			b.log.Warn().Err(err).Str("op", op).Msg("answer API request")

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"maps"
 	"slices"
-	"strings"
 
 	"github.com/atelier-run/atelier/pkg/comfyvalidate"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -23,11 +22,11 @@ func (b *Broker) handleCatalog(ctx context.Context, m *nats.Msg) {
 		respond(err.Error())
 		return
 	}
-	c.Agent = strings.TrimPrefix(m.Subject, "catalog.")
+	c.Agent, err = wire.ParseCatalogSubject(m.Subject)
 	if c.Pool == "" {
 		c.Pool = wire.DefaultPool
 	}
-	if wire.ValidateToken("agent", c.Agent) != nil || wire.ValidateToken("pool", c.Pool) != nil {
+	if err != nil || wire.ValidateToken("pool", c.Pool) != nil {
 		respond("invalid agent or pool name")
 		return
 	}

@@ -4,13 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// claimSubjectIs reports whether subject is agent's claim subject.
+func claimSubjectIs(subject, agent string) bool {
+	a, err := wire.ParseClaimSubject(subject)
+	return err == nil && a == agent
+}
 
 // handleClaim answers "slot S of agent A takes job J".
 func (b *Broker) handleClaim(ctx context.Context, m *nats.Msg) {
@@ -19,7 +24,7 @@ func (b *Broker) handleClaim(ctx context.Context, m *nats.Msg) {
 	switch err := json.Unmarshal(m.Data, &req); {
 	case err != nil:
 		reply.Reason = "undecodable claim: " + err.Error()
-	case strings.TrimPrefix(m.Subject, "claim.") != req.Agent:
+	case !claimSubjectIs(m.Subject, req.Agent):
 		// An agent may only claim for itself (its credentials only let it
 		// publish on its own claim subject).
 		reply.Reason = "claim subject does not match the agent"

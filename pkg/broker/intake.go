@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"strings"
 
 	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -31,8 +30,8 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 		_ = b.res.Submit.DeleteMsg(ctx, seq)
 		return
 	}
-	user := strings.TrimPrefix(msg.Subject(), "submit.")
-	if job.User != user || wire.ValidateToken("user", job.User) != nil || wire.ValidateToken("job", job.ID) != nil {
+	user, err := wire.ParseSubmitSubject(msg.Subject())
+	if err != nil || job.User != user || wire.ValidateToken("job", job.ID) != nil {
 		b.log.Error().Str("subject", msg.Subject()).Str("job", job.ID).Msg("intake: job does not match its subject; removing it")
 		_ = b.res.Submit.DeleteMsg(ctx, seq)
 		return

@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"encoding/json"
-	"strings"
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -19,7 +18,7 @@ func (b *Broker) applyReportMsg(ctx context.Context, msg jetstream.Msg) {
 		b.log.Error().Err(err).Str("subject", msg.Subject()).Msg("drop undecodable report")
 		return
 	}
-	if parts := strings.Split(msg.Subject(), "."); len(parts) != 3 || parts[1] != r.Agent || parts[2] != r.JobID {
+	if agent, job, err := wire.ParseReportSubject(msg.Subject()); err != nil || agent != r.Agent || job != r.JobID {
 		b.log.Error().Str("subject", msg.Subject()).Str("agent", r.Agent).Msg("drop report whose subject does not match it")
 		return
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -26,10 +25,9 @@ func (d *Dashboard) watch(ctx context.Context, nc *nats.Conn) error {
 	if err := d.startDepth(ctx, js); err != nil {
 		d.log.Warn().Err(err).Msg("the queue-depth chart will not outlive a restart")
 	}
-	sub, err := nc.Subscribe("evt.*.*.*", func(msg *nats.Msg) {
-		// evt.<agent>.<user>.<job>
-		parts := strings.SplitN(msg.Subject, ".", 4)
-		if len(parts) != 4 {
+	sub, err := nc.Subscribe(wire.EventSubjects, func(msg *nats.Msg) {
+		agent, user, job, err := wire.ParseEventSubject(msg.Subject)
+		if err != nil {
 			return
 		}
 		// Previews are binary frames: skip them before decoding.
@@ -37,7 +35,7 @@ func (d *Dashboard) watch(ctx context.Context, nc *nats.Conn) error {
 		if json.Unmarshal(msg.Data, &ev) != nil || ev.Type == "" {
 			return
 		}
-		d.model.event(parts[1], parts[2], parts[3], ev)
+		d.model.event(agent, user, job, ev)
 	})
 	if err != nil {
 		return fmt.Errorf("dashboard: subscribe to events: %w", err)

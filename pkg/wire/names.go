@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 )
 
 // Streams, buckets and consumers.
@@ -100,6 +101,9 @@ func EventSubject(agent, user, job string) string {
 	return prefixEvent + "." + agent + "." + user + "." + job
 }
 
+// EventSubjects matches the live events of every job.
+const EventSubjects = prefixEvent + ".*.*.*"
+
 // UserEventSubjects matches the live events of all of a user's jobs.
 func UserEventSubjects(user string) string { return prefixEvent + ".*." + user + ".*" }
 
@@ -108,6 +112,87 @@ func ControlSubject(agent string) string { return prefixControl + "." + agent }
 
 // BrokerAPISubject is the request subject of a broker API operation.
 func BrokerAPISubject(op string) string { return prefixBrokerAPI + "." + op }
+
+// ErrInvalidSubject is returned when a subject is not of the form its
+// parser reads, or one of its tokens is not a valid name.
+var ErrInvalidSubject = errors.New("wire: invalid subject")
+
+// ParseSubmitSubject reads the user of a submit.<user> subject.
+func ParseSubmitSubject(subject string) (user string, err error) {
+	t, err := parseSubject(subject, prefixSubmit, "user")
+	return first(t), err
+}
+
+// ParseReportSubject reads the agent and job of a report.<agent>.<job>
+// subject.
+func ParseReportSubject(subject string) (agent, job string, err error) {
+	t, err := parseSubject(subject, prefixReport, "agent", "job")
+	if err != nil {
+		return "", "", err
+	}
+	return t[0], t[1], nil
+}
+
+// ParseClaimSubject reads the agent of a claim.<agent> subject.
+func ParseClaimSubject(subject string) (agent string, err error) {
+	t, err := parseSubject(subject, prefixClaim, "agent")
+	return first(t), err
+}
+
+// ParseHeartbeatSubject reads the agent of an hb.<agent> subject.
+func ParseHeartbeatSubject(subject string) (agent string, err error) {
+	t, err := parseSubject(subject, prefixHeartbeat, "agent")
+	return first(t), err
+}
+
+// ParseCatalogSubject reads the agent of a catalog.<agent> subject.
+func ParseCatalogSubject(subject string) (agent string, err error) {
+	t, err := parseSubject(subject, prefixCatalog, "agent")
+	return first(t), err
+}
+
+// ParseEventSubject reads the agent, user and job of an
+// evt.<agent>.<user>.<job> subject.
+func ParseEventSubject(subject string) (agent, user, job string, err error) {
+	t, err := parseSubject(subject, prefixEvent, "agent", "user", "job")
+	if err != nil {
+		return "", "", "", err
+	}
+	return t[0], t[1], t[2], nil
+}
+
+// ParseBrokerAPISubject reads the operation of an api.broker.<op> subject.
+// It does not check that the operation is one the broker knows.
+func ParseBrokerAPISubject(subject string) (op string, err error) {
+	t, err := parseSubject(subject, prefixBrokerAPI, "operation")
+	return first(t), err
+}
+
+// parseSubject splits subject into prefix (one or more tokens) and one
+// token per name, each of which must pass ValidateToken.
+func parseSubject(subject, prefix string, names ...string) ([]string, error) {
+	rest, ok := strings.CutPrefix(subject, prefix+".")
+	if !ok {
+		return nil, fmt.Errorf("%w: %q does not start with %s.", ErrInvalidSubject, subject, prefix)
+	}
+	tokens := strings.Split(rest, ".")
+	if len(tokens) != len(names) {
+		return nil, fmt.Errorf("%w: %q: want %s.<%s>", ErrInvalidSubject, subject, prefix, strings.Join(names, ">.<"))
+	}
+	for i, tok := range tokens {
+		if err := ValidateToken(names[i], tok); err != nil {
+			return nil, fmt.Errorf("%w: %q: %w", ErrInvalidSubject, subject, err)
+		}
+	}
+	return tokens, nil
+}
+
+func first(tokens []string) string {
+	if len(tokens) == 0 {
+		return ""
+	}
+	return tokens[0]
+}
 
 // JobKey is the JOBS key of a job.
 func JobKey(user, job string) string { return user + "." + job }
