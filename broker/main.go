@@ -17,6 +17,7 @@ import (
 	"github.com/atelier-run/atelier/pkg/brokerd"
 	"github.com/atelier-run/atelier/pkg/cli"
 	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore/storeconfig"
 	"github.com/atelier-run/atelier/pkg/logging"
 	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/scheduler"
@@ -92,7 +93,7 @@ func serve(args []string) error {
 		outputTTL  = cli.Duration(fs, "output-ttl", "ATELIER_OUTPUT_TTL", 7*24*time.Hour, "how long outputs are kept on mello")
 		tempTTL    = cli.Duration(fs, "temp-ttl", "ATELIER_TEMP_TTL", 24*time.Hour, "how long temp files (previews) are kept")
 		inputTTL   = cli.Duration(fs, "input-ttl", "ATELIER_INPUT_TTL", 0, "how long uploads are kept (0: kept)")
-		store      = cli.StoreFlags(fs)
+		store      = storeconfig.Flags(fs)
 		adminToken = cli.String(fs, "admin-token", "ATELIER_ADMIN_TOKEN", "", "instructor token of the HTTP admin API (default: generated into <data>/meta/admin-token)")
 		historyTTL = cli.Duration(fs, "history-ttl", "ATELIER_HISTORY_TTL", def.HistoryTTL, "how long job history is kept")
 		ackWait    = cli.Duration(fs, "ack-wait", "ATELIER_ACK_WAIT", def.AckWait, "how long an agent may hold a ticket without a sign of life")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/cli"
 	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore/storeconfig"
 	"github.com/atelier-run/atelier/pkg/logging"
 	"github.com/atelier-run/atelier/pkg/proxy"
 	"github.com/atelier-run/atelier/pkg/registry"
@@ -38,7 +39,7 @@ func run() error {
 		natsPass   = cli.String(fs, "nats-password", "ATELIER_NATS_PASSWORD", "", "NATS password")
 		uiUpstream = cli.String(fs, "ui-upstream", "ATELIER_UI_UPSTREAM", "",
 			"URL template of each participant's own ComfyUI UI, e.g. 'http://127.0.0.1:{port}' ({user}: user id, {port}: the registry's port); a participant's registry ui_upstream overrides it")
-		storeOf   = cli.StoreFlags(fs)
+		storeOf   = storeconfig.Flags(fs)
 		quotaGB   = cli.Int(fs, "quota-gb", "ATELIER_QUOTA_GB", 0, "each participant's disk quota on mello in GiB, checked on uploads (0: none; the registry's quotas.storage_bytes overrides)")
 		logFormat = cli.String(fs, "log-format", "ATELIER_LOG_FORMAT", "json", "json or console")
 		logLevel  = cli.String(fs, "log-level", "ATELIER_LOG_LEVEL", "info", "debug, info, warn, error")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/natsembed"
 	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -60,7 +61,7 @@ func New(cfg Config) (*Broker, error) {
 		return nil, err
 	}
 	if cfg.Store == nil {
-		cfg.Store = filestore.NewDisk(datalayout.New(cfg.DataDir))
+		cfg.Store = diskstore.New(datalayout.New(cfg.DataDir))
 	}
 	return &Broker{
 		cfg:    cfg,

@@ -12,7 +12,7 @@ import (
 	"github.com/atelier-run/atelier/pkg/broker"
 	"github.com/atelier-run/atelier/pkg/dashboard"
 	"github.com/atelier-run/atelier/pkg/datalayout"
-	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/metrics"
 	"github.com/atelier-run/atelier/pkg/registry"
 )
@@ -60,7 +60,7 @@ func StartConfig(ctx context.Context, c Config) (*Daemon, error) {
 	}
 	cfg.Observer = met
 	if cfg.Store == nil {
-		cfg.Store = filestore.NewDisk(layout)
+		cfg.Store = diskstore.New(layout)
 	}
 	cfg.Store = met.CountTransfers(cfg.Store)
 	b, err := broker.New(cfg)

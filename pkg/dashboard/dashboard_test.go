@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
-	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/natsembed"
 	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -88,7 +88,7 @@ func setup(t *testing.T) *testBundle {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 
-	d, err := New(Config{Registry: reg, Store: filestore.NewDisk(layout), Conn: func() *nats.Conn { return nc },
+	d, err := New(Config{Registry: reg, Store: diskstore.New(layout), Conn: func() *nats.Conn { return nc },
 		PollInterval: 50 * time.Millisecond, PushInterval: 10 * time.Millisecond, Logger: zerolog.Nop()})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(ctx))

@@ -1,12 +1,16 @@
 // Package filestore stores participants' input, output and temp files on
 // mello.
 //
-// The Store interface is deliberately small so that an S3-compatible bucket can
-// replace the disk later; Disk is the implementation on mello's data
-// directory. Every Ref that enters a Store is validated here (see
-// ValidateName, CleanSubfolder): this package is the security boundary that
-// keeps one participant's request from reaching another participant's files
-// or anything outside the data directory.
+// This package is the vocabulary every side shares: the Store interface,
+// names (Ref, Kind) and their validation, and the errors. The stores
+// themselves are in subpackages, so that what only talks about files (the
+// GPU agent, the sending side of pkg/filetransfer) links neither:
+// diskstore on mello's data directory, s3store on an S3-compatible bucket,
+// and storeconfig, which picks one from the binaries' flags. Every Ref that
+// enters a Store is validated here (see ValidateName, CleanSubfolder): this
+// package is the security boundary that keeps one participant's request
+// from reaching another participant's files or anything outside the data
+// directory.
 package filestore
 
 import (
@@ -148,7 +152,7 @@ type Store interface {
 }
 
 // Importer is implemented by stores that can take over a complete local file
-// without copying it (Disk renames it). Callers such as pkg/filetransfer fall
+// without copying it (diskstore renames it). Callers such as pkg/filetransfer fall
 // back to Create and io.Copy when a Store does not implement it.
 type Importer interface {
 	// Import moves the file at path into the store under ref. The caller
@@ -158,15 +162,20 @@ type Importer interface {
 }
 
 // CreateOption configures Create and Import.
-type CreateOption func(*createOptions)
+type CreateOption func(*CreateOptions)
 
-type createOptions struct {
-	overwrite    bool
-	expectedSize int64 // -1: unknown
+// CreateOptions is what a Create or Import was asked for (the stores read
+// it with NewCreateOptions).
+type CreateOptions struct {
+	// Overwrite lets Commit replace an existing file.
+	Overwrite bool
+	// ExpectedSize is the size Commit insists on; -1: any.
+	ExpectedSize int64
 }
 
-func newCreateOptions(opts []CreateOption) createOptions {
-	o := createOptions{expectedSize: -1}
+// NewCreateOptions applies opts to the defaults (no overwrite, any size).
+func NewCreateOptions(opts []CreateOption) CreateOptions {
+	o := CreateOptions{ExpectedSize: -1}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -175,8 +184,8 @@ func newCreateOptions(opts []CreateOption) createOptions {
 
 // Overwrite lets Commit replace an existing file of the same name (ComfyUI's
 // upload with overwrite=true). Without it Commit fails with ErrExists.
-func Overwrite() CreateOption { return func(o *createOptions) { o.overwrite = true } }
+func Overwrite() CreateOption { return func(o *CreateOptions) { o.Overwrite = true } }
 
 // ExpectSize makes Commit fail with ErrChecksumMismatch unless exactly n bytes
 // were written.
-func ExpectSize(n int64) CreateOption { return func(o *createOptions) { o.expectedSize = n } }
+func ExpectSize(n int64) CreateOption { return func(o *CreateOptions) { o.ExpectedSize = n } }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/filetransfer"
 	"github.com/atelier-run/atelier/pkg/filetransfer/transfertest"
 )
@@ -34,7 +35,7 @@ func TestSenderProcess(t *testing.T) { transfertest.RunSenderFromEnv() }
 type bigBundle struct {
 	ctx     context.Context
 	url     string
-	store   *filestore.Disk
+	store   *diskstore.Store
 	staging string
 	view    *httptest.Server
 }
@@ -54,7 +55,7 @@ func setupBig(t *testing.T) *bigBundle {
 	root := t.TempDir()
 	layout := datalayout.New(filepath.Join(root, "data"))
 	require.NoError(t, layout.Ensure())
-	b := &bigBundle{ctx: ctx, url: s.ClientURL(), store: filestore.NewDisk(layout), staging: filepath.Join(root, "data", "staging")}
+	b := &bigBundle{ctx: ctx, url: s.ClientURL(), store: diskstore.New(layout), staging: filepath.Join(root, "data", "staging")}
 	r, err := filetransfer.NewReceiver(filetransfer.ReceiverConfig{Conn: nc, Store: b.store, StagingDir: b.staging})
 	require.NoError(t, err)
 	require.NoError(t, r.Start(ctx))

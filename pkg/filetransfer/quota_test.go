@@ -16,6 +16,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/filetransfer"
 	"github.com/atelier-run/atelier/pkg/retention"
 )
@@ -38,7 +39,7 @@ func TestQuotaRefusesUpload(t *testing.T) {
 
 	layout := datalayout.New(filepath.Join(t.TempDir(), "data"))
 	require.NoError(t, layout.Ensure())
-	store := filestore.NewDisk(layout)
+	store := diskstore.New(layout)
 	quotas, err := retention.NewQuotas(retention.QuotaConfig{Store: store, DefaultLimit: 1 << 20})
 	require.NoError(t, err)
 	var stored atomic.Int64

@@ -16,6 +16,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/natsembed"
 )
 
@@ -37,7 +38,7 @@ func reconnecting(t testing.TB, url string) *nats.Conn {
 type restartable struct {
 	root          string
 	broker, agent *nats.Conn
-	store         *filestore.Disk
+	store         *diskstore.Store
 
 	ctx context.Context
 	cfg natsembed.Config
@@ -65,7 +66,7 @@ func startRestartable(t *testing.T) *restartable {
 	rs.agent = reconnecting(t, srv.ClientURL())
 	layout := datalayout.New(filepath.Join(rs.root, "data"))
 	require.NoError(t, layout.Ensure())
-	rs.store = filestore.NewDisk(layout)
+	rs.store = diskstore.New(layout)
 	return rs
 }
 

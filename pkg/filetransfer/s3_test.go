@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/s3store"
 	"github.com/atelier-run/atelier/pkg/filetransfer"
 	"github.com/atelier-run/atelier/pkg/filetransfer/transfertest"
 	"github.com/atelier-run/atelier/pkg/retention"
@@ -37,7 +38,7 @@ func TestReceiveIntoS3(t *testing.T) {
 	require.NoError(t, backend.CreateBucket("atelier"))
 	ts := httptest.NewServer(gofakes3.New(backend).Server())
 	t.Cleanup(ts.Close)
-	store, err := filestore.NewS3(filestore.S3Config{Bucket: "atelier", PartSize: filestore.MinPartSize, Client: s3.New(s3.Options{
+	store, err := s3store.New(s3store.Config{Bucket: "atelier", PartSize: s3store.MinPartSize, Client: s3.New(s3.Options{
 		BaseEndpoint: aws.String(ts.URL), Region: "us-east-1", UsePathStyle: true,
 		Credentials:                credentials.NewStaticCredentialsProvider("test", "test", ""),
 		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,

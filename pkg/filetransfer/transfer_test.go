@@ -24,6 +24,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 )
 
 const agent = "gpu-1"
@@ -32,7 +33,7 @@ type testBundle struct {
 	ctx      context.Context
 	srv      *server.Server
 	layout   datalayout.Layout
-	store    *filestore.Disk
+	store    *diskstore.Store
 	staging  string
 	broker   *nats.Conn
 	agent    *nats.Conn
@@ -81,7 +82,7 @@ func setup(t testing.TB, mutate ...func(*ReceiverConfig)) *testBundle {
 	root := t.TempDir()
 	b.layout = datalayout.New(filepath.Join(root, "data"))
 	require.NoError(t, b.layout.Ensure())
-	b.store = filestore.NewDisk(b.layout)
+	b.store = diskstore.New(b.layout)
 	b.staging = filepath.Join(root, "data", "staging")
 	b.broker = connect(t, b.srv)
 	b.agent = connect(t, b.srv)
@@ -516,9 +517,9 @@ func TestReceiverConfigValidation(t *testing.T) {
 	require.Error(t, err)
 	s := startNATS(t)
 	nc := connect(t, s)
-	_, err = NewReceiver(ReceiverConfig{Conn: nc, Store: filestore.NewDisk(datalayout.New(t.TempDir()))})
+	_, err = NewReceiver(ReceiverConfig{Conn: nc, Store: diskstore.New(datalayout.New(t.TempDir()))})
 	require.Error(t, err, "StagingDir required")
-	_, err = NewReceiver(ReceiverConfig{Conn: nc, Store: filestore.NewDisk(datalayout.New(t.TempDir())), StagingDir: t.TempDir(), SubjectPrefix: "file.>"})
+	_, err = NewReceiver(ReceiverConfig{Conn: nc, Store: diskstore.New(datalayout.New(t.TempDir())), StagingDir: t.TempDir(), SubjectPrefix: "file.>"})
 	require.Error(t, err)
 	_, err = NewServer(ServerConfig{Conn: nc})
 	require.Error(t, err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/natsembed"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
@@ -77,7 +78,7 @@ func TestGrafanaDashboardNamesRegisteredMetrics(t *testing.T) {
 	layout := datalayout.New(tb.dir)
 	require.NoError(t, layout.Ensure())
 	require.NoError(t, layout.EnsureInstance("u1"))
-	st := m.CountTransfers(filestore.NewDisk(layout))
+	st := m.CountTransfers(diskstore.New(layout))
 	w, err := st.Create(context.Background(), filestore.Ref{User: "u1", Kind: filestore.KindOutput, Name: "a.png"})
 	require.NoError(t, err)
 	_, _ = w.Write([]byte("png"))

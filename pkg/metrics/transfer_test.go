@@ -12,6 +12,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/stretchr/testify/require"
 )
 
@@ -25,7 +26,7 @@ func TestCountTransfers(t *testing.T) {
 	layout := datalayout.New(tb.dir)
 	require.NoError(t, layout.Ensure())
 	require.NoError(t, layout.EnsureInstance("user001"))
-	st := tb.m.CountTransfers(filestore.NewDisk(layout))
+	st := tb.m.CountTransfers(diskstore.New(layout))
 	_, isImporter := st.(filestore.Importer)
 	require.True(t, isImporter)
 	_, isWalker := st.(filestore.Walker)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -108,7 +109,7 @@ func FuzzView(f *testing.F) {
 		f.Add(q)
 	}
 	dir := f.TempDir()
-	store := filestore.NewDisk(datalayout.Layout{Root: dir})
+	store := diskstore.New(datalayout.Layout{Root: dir})
 	ctx := context.Background()
 	put := func(user string, kind filestore.Kind, sub, name, content string) {
 		w, err := store.Create(ctx, filestore.Ref{User: user, Kind: kind, Subfolder: sub, Name: name})

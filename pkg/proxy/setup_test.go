@@ -20,6 +20,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/natsembed"
 	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -62,7 +63,7 @@ type bundle struct {
 	js     jetstream.JetStream
 	res    *wire.Resources
 	reg    *registry.Registry
-	store  *filestore.Disk
+	store  *diskstore.Store
 	proxy  *Proxy
 	url    string
 }
@@ -129,7 +130,7 @@ func setup(t *testing.T, opts ...func(*setupOpts)) *bundle {
 	_, err = res.Catalog.Put(ctx, wire.PoolCatalogKey(wire.DefaultPool), cat)
 	require.NoError(t, err)
 
-	store := filestore.NewDisk(layout)
+	store := diskstore.New(layout)
 	cfg := Config{
 		Addr:     "127.0.0.1:0",
 		Conn:     nc,

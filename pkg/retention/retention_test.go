@@ -13,13 +13,14 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/retention"
 )
 
 type testBundle struct {
 	ctx    context.Context
 	layout datalayout.Layout
-	store  *filestore.Disk
+	store  *diskstore.Store
 	now    time.Time
 }
 
@@ -27,7 +28,7 @@ func setup(t *testing.T) *testBundle {
 	t.Helper()
 	layout := datalayout.New(t.TempDir())
 	require.NoError(t, layout.Ensure())
-	return &testBundle{ctx: context.Background(), layout: layout, store: filestore.NewDisk(layout), now: time.Now()}
+	return &testBundle{ctx: context.Background(), layout: layout, store: diskstore.New(layout), now: time.Now()}
 }
 
 // put stores n bytes under ref and sets its modification time to age ago.
@@ -162,6 +163,6 @@ func TestConfigValidation(t *testing.T) {
 	require.Error(t, err)
 	_, err = retention.NewQuotas(retention.QuotaConfig{})
 	require.Error(t, err)
-	_, err = retention.NewQuotas(retention.QuotaConfig{Store: filestore.NewDisk(datalayout.New(t.TempDir())), DefaultLimit: -1})
+	_, err = retention.NewQuotas(retention.QuotaConfig{Store: diskstore.New(datalayout.New(t.TempDir())), DefaultLimit: -1})
 	require.Error(t, err)
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/atelier-run/atelier/pkg/brokerd"
 	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/atelier-run/atelier/pkg/datalayout"
-	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/proxy"
 	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/retention"
@@ -110,7 +110,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	store := filestore.NewDisk(s.Layout)
+	store := diskstore.New(s.Layout)
 	quotas, err := retention.NewQuotas(retention.QuotaConfig{Store: store, DefaultLimit: cfg.QuotaBytes})
 	if err != nil {
 		return nil, err

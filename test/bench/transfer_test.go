@@ -17,6 +17,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/filetransfer"
 	"github.com/atelier-run/atelier/pkg/filetransfer/transfertest"
 	"github.com/atelier-run/atelier/pkg/natsembed"
@@ -28,7 +29,7 @@ import (
 type transferBench struct {
 	ctx   context.Context
 	srv   *natsembed.Server
-	store *filestore.Disk
+	store *diskstore.Store
 	dir   string
 }
 
@@ -45,7 +46,7 @@ func setupTransfer(b *testing.B) *transferBench {
 
 	layout := datalayout.New(filepath.Join(dir, "data"))
 	require.NoError(b, layout.Ensure())
-	tb := &transferBench{ctx: ctx, srv: srv, store: filestore.NewDisk(layout), dir: dir}
+	tb := &transferBench{ctx: ctx, srv: srv, store: diskstore.New(layout), dir: dir}
 	r, err := filetransfer.NewReceiver(filetransfer.ReceiverConfig{
 		Conn: broker, Store: tb.store, StagingDir: filepath.Join(layout.Root, "staging", "uploads"),
 	})

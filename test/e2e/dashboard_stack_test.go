@@ -17,7 +17,7 @@ import (
 	"github.com/atelier-run/atelier/pkg/brokerd"
 	"github.com/atelier-run/atelier/pkg/dashboard"
 	"github.com/atelier-run/atelier/pkg/datalayout"
-	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/metrics"
 	"github.com/atelier-run/atelier/pkg/proxy"
 	"github.com/atelier-run/atelier/pkg/registry"
@@ -78,7 +78,7 @@ func startDashStack(t *testing.T, gpus int, stepDelay time.Duration) *dashStack 
 	pc, err := nats.Connect(s.broker.ClientURL())
 	require.NoError(t, err)
 	t.Cleanup(pc.Close)
-	px, err := proxy.New(proxy.Config{Addr: "127.0.0.1:0", Conn: pc, Registry: reg, Store: filestore.NewDisk(layout), Logger: log})
+	px, err := proxy.New(proxy.Config{Addr: "127.0.0.1:0", Conn: pc, Registry: reg, Store: diskstore.New(layout), Logger: log})
 	require.NoError(t, err)
 	require.NoError(t, px.Start(ctx))
 	t.Cleanup(func() { _ = px.Stop(context.Background()) })

@@ -1,4 +1,4 @@
-package filestore
+package diskstore
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore"
 )
 
 const (
@@ -31,7 +32,7 @@ const (
 	xattrSHA256 = "user.atelier.sha256"
 )
 
-// Disk is the Store on mello's data directory: a file lives at
+// Store is the filestore.Store on mello's data directory: a file lives at
 // data/instances/<user>/<kind>/<subfolder>/<name>.
 //
 // Every access walks the path one directory at a time through os.Root
@@ -41,21 +42,21 @@ const (
 // folder into another's; the walk refuses links altogether. The
 // participants' ComfyUI containers can write into these folders, so this is
 // not hypothetical.
-type Disk struct {
+type Store struct {
 	layout datalayout.Layout
 }
 
 var (
-	_ Store    = (*Disk)(nil)
-	_ Importer = (*Disk)(nil)
+	_ filestore.Store    = (*Store)(nil)
+	_ filestore.Importer = (*Store)(nil)
 )
 
-// NewDisk returns the Store for layout. Directories are created on demand by
+// New returns the Store for layout. Directories are created on demand by
 // Create and Import.
-func NewDisk(layout datalayout.Layout) *Disk { return &Disk{layout: layout} }
+func New(layout datalayout.Layout) *Store { return &Store{layout: layout} }
 
-// Open implements Store.
-func (d *Disk) Open(ctx context.Context, ref Ref) (File, error) {
+// Open implements filestore.Store.
+func (d *Store) Open(ctx context.Context, ref filestore.Ref) (filestore.File, error) {
 	ref, dir, err := d.openDir(ctx, ref, false)
 	if err != nil {
 		return nil, fmt.Errorf("filestore: open %s: %w", ref, err)
@@ -68,22 +69,22 @@ func (d *Disk) Open(ctx context.Context, ref Ref) (File, error) {
 	return &diskFile{File: f, info: infoOf(ref, f, fi)}, nil
 }
 
-// Stat implements Store.
-func (d *Disk) Stat(ctx context.Context, ref Ref) (Info, error) {
+// Stat implements filestore.Store.
+func (d *Store) Stat(ctx context.Context, ref filestore.Ref) (filestore.Info, error) {
 	f, err := d.Open(ctx, ref)
 	if err != nil {
-		return Info{}, err
+		return filestore.Info{}, err
 	}
 	defer f.Close()
 	return f.Info(), nil
 }
 
-// List implements Store.
-func (d *Disk) List(ctx context.Context, user string, kind Kind, subfolder string) ([]Info, error) {
+// List implements filestore.Store.
+func (d *Store) List(ctx context.Context, user string, kind filestore.Kind, subfolder string) ([]filestore.Info, error) {
 	// Validate with a placeholder name: List has no file name of its own.
-	ref := Ref{User: user, Kind: kind, Subfolder: subfolder, Name: "x"}
+	ref := filestore.Ref{User: user, Kind: kind, Subfolder: subfolder, Name: "x"}
 	ref, dir, err := d.openDir(ctx, ref, false)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, filestore.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
@@ -99,9 +100,9 @@ func (d *Disk) List(ctx context.Context, user string, kind Kind, subfolder strin
 	if err != nil {
 		return nil, fmt.Errorf("filestore: list %s/%s/%s: %w", user, kind, subfolder, err)
 	}
-	infos := make([]Info, 0, len(entries))
+	infos := make([]filestore.Info, 0, len(entries))
 	for _, e := range entries {
-		if !e.Type().IsRegular() || ValidateName(e.Name()) != nil {
+		if !e.Type().IsRegular() || filestore.ValidateName(e.Name()) != nil {
 			continue
 		}
 		fi, err := e.Info()
@@ -110,14 +111,14 @@ func (d *Disk) List(ctx context.Context, user string, kind Kind, subfolder strin
 		}
 		r := ref
 		r.Name = e.Name()
-		infos = append(infos, Info{Ref: r, Size: fi.Size(), ModTime: fi.ModTime()})
+		infos = append(infos, filestore.Info{Ref: r, Size: fi.Size(), ModTime: fi.ModTime()})
 	}
 	sort.Slice(infos, func(i, j int) bool { return infos[i].Ref.Name < infos[j].Ref.Name })
 	return infos, nil
 }
 
-// Remove implements Store.
-func (d *Disk) Remove(ctx context.Context, ref Ref) error {
+// Remove implements filestore.Store.
+func (d *Store) Remove(ctx context.Context, ref filestore.Ref) error {
 	ref, dir, err := d.openDir(ctx, ref, false)
 	if err != nil {
 		return fmt.Errorf("filestore: remove %s: %w", ref, err)
@@ -128,7 +129,7 @@ func (d *Disk) Remove(ctx context.Context, ref Ref) error {
 		return fmt.Errorf("filestore: remove %s: %w", ref, mapNotExist(err))
 	}
 	if fi.IsDir() {
-		return fmt.Errorf("filestore: remove %s: %w: is a directory", ref, ErrNotFound)
+		return fmt.Errorf("filestore: remove %s: %w: is a directory", ref, filestore.ErrNotFound)
 	}
 	// Removing a link removes the link, never its target.
 	if err := dir.Remove(ref.Name); err != nil {
@@ -137,9 +138,9 @@ func (d *Disk) Remove(ctx context.Context, ref Ref) error {
 	return nil
 }
 
-// Create implements Store. The data goes to a hidden temporary file in the
+// Create implements filestore.Store. The data goes to a hidden temporary file in the
 // destination folder, so Commit is a rename within one directory.
-func (d *Disk) Create(ctx context.Context, ref Ref, opts ...CreateOption) (Writer, error) {
+func (d *Store) Create(ctx context.Context, ref filestore.Ref, opts ...filestore.CreateOption) (filestore.Writer, error) {
 	ref, dir, err := d.openDir(ctx, ref, true)
 	if err != nil {
 		return nil, fmt.Errorf("filestore: create %s: %w", ref, err)
@@ -149,21 +150,21 @@ func (d *Disk) Create(ctx context.Context, ref Ref, opts ...CreateOption) (Write
 		dir.Close()
 		return nil, fmt.Errorf("filestore: create %s: %w", ref, err)
 	}
-	return &diskWriter{ref: ref, dir: dir, tmp: tmp, f: f, h: sha256.New(), opts: newCreateOptions(opts)}, nil
+	return &diskWriter{ref: ref, dir: dir, tmp: tmp, f: f, h: sha256.New(), opts: filestore.NewCreateOptions(opts)}, nil
 }
 
-// Import implements Importer: the file is renamed into place when path is on
+// Import implements filestore.Importer: the file is renamed into place when path is on
 // the same file system as the store, and copied otherwise.
-func (d *Disk) Import(ctx context.Context, ref Ref, path string, sum string, opts ...CreateOption) (Info, error) {
-	o := newCreateOptions(opts)
+func (d *Store) Import(ctx context.Context, ref filestore.Ref, path string, sum string, opts ...filestore.CreateOption) (filestore.Info, error) {
+	o := filestore.NewCreateOptions(opts)
 	ref, dir, err := d.openDir(ctx, ref, true)
 	if err != nil {
-		return Info{}, fmt.Errorf("filestore: import %s: %w", ref, err)
+		return filestore.Info{}, fmt.Errorf("filestore: import %s: %w", ref, err)
 	}
 	defer dir.Close()
 	sum = strings.ToLower(sum)
 	if _, err := hex.DecodeString(sum); err != nil || len(sum) != sha256.Size*2 {
-		return Info{}, fmt.Errorf("filestore: import %s: %w: bad sha256 %q", ref, ErrChecksumMismatch, sum)
+		return filestore.Info{}, fmt.Errorf("filestore: import %s: %w: bad sha256 %q", ref, filestore.ErrChecksumMismatch, sum)
 	}
 
 	tmp := tmpPrefix + randomSuffix()
@@ -171,21 +172,21 @@ func (d *Disk) Import(ctx context.Context, ref Ref, path string, sum string, opt
 		// Different file systems (or no renameat): copy instead.
 		w, err := d.Create(ctx, ref, opts...)
 		if err != nil {
-			return Info{}, err
+			return filestore.Info{}, err
 		}
 		defer w.Abort()
 		src, err := os.Open(path)
 		if err != nil {
-			return Info{}, fmt.Errorf("filestore: import %s: %w", ref, err)
+			return filestore.Info{}, fmt.Errorf("filestore: import %s: %w", ref, err)
 		}
 		_, err = io.Copy(w, src)
 		src.Close()
 		if err != nil {
-			return Info{}, fmt.Errorf("filestore: import %s: copy: %w", ref, err)
+			return filestore.Info{}, fmt.Errorf("filestore: import %s: copy: %w", ref, err)
 		}
 		info, err := w.Commit(ctx, sum)
 		if err != nil {
-			return Info{}, err
+			return filestore.Info{}, err
 		}
 		_ = os.Remove(path)
 		return info, nil
@@ -194,7 +195,7 @@ func (d *Disk) Import(ctx context.Context, ref Ref, path string, sum string, opt
 	f, err := dir.OpenFile(tmp, os.O_RDWR, 0)
 	if err != nil {
 		_ = renameOut(dir, tmp, path)
-		return Info{}, fmt.Errorf("filestore: import %s: %w", ref, err)
+		return filestore.Info{}, fmt.Errorf("filestore: import %s: %w", ref, err)
 	}
 	info, err := finish(ctx, dir, tmp, f, ref, sum, o)
 	if err != nil {
@@ -202,7 +203,7 @@ func (d *Disk) Import(ctx context.Context, ref Ref, path string, sum string, opt
 		if rerr := renameOut(dir, tmp, path); rerr != nil {
 			_ = dir.Remove(tmp)
 		}
-		return Info{}, fmt.Errorf("filestore: import %s: %w", ref, err)
+		return filestore.Info{}, fmt.Errorf("filestore: import %s: %w", ref, err)
 	}
 	return info, nil
 }
@@ -211,7 +212,7 @@ func (d *Disk) Import(ctx context.Context, ref Ref, path string, sum string, opt
 // instances/<user>/<kind>/<subfolder...> without following links. With
 // create, missing directories are made. It returns ref with a canonical
 // subfolder.
-func (d *Disk) openDir(ctx context.Context, ref Ref, create bool) (Ref, *os.Root, error) {
+func (d *Store) openDir(ctx context.Context, ref filestore.Ref, create bool) (filestore.Ref, *os.Root, error) {
 	if err := ctx.Err(); err != nil {
 		return ref, nil, err
 	}
@@ -259,13 +260,13 @@ func openChildDir(r *os.Root, name string, create bool) (*os.Root, error) {
 		return nil, mapNotExist(err)
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
-		return nil, fmt.Errorf("%w: %s is a symlink", ErrInvalidName, name)
+		return nil, fmt.Errorf("%w: %s is a symlink", filestore.ErrInvalidName, name)
 	}
 	if !fi.IsDir() {
 		if create {
-			return nil, fmt.Errorf("%w: %s is not a directory", ErrInvalidName, name)
+			return nil, fmt.Errorf("%w: %s is not a directory", filestore.ErrInvalidName, name)
 		}
-		return nil, fmt.Errorf("%w: %s is not a directory", ErrNotFound, name)
+		return nil, fmt.Errorf("%w: %s is not a directory", filestore.ErrNotFound, name)
 	}
 	child, err := r.OpenRoot(name)
 	if err != nil {
@@ -274,7 +275,7 @@ func openChildDir(r *os.Root, name string, create bool) (*os.Root, error) {
 	cfi, err := child.Stat(".")
 	if err != nil || !os.SameFile(fi, cfi) {
 		child.Close()
-		return nil, fmt.Errorf("%w: %s changed while being opened", ErrInvalidName, name)
+		return nil, fmt.Errorf("%w: %s changed while being opened", filestore.ErrInvalidName, name)
 	}
 	return child, nil
 }
@@ -286,10 +287,10 @@ func openRegular(dir *os.Root, name string) (*os.File, fs.FileInfo, error) {
 		return nil, nil, mapNotExist(err)
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
-		return nil, nil, fmt.Errorf("%w: %s is a symlink", ErrInvalidName, name)
+		return nil, nil, fmt.Errorf("%w: %s is a symlink", filestore.ErrInvalidName, name)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("%w: %s is not a regular file", ErrNotFound, name)
+		return nil, nil, fmt.Errorf("%w: %s is not a regular file", filestore.ErrNotFound, name)
 	}
 	f, err := dir.Open(name)
 	if err != nil {
@@ -298,14 +299,14 @@ func openRegular(dir *os.Root, name string) (*os.File, fs.FileInfo, error) {
 	ffi, err := f.Stat()
 	if err != nil || !os.SameFile(fi, ffi) {
 		f.Close()
-		return nil, nil, fmt.Errorf("%w: %s changed while being opened", ErrInvalidName, name)
+		return nil, nil, fmt.Errorf("%w: %s changed while being opened", filestore.ErrInvalidName, name)
 	}
 	return f, ffi, nil
 }
 
 func mapNotExist(err error) error {
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
+		return fmt.Errorf("%w: %w", filestore.ErrNotFound, err)
 	}
 	return err
 }
@@ -335,8 +336,8 @@ func sumStamp(sum string, fi fs.FileInfo) []byte {
 	return []byte("v1 " + sum + " " + strconv.FormatInt(fi.Size(), 10) + " " + strconv.FormatInt(fi.ModTime().UnixNano(), 10))
 }
 
-func infoOf(ref Ref, f *os.File, fi fs.FileInfo) Info {
-	info := Info{Ref: ref, Size: fi.Size(), ModTime: fi.ModTime()}
+func infoOf(ref filestore.Ref, f *os.File, fi fs.FileInfo) filestore.Info {
+	info := filestore.Info{Ref: ref, Size: fi.Size(), ModTime: fi.ModTime()}
 	var buf [128]byte
 	n, err := fgetxattr(f, xattrSHA256, buf[:])
 	if err != nil {
@@ -353,34 +354,34 @@ func infoOf(ref Ref, f *os.File, fi fs.FileInfo) Info {
 // the size, record the sum, fsync, link or rename, fsync the directory. It
 // always closes f. On success tmp is gone; on failure it is left to the
 // caller (Import moves it back, a Writer removes it).
-func finish(ctx context.Context, dir *os.Root, tmp string, f *os.File, ref Ref, sum string, o createOptions) (Info, error) {
+func finish(ctx context.Context, dir *os.Root, tmp string, f *os.File, ref filestore.Ref, sum string, o filestore.CreateOptions) (filestore.Info, error) {
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return Info{}, err
+		return filestore.Info{}, err
 	}
-	if o.expectedSize >= 0 && fi.Size() != o.expectedSize {
-		return Info{}, fmt.Errorf("%w: size %d, want %d", ErrChecksumMismatch, fi.Size(), o.expectedSize)
+	if o.ExpectedSize >= 0 && fi.Size() != o.ExpectedSize {
+		return filestore.Info{}, fmt.Errorf("%w: size %d, want %d", filestore.ErrChecksumMismatch, fi.Size(), o.ExpectedSize)
 	}
 	// Best effort: without xattr support the sum is simply unknown later.
 	_ = fsetxattr(f, xattrSHA256, sumStamp(sum, fi))
 	if err := f.Sync(); err != nil {
-		return Info{}, fmt.Errorf("sync: %w", err)
+		return filestore.Info{}, fmt.Errorf("sync: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
-		return Info{}, err
+		return filestore.Info{}, err
 	}
-	if o.overwrite {
+	if o.Overwrite {
 		if err := dir.Rename(tmp, ref.Name); err != nil {
-			return Info{}, fmt.Errorf("rename: %w", err)
+			return filestore.Info{}, fmt.Errorf("rename: %w", err)
 		}
 	} else {
 		// link(2) fails if the name exists: an atomic "create if absent".
 		if err := dir.Link(tmp, ref.Name); err != nil {
 			if errors.Is(err, fs.ErrExist) {
-				return Info{}, ErrExists
+				return filestore.Info{}, filestore.ErrExists
 			}
-			return Info{}, fmt.Errorf("link: %w", err)
+			return filestore.Info{}, fmt.Errorf("link: %w", err)
 		}
 		_ = dir.Remove(tmp)
 	}
@@ -388,31 +389,31 @@ func finish(ctx context.Context, dir *os.Root, tmp string, f *os.File, ref Ref, 
 		_ = df.Sync()
 		df.Close()
 	}
-	return Info{Ref: ref, Size: fi.Size(), ModTime: fi.ModTime(), SHA256: sum}, nil
+	return filestore.Info{Ref: ref, Size: fi.Size(), ModTime: fi.ModTime(), SHA256: sum}, nil
 }
 
 type diskFile struct {
 	*os.File
-	info Info
+	info filestore.Info
 }
 
-func (f *diskFile) Info() Info { return f.info }
+func (f *diskFile) Info() filestore.Info { return f.info }
 
 type diskWriter struct {
-	ref  Ref
+	ref  filestore.Ref
 	dir  *os.Root
 	tmp  string
 	f    *os.File
 	h    hash.Hash
 	n    int64
-	opts createOptions
+	opts filestore.CreateOptions
 	done bool
 	err  error
 }
 
 func (w *diskWriter) Write(p []byte) (int, error) {
 	if w.done {
-		return 0, ErrClosed
+		return 0, filestore.ErrClosed
 	}
 	if w.err != nil {
 		return 0, w.err
@@ -429,27 +430,27 @@ func (w *diskWriter) Write(p []byte) (int, error) {
 
 func (w *diskWriter) Written() int64 { return w.n }
 
-func (w *diskWriter) Commit(ctx context.Context, expectedSHA256 string) (Info, error) {
+func (w *diskWriter) Commit(ctx context.Context, expectedSHA256 string) (filestore.Info, error) {
 	if w.done {
-		return Info{}, ErrClosed
+		return filestore.Info{}, filestore.ErrClosed
 	}
 	w.done = true
 	defer w.dir.Close()
 	if w.err != nil {
 		w.f.Close()
 		_ = w.dir.Remove(w.tmp)
-		return Info{}, w.err
+		return filestore.Info{}, w.err
 	}
 	sum := hex.EncodeToString(w.h.Sum(nil))
 	if expectedSHA256 != "" && !strings.EqualFold(sum, expectedSHA256) {
 		w.f.Close()
 		_ = w.dir.Remove(w.tmp)
-		return Info{}, fmt.Errorf("filestore: commit %s: %w: sha256 %s, want %s", w.ref, ErrChecksumMismatch, sum, expectedSHA256)
+		return filestore.Info{}, fmt.Errorf("filestore: commit %s: %w: sha256 %s, want %s", w.ref, filestore.ErrChecksumMismatch, sum, expectedSHA256)
 	}
 	info, err := finish(ctx, w.dir, w.tmp, w.f, w.ref, sum, w.opts)
 	if err != nil {
 		_ = w.dir.Remove(w.tmp)
-		return Info{}, fmt.Errorf("filestore: commit %s: %w", w.ref, err)
+		return filestore.Info{}, fmt.Errorf("filestore: commit %s: %w", w.ref, err)
 	}
 	return info, nil
 }

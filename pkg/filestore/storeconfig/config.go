@@ -1,14 +1,28 @@
-package filestore
+// Package storeconfig picks the file store a mello binary (broker, proxy)
+// runs with, from its flags: mello's disk or an S3-compatible bucket. It
+// is the one place that links both backends (and the AWS SDK); code that
+// only handles files takes a filestore.Store.
+package storeconfig
 
 import (
 	"errors"
 	"fmt"
 	"os"
 
-	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
+	"github.com/atelier-run/atelier/pkg/filestore/s3store"
+)
+
+// Defaults of Config's empty fields.
+const (
+	DefaultKind     = "disk"
+	DefaultS3Region = "auto"
 )
 
 // Config chooses where mello keeps participants' files: its own disk (the
@@ -22,7 +36,8 @@ type Config struct {
 	// S3Endpoint is the service URL (empty: AWS's own endpoints), e.g.
 	// https://<account>.r2.cloudflarestorage.com.
 	S3Endpoint string
-	// S3Region (default "auto", what R2 expects; AWS wants its region).
+	// S3Region (default DefaultS3Region, what R2 expects; AWS wants its
+	// region).
 	S3Region string
 	S3Bucket string
 	// S3Prefix is put before every key ("" or ending in '/').
@@ -33,13 +48,13 @@ type Config struct {
 }
 
 // New returns the configured store.
-func New(cfg Config) (Store, error) {
+func New(cfg Config) (filestore.Store, error) {
 	switch cfg.Kind {
-	case "", "disk":
+	case "", DefaultKind:
 		if cfg.Layout.Root == "" {
 			return nil, errors.New("filestore: the disk store needs the data directory")
 		}
-		return NewDisk(cfg.Layout), nil
+		return diskstore.New(cfg.Layout), nil
 	case "s3":
 		ak, sk := cfg.S3AccessKey, cfg.S3SecretKey
 		if ak == "" {
@@ -50,7 +65,7 @@ func New(cfg Config) (Store, error) {
 		}
 		region := cfg.S3Region
 		if region == "" {
-			region = "auto"
+			region = DefaultS3Region
 		}
 		opts := s3.Options{
 			Region:      region,
@@ -64,7 +79,7 @@ func New(cfg Config) (Store, error) {
 		if cfg.S3Endpoint != "" {
 			opts.BaseEndpoint = aws.String(cfg.S3Endpoint)
 		}
-		st, err := NewS3(S3Config{Client: s3.New(opts), Bucket: cfg.S3Bucket, Prefix: cfg.S3Prefix})
+		st, err := s3store.New(s3store.Config{Client: s3.New(opts), Bucket: cfg.S3Bucket, Prefix: cfg.S3Prefix})
 		if err != nil {
 			return nil, err
 		}

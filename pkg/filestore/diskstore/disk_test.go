@@ -1,4 +1,4 @@
-package filestore_test
+package diskstore_test
 
 import (
 	"bytes"
@@ -18,12 +18,13 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 )
 
 type testBundle struct {
 	ctx    context.Context
 	layout datalayout.Layout
-	store  *filestore.Disk
+	store  *diskstore.Store
 }
 
 func setup(t *testing.T) *testBundle {
@@ -31,7 +32,7 @@ func setup(t *testing.T) *testBundle {
 	layout := datalayout.New(t.TempDir())
 	require.NoError(t, layout.Ensure())
 	require.NoError(t, layout.EnsureInstance("user007"))
-	return &testBundle{ctx: context.Background(), layout: layout, store: filestore.NewDisk(layout)}
+	return &testBundle{ctx: context.Background(), layout: layout, store: diskstore.New(layout)}
 }
 
 func sum(b []byte) string {

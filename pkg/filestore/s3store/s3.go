@@ -1,4 +1,4 @@
-package filestore
+package s3store
 
 import (
 	"bytes"
@@ -20,6 +20,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
+	"github.com/atelier-run/atelier/pkg/filestore"
 )
 
 // metaSHA256 is the object metadata key (x-amz-meta-atelier-sha256) that
@@ -30,8 +31,8 @@ const metaSHA256 = "atelier-sha256"
 // MinPartSize is S3's smallest multipart part (except the last).
 const MinPartSize = 5 << 20
 
-// S3Config configures an S3 store.
-type S3Config struct {
+// Config configures an S3 store.
+type Config struct {
 	// Client talks to the S3-compatible service (AWS, R2, MinIO…).
 	// Required. Create it with path-style addressing for most non-AWS
 	// services, and with RequestChecksumCalculation "when required" for
@@ -49,41 +50,41 @@ type S3Config struct {
 	PartSize int64
 }
 
-// S3 is the Store on an S3-compatible bucket, for deployments beyond one
-// mello. Names are validated exactly as Disk validates them (Ref.Validate);
+// Store is the filestore.Store on an S3-compatible bucket, for deployments beyond one
+// mello. Names are validated exactly as diskstore validates them (Ref.Validate);
 // there are no links in a bucket, and "..", empty or hidden segments never
 // reach a key.
 //
 // Create streams through a multipart upload, holding one part in memory;
 // Open returns a File whose reads are ranged GETs, so http.ServeContent
 // answers Range requests without downloading the object.
-type S3 struct {
-	cfg S3Config
+type Store struct {
+	cfg Config
 }
 
 var (
-	_ Store  = (*S3)(nil)
-	_ Walker = (*S3)(nil)
+	_ filestore.Store  = (*Store)(nil)
+	_ filestore.Walker = (*Store)(nil)
 )
 
-// NewS3 validates cfg.
-func NewS3(cfg S3Config) (*S3, error) {
+// New validates cfg.
+func New(cfg Config) (*Store, error) {
 	if cfg.Client == nil || cfg.Bucket == "" {
-		return nil, errors.New("filestore: S3Config.Client and Bucket are required")
+		return nil, errors.New("s3store: Config.Client and Bucket are required")
 	}
 	if cfg.Prefix != "" && !strings.HasSuffix(cfg.Prefix, "/") {
-		return nil, fmt.Errorf("filestore: S3Config.Prefix %q must end in '/'", cfg.Prefix)
+		return nil, fmt.Errorf("s3store: Config.Prefix %q must end in '/'", cfg.Prefix)
 	}
 	if cfg.PartSize == 0 {
 		cfg.PartSize = 16 << 20
 	}
 	if cfg.PartSize < MinPartSize {
-		return nil, fmt.Errorf("filestore: S3Config.PartSize %d below S3's minimum %d", cfg.PartSize, MinPartSize)
+		return nil, fmt.Errorf("s3store: Config.PartSize %d below S3's minimum %d", cfg.PartSize, MinPartSize)
 	}
-	return &S3{cfg: cfg}, nil
+	return &Store{cfg: cfg}, nil
 }
 
-func (s *S3) key(ref Ref) string {
+func (s *Store) key(ref filestore.Ref) string {
 	k := s.cfg.Prefix + ref.User + "/" + string(ref.Kind) + "/"
 	if ref.Subfolder != "" {
 		k += ref.Subfolder + "/"
@@ -110,17 +111,17 @@ func isNotFound(err error) bool {
 
 func mapS3(err error) error {
 	if isNotFound(err) {
-		return fmt.Errorf("%w: %w", ErrNotFound, err)
+		return fmt.Errorf("%w: %w", filestore.ErrNotFound, err)
 	}
 	return err
 }
 
-func (s *S3) head(ctx context.Context, ref Ref) (Info, error) {
+func (s *Store) head(ctx context.Context, ref filestore.Ref) (filestore.Info, error) {
 	out, err := s.cfg.Client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.cfg.Bucket, Key: aws.String(s.key(ref))})
 	if err != nil {
-		return Info{}, mapS3(err)
+		return filestore.Info{}, mapS3(err)
 	}
-	info := Info{Ref: ref, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified)}
+	info := filestore.Info{Ref: ref, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified)}
 	if sum := strings.ToLower(out.Metadata[metaSHA256]); validHexSHA256(sum) {
 		info.SHA256 = sum
 	}
@@ -132,21 +133,21 @@ func validHexSHA256(s string) bool {
 	return err == nil && len(s) == sha256.Size*2
 }
 
-// Stat implements Store.
-func (s *S3) Stat(ctx context.Context, ref Ref) (Info, error) {
+// Stat implements filestore.Store.
+func (s *Store) Stat(ctx context.Context, ref filestore.Ref) (filestore.Info, error) {
 	ref, err := ref.Validate()
 	if err != nil {
-		return Info{}, fmt.Errorf("filestore: stat %s: %w", ref, err)
+		return filestore.Info{}, fmt.Errorf("filestore: stat %s: %w", ref, err)
 	}
 	info, err := s.head(ctx, ref)
 	if err != nil {
-		return Info{}, fmt.Errorf("filestore: stat %s: %w", ref, err)
+		return filestore.Info{}, fmt.Errorf("filestore: stat %s: %w", ref, err)
 	}
 	return info, nil
 }
 
-// Open implements Store.
-func (s *S3) Open(ctx context.Context, ref Ref) (File, error) {
+// Open implements filestore.Store.
+func (s *Store) Open(ctx context.Context, ref filestore.Ref) (filestore.File, error) {
 	ref, err := ref.Validate()
 	if err != nil {
 		return nil, fmt.Errorf("filestore: open %s: %w", ref, err)
@@ -158,19 +159,19 @@ func (s *S3) Open(ctx context.Context, ref Ref) (File, error) {
 	return &s3File{s: s, ctx: ctx, key: s.key(ref), info: info}, nil
 }
 
-// List implements Store.
-func (s *S3) List(ctx context.Context, user string, kind Kind, subfolder string) ([]Info, error) {
-	ref, err := Ref{User: user, Kind: kind, Subfolder: subfolder, Name: "x"}.Validate()
+// List implements filestore.Store.
+func (s *Store) List(ctx context.Context, user string, kind filestore.Kind, subfolder string) ([]filestore.Info, error) {
+	ref, err := filestore.Ref{User: user, Kind: kind, Subfolder: subfolder, Name: "x"}.Validate()
 	if err != nil {
 		return nil, fmt.Errorf("filestore: list %s/%s/%s: %w", user, kind, subfolder, err)
 	}
 	prefix := strings.TrimSuffix(s.key(ref), "x")
-	var infos []Info
+	var infos []filestore.Info
 	err = s.list(ctx, prefix, "/", func(o types.Object) {
 		r := ref
 		r.Name = strings.TrimPrefix(aws.ToString(o.Key), prefix)
-		if ValidateName(r.Name) == nil {
-			infos = append(infos, Info{Ref: r, Size: aws.ToInt64(o.Size), ModTime: aws.ToTime(o.LastModified)})
+		if filestore.ValidateName(r.Name) == nil {
+			infos = append(infos, filestore.Info{Ref: r, Size: aws.ToInt64(o.Size), ModTime: aws.ToTime(o.LastModified)})
 		}
 	}, nil)
 	if err != nil {
@@ -181,7 +182,7 @@ func (s *S3) List(ctx context.Context, user string, kind Kind, subfolder string)
 }
 
 // list pages through ListObjectsV2.
-func (s *S3) list(ctx context.Context, prefix, delimiter string, obj func(types.Object), dir func(string)) error {
+func (s *Store) list(ctx context.Context, prefix, delimiter string, obj func(types.Object), dir func(string)) error {
 	in := &s3.ListObjectsV2Input{Bucket: &s.cfg.Bucket, Prefix: aws.String(prefix)}
 	if delimiter != "" {
 		in.Delimiter = aws.String(delimiter)
@@ -206,8 +207,8 @@ func (s *S3) list(ctx context.Context, prefix, delimiter string, obj func(types.
 	return nil
 }
 
-// Users implements Walker.
-func (s *S3) Users(ctx context.Context) ([]string, error) {
+// Users implements filestore.Walker.
+func (s *Store) Users(ctx context.Context) ([]string, error) {
 	var users []string
 	err := s.list(ctx, s.cfg.Prefix, "/", nil, func(p string) {
 		u := strings.TrimSuffix(strings.TrimPrefix(p, s.cfg.Prefix), "/")
@@ -222,10 +223,10 @@ func (s *S3) Users(ctx context.Context) ([]string, error) {
 	return users, nil
 }
 
-// Walk implements Walker. Keys that do not make a valid Ref (written by
+// Walk implements filestore.Walker. Keys that do not make a valid Ref (written by
 // something else) are skipped.
-func (s *S3) Walk(ctx context.Context, user string, kind Kind, fn func(Info) error) error {
-	base, err := Ref{User: user, Kind: kind, Name: "x"}.Validate()
+func (s *Store) Walk(ctx context.Context, user string, kind filestore.Kind, fn func(filestore.Info) error) error {
+	base, err := filestore.Ref{User: user, Kind: kind, Name: "x"}.Validate()
 	if err != nil {
 		return fmt.Errorf("filestore: walk %s/%s: %w", user, kind, err)
 	}
@@ -245,7 +246,7 @@ func (s *S3) Walk(ctx context.Context, user string, kind Kind, fn func(Info) err
 		if err != nil || s.key(r) != aws.ToString(o.Key) {
 			return // not a name a Ref can have (or not this one: "a//b")
 		}
-		fnErr = fn(Info{Ref: r, Size: aws.ToInt64(o.Size), ModTime: aws.ToTime(o.LastModified)})
+		fnErr = fn(filestore.Info{Ref: r, Size: aws.ToInt64(o.Size), ModTime: aws.ToTime(o.LastModified)})
 	}, nil)
 	if fnErr != nil {
 		return fnErr
@@ -256,8 +257,8 @@ func (s *S3) Walk(ctx context.Context, user string, kind Kind, fn func(Info) err
 	return nil
 }
 
-// Remove implements Store.
-func (s *S3) Remove(ctx context.Context, ref Ref) error {
+// Remove implements filestore.Store.
+func (s *Store) Remove(ctx context.Context, ref filestore.Ref) error {
 	ref, err := ref.Validate()
 	if err != nil {
 		return fmt.Errorf("filestore: remove %s: %w", ref, err)
@@ -273,7 +274,7 @@ func (s *S3) Remove(ctx context.Context, ref Ref) error {
 	return nil
 }
 
-// Create implements Store. Nothing is visible under the key until Commit:
+// Create implements filestore.Store. Nothing is visible under the key until Commit:
 // a small file is one PutObject at Commit, a larger one a multipart upload
 // that Commit completes (and Abort aborts). Without Overwrite, Commit checks
 // that the key is free, then makes the write itself conditional
@@ -284,7 +285,7 @@ func (s *S3) Remove(ctx context.Context, ref Ref) error {
 // there could both succeed (the later one wins); Atelier's writers of a
 // given name are one receiver or one participant's uploads, so that race
 // needs two uploads of different content to the same name at once.
-func (s *S3) Create(ctx context.Context, ref Ref, opts ...CreateOption) (Writer, error) {
+func (s *Store) Create(ctx context.Context, ref filestore.Ref, opts ...filestore.CreateOption) (filestore.Writer, error) {
 	ref, err := ref.Validate()
 	if err != nil {
 		return nil, fmt.Errorf("filestore: create %s: %w", ref, err)
@@ -292,16 +293,16 @@ func (s *S3) Create(ctx context.Context, ref Ref, opts ...CreateOption) (Writer,
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return &s3Writer{s: s, ctx: ctx, ref: ref, key: s.key(ref), h: sha256.New(), opts: newCreateOptions(opts)}, nil
+	return &s3Writer{s: s, ctx: ctx, ref: ref, key: s.key(ref), h: sha256.New(), opts: filestore.NewCreateOptions(opts)}, nil
 }
 
 type s3Writer struct {
-	s    *S3
+	s    *Store
 	ctx  context.Context
-	ref  Ref
+	ref  filestore.Ref
 	key  string
 	h    hash.Hash
-	opts createOptions
+	opts filestore.CreateOptions
 
 	buf      bytes.Buffer
 	n        int64
@@ -313,7 +314,7 @@ type s3Writer struct {
 
 func (w *s3Writer) Write(p []byte) (int, error) {
 	if w.done {
-		return 0, ErrClosed
+		return 0, filestore.ErrClosed
 	}
 	if w.err != nil {
 		return 0, w.err
@@ -363,29 +364,29 @@ func (w *s3Writer) flushPart() error {
 
 func (w *s3Writer) Written() int64 { return w.n }
 
-func (w *s3Writer) Commit(ctx context.Context, expectedSHA256 string) (Info, error) {
+func (w *s3Writer) Commit(ctx context.Context, expectedSHA256 string) (filestore.Info, error) {
 	if w.done {
-		return Info{}, ErrClosed
+		return filestore.Info{}, filestore.ErrClosed
 	}
 	w.done = true
-	fail := func(err error) (Info, error) {
+	fail := func(err error) (filestore.Info, error) {
 		w.abortUpload()
-		return Info{}, fmt.Errorf("filestore: commit %s: %w", w.ref, err)
+		return filestore.Info{}, fmt.Errorf("filestore: commit %s: %w", w.ref, err)
 	}
 	if w.err != nil {
 		return fail(w.err)
 	}
 	sum := hex.EncodeToString(w.h.Sum(nil))
 	if expectedSHA256 != "" && !strings.EqualFold(sum, expectedSHA256) {
-		return fail(fmt.Errorf("%w: sha256 %s, want %s", ErrChecksumMismatch, sum, expectedSHA256))
+		return fail(fmt.Errorf("%w: sha256 %s, want %s", filestore.ErrChecksumMismatch, sum, expectedSHA256))
 	}
-	if w.opts.expectedSize >= 0 && w.n != w.opts.expectedSize {
-		return fail(fmt.Errorf("%w: size %d, want %d", ErrChecksumMismatch, w.n, w.opts.expectedSize))
+	if w.opts.ExpectedSize >= 0 && w.n != w.opts.ExpectedSize {
+		return fail(fmt.Errorf("%w: size %d, want %d", filestore.ErrChecksumMismatch, w.n, w.opts.ExpectedSize))
 	}
-	if !w.opts.overwrite {
+	if !w.opts.Overwrite {
 		if _, err := w.s.head(ctx, w.ref); err == nil {
-			return fail(ErrExists)
-		} else if !errors.Is(err, ErrNotFound) {
+			return fail(filestore.ErrExists)
+		} else if !errors.Is(err, filestore.ErrNotFound) {
 			return fail(err)
 		}
 	}
@@ -396,7 +397,7 @@ func (w *s3Writer) Commit(ctx context.Context, expectedSHA256 string) (Info, err
 			Bucket: &w.s.cfg.Bucket, Key: &w.key, Body: bytes.NewReader(w.buf.Bytes()),
 			ContentLength: aws.Int64(int64(w.buf.Len())), Metadata: meta,
 		}
-		if !w.opts.overwrite {
+		if !w.opts.Overwrite {
 			// Conditional write: atomic "create if absent" where the
 			// service supports it (AWS, R2, MinIO); the check above covers
 			// the others.
@@ -404,7 +405,7 @@ func (w *s3Writer) Commit(ctx context.Context, expectedSHA256 string) (Info, err
 		}
 		if _, err := c.PutObject(ctx, in); err != nil {
 			if preconditionFailed(err) {
-				return fail(ErrExists)
+				return fail(filestore.ErrExists)
 			}
 			return fail(err)
 		}
@@ -416,12 +417,12 @@ func (w *s3Writer) Commit(ctx context.Context, expectedSHA256 string) (Info, err
 			Bucket: &w.s.cfg.Bucket, Key: &w.key, UploadId: w.uploadID,
 			MultipartUpload: &types.CompletedMultipartUpload{Parts: w.parts},
 		}
-		if !w.opts.overwrite {
+		if !w.opts.Overwrite {
 			in.IfNoneMatch = aws.String("*") // as for PutObject above
 		}
 		if _, err := c.CompleteMultipartUpload(ctx, in); err != nil {
 			if preconditionFailed(err) {
-				return fail(ErrExists)
+				return fail(filestore.ErrExists)
 			}
 			return fail(err)
 		}
@@ -438,7 +439,7 @@ func (w *s3Writer) Commit(ctx context.Context, expectedSHA256 string) (Info, err
 	w.buf = bytes.Buffer{}
 	info, err := w.s.head(ctx, w.ref)
 	if err != nil {
-		return Info{}, fmt.Errorf("filestore: commit %s: %w", w.ref, err)
+		return filestore.Info{}, fmt.Errorf("filestore: commit %s: %w", w.ref, err)
 	}
 	info.SHA256 = sum
 	return info, nil
@@ -476,10 +477,10 @@ func (w *s3Writer) Abort() error {
 // http.ServeContent's seek to the end and back costs nothing), ReadAt asks
 // for exactly the range it needs.
 type s3File struct {
-	s    *S3
+	s    *Store
 	ctx  context.Context
 	key  string
-	info Info
+	info filestore.Info
 
 	mu     sync.Mutex
 	off    int64
@@ -487,7 +488,7 @@ type s3File struct {
 	closed bool
 }
 
-func (f *s3File) Info() Info { return f.info }
+func (f *s3File) Info() filestore.Info { return f.info }
 
 func (f *s3File) get(off, n int64) (io.ReadCloser, error) {
 	rng := fmt.Sprintf("bytes=%d-", off)
@@ -505,7 +506,7 @@ func (f *s3File) Read(p []byte) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
-		return 0, ErrClosed
+		return 0, filestore.ErrClosed
 	}
 	if f.off >= f.info.Size {
 		return 0, io.EOF

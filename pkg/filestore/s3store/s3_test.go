@@ -1,9 +1,11 @@
-package filestore_test
+package s3store_test
 
 import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,7 +21,10 @@ import (
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 	"github.com/stretchr/testify/require"
 
+	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
+	"github.com/atelier-run/atelier/pkg/filestore/s3store"
 )
 
 // The S3 store is tested against a real S3 server running in this process:
@@ -30,8 +35,13 @@ import (
 
 type s3Bundle struct {
 	ctx    context.Context
-	store  *filestore.S3
+	store  *s3store.Store
 	client *s3.Client
+}
+
+func sum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
 }
 
 func setupS3(t *testing.T) *s3Bundle {
@@ -48,7 +58,7 @@ func setupS3(t *testing.T) *s3Bundle {
 		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
 		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
 	})
-	st, err := filestore.NewS3(filestore.S3Config{Client: client, Bucket: "atelier", Prefix: "instances/", PartSize: filestore.MinPartSize})
+	st, err := s3store.New(s3store.Config{Client: client, Bucket: "atelier", Prefix: "instances/", PartSize: s3store.MinPartSize})
 	require.NoError(t, err)
 	return &s3Bundle{ctx: context.Background(), store: st, client: client}
 }
@@ -254,12 +264,15 @@ func TestS3ServeContentRange(t *testing.T) {
 	require.Equal(t, fmt.Sprintf("bytes */%d", size), resp.Header.Get("Content-Range"))
 }
 
-// TestS3ValidationSameAsDisk: every Ref the Disk store refuses, the S3
+// TestS3ValidationSameAsDisk: every Ref the disk store refuses, the S3
 // store refuses too, before any request reaches the bucket.
 func TestS3ValidationSameAsDisk(t *testing.T) {
 	t.Parallel()
 	b := setupS3(t)
-	disk := setup(t)
+	layout := datalayout.New(t.TempDir())
+	require.NoError(t, layout.Ensure())
+	require.NoError(t, layout.EnsureInstance("user007"))
+	disk := diskstore.New(layout)
 	bad := []filestore.Ref{
 		{User: "user007", Kind: filestore.KindOutput, Name: "../user008/x.png"},
 		{User: "user007", Kind: filestore.KindOutput, Name: ".."},
@@ -278,7 +291,7 @@ func TestS3ValidationSameAsDisk(t *testing.T) {
 		{User: "user007", Kind: "models", Name: "x.png"},
 	}
 	for _, ref := range bad {
-		_, err := disk.store.Stat(disk.ctx, ref)
+		_, err := disk.Stat(b.ctx, ref)
 		require.ErrorIs(t, err, filestore.ErrInvalidName, "disk %v", ref)
 		_, err = b.store.Stat(b.ctx, ref)
 		require.ErrorIs(t, err, filestore.ErrInvalidName, "s3 stat %v", ref)
@@ -338,7 +351,7 @@ func TestS3NoOverwriteMultipartIsConditional(t *testing.T) {
 		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
 		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
 	})
-	st, err := filestore.NewS3(filestore.S3Config{Client: client, Bucket: "atelier", Prefix: "instances/", PartSize: filestore.MinPartSize})
+	st, err := s3store.New(s3store.Config{Client: client, Bucket: "atelier", Prefix: "instances/", PartSize: s3store.MinPartSize})
 	require.NoError(t, err)
 	b := &s3Bundle{ctx: context.Background(), store: st, client: client}
 

@@ -1,4 +1,4 @@
-package filestore_test
+package storeconfig_test
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
+	"github.com/atelier-run/atelier/pkg/filestore/storeconfig"
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 	"github.com/stretchr/testify/require"
@@ -19,20 +21,20 @@ import (
 func TestNewFromConfig(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st, err := filestore.New(filestore.Config{Layout: datalayout.New(t.TempDir())})
+	st, err := storeconfig.New(storeconfig.Config{Layout: datalayout.New(t.TempDir())})
 	require.NoError(t, err)
-	require.IsType(t, &filestore.Disk{}, st)
+	require.IsType(t, &diskstore.Store{}, st)
 
-	_, err = filestore.New(filestore.Config{Kind: "s3", S3Bucket: "b"})
+	_, err = storeconfig.New(storeconfig.Config{Kind: "s3", S3Bucket: "b"})
 	require.ErrorContains(t, err, "credentials")
-	_, err = filestore.New(filestore.Config{Kind: "tape"})
+	_, err = storeconfig.New(storeconfig.Config{Kind: "tape"})
 	require.ErrorContains(t, err, "unknown store kind")
 
 	backend := s3mem.New()
 	require.NoError(t, backend.CreateBucket("atelier"))
 	ts := httptest.NewServer(gofakes3.New(backend).Server())
 	t.Cleanup(ts.Close)
-	st, err = filestore.New(filestore.Config{Kind: "s3", S3Endpoint: ts.URL, S3Region: "us-east-1", S3Bucket: "atelier",
+	st, err = storeconfig.New(storeconfig.Config{Kind: "s3", S3Endpoint: ts.URL, S3Region: "us-east-1", S3Bucket: "atelier",
 		S3Prefix: "mello/", S3AccessKey: "k", S3SecretKey: "s"})
 	require.NoError(t, err)
 	ref := filestore.Ref{User: "user001", Kind: filestore.KindOutput, Subfolder: "sim", Name: "a.png"}
