@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/atelier-run/atelier/pkg/brokerapi"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -86,13 +87,7 @@ func (b *Broker) handleAdmin(w http.ResponseWriter, r *http.Request) {
 	body, _ = json.Marshal(req)
 
 	reply := b.Call(r.Context(), op, body)
-	status := http.StatusOK
-	if code := replyCode(reply); code != "" {
-		status = map[string]int{"forbidden": http.StatusForbidden, "not_found": http.StatusNotFound, "invalid": http.StatusBadRequest}[code]
-		if status == 0 {
-			status = http.StatusInternalServerError
-		}
-	}
+	status := brokerapi.HTTPStatus(replyCode(reply))
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(reply)

@@ -9,31 +9,22 @@ import (
 	"strings"
 	"time"
 
+	"github.com/atelier-run/atelier/pkg/brokerapi"
 	"github.com/atelier-run/atelier/pkg/scheduler"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Broker API errors, answered as APIReply.Code.
+// Broker API errors, answered as APIReply.Code: brokerapi's sentinels, so
+// the code the client maps back is the one the broker chose.
 var (
-	ErrForbidden = errors.New("forbidden")
-	ErrNotFound  = errors.New("not_found")
-	ErrInvalid   = errors.New("invalid")
+	ErrForbidden = brokerapi.ErrForbidden
+	ErrNotFound  = brokerapi.ErrNotFound
+	ErrInvalid   = brokerapi.ErrInvalid
 )
 
-func apiError(err error) wire.APIReply {
-	if err == nil {
-		return wire.APIReply{}
-	}
-	code := "internal"
-	for _, s := range []error{ErrForbidden, ErrNotFound, ErrInvalid} {
-		if errors.Is(err, s) {
-			code = s.Error()
-		}
-	}
-	return wire.APIReply{Error: err.Error(), Code: code}
-}
+func apiError(err error) wire.APIReply { return brokerapi.Reply(err) }
 
 // subscribeAPI answers api.broker.<op> requests.
 func (b *Broker) subscribeAPI(ctx context.Context) error {

@@ -6,6 +6,7 @@ package brokerd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -77,7 +78,7 @@ func StartConfig(ctx context.Context, c Config) (*Daemon, error) {
 		return nil, err
 	}
 	if err := dash.Start(ctx); err != nil {
-		_ = b.Stop(context.Background())
+		_ = b.Stop(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("brokerd: dashboard: %w", err)
 	}
 	return &Daemon{Broker: b, Metrics: met, Dashboard: dash}, nil
@@ -86,8 +87,7 @@ func StartConfig(ctx context.Context, c Config) (*Daemon, error) {
 // Stop stops the dashboard first (its open event streams would hold up
 // the HTTP shutdown), then the broker.
 func (d *Daemon) Stop(ctx context.Context) error {
-	d.Dashboard.Stop()
-	return d.Broker.Stop(ctx)
+	return errors.Join(d.Dashboard.Stop(ctx), d.Broker.Stop(ctx))
 }
 
 // Run starts a daemon and blocks until ctx is done, then stops it.

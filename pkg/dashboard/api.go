@@ -1,14 +1,15 @@
 package dashboard
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
+	"github.com/atelier-run/atelier/pkg/brokerapi"
 	"github.com/atelier-run/atelier/pkg/wire"
-	"github.com/nats-io/nats.go"
 )
 
 func (d *Dashboard) handleSnapshot(w http.ResponseWriter, r *http.Request, _ *session) {
@@ -99,74 +100,99 @@ func (d *Dashboard) handleAction(w http.ResponseWriter, r *http.Request, se *ses
 		writeReply(w, http.StatusBadRequest, actionReply{Error: "bad request: " + err.Error()})
 		return
 	}
-	caller := se.caller()
 	op := r.PathValue("op")
-	var req any
+	act, status, problem := actionFor(op, se.caller(), in)
+	if act == nil {
+		writeReply(w, status, actionReply{Error: problem})
+		return
+	}
+	api, err := d.client(r)
+	if err != nil {
+		writeReply(w, http.StatusServiceUnavailable, actionReply{Error: err.Error()})
+		return
+	}
+	affected, err := act(r.Context(), api)
+	d.log.Info().Str("user", se.user).Str("op", op).Str("job", in.JobID).Str("agent", in.Agent).Err(err).Msg("dashboard: action")
+	var refusal *brokerapi.APIError
+	switch {
+	case errors.As(err, &refusal):
+		code := http.StatusBadRequest
+		switch {
+		case errors.Is(err, brokerapi.ErrForbidden):
+			code = http.StatusForbidden
+		case errors.Is(err, brokerapi.ErrNotFound):
+			code = http.StatusNotFound
+		}
+		writeReply(w, code, actionReply{Error: refusal.Description})
+		return
+	case errors.Is(err, brokerapi.ErrUnavailable):
+		writeReply(w, http.StatusServiceUnavailable, actionReply{Error: "the broker API is not available (" + err.Error() + ")"})
+		return
+	case err != nil:
+		writeReply(w, http.StatusBadGateway, actionReply{Error: err.Error()})
+		return
+	}
+	d.askRefresh()
+	writeReply(w, http.StatusOK, actionReply{OK: true, Affected: affected})
+}
+
+// action is one broker API call the page asked for; it returns the jobs
+// it affected (cancel).
+type action func(ctx context.Context, api *brokerapi.Client) (affected []string, err error)
+
+// actionFor checks the page's request for op and returns its call, or
+// the status and reason of its refusal.
+func actionFor(op string, caller wire.Caller, in actionRequest) (act action, status int, problem string) {
+	none := func(err error) ([]string, error) { return nil, err }
 	switch op {
-	case wire.OpPause, wire.OpResume:
-		req = wire.PauseRequest{Caller: caller}
+	case wire.OpPause:
+		return func(ctx context.Context, api *brokerapi.Client) ([]string, error) {
+			return none(api.Pause(ctx, wire.PauseRequest{Caller: caller}))
+		}, 0, ""
+	case wire.OpResume:
+		return func(ctx context.Context, api *brokerapi.Client) ([]string, error) {
+			return none(api.Resume(ctx, wire.PauseRequest{Caller: caller}))
+		}, 0, ""
 	case wire.OpPolicy:
 		switch in.Policy {
 		case "round-robin", "fifo", "priority":
 		default:
-			writeReply(w, http.StatusBadRequest, actionReply{Error: "policy must be round-robin, fifo or priority"})
-			return
+			return nil, http.StatusBadRequest, "policy must be round-robin, fifo or priority"
 		}
-		req = wire.PolicyRequest{Caller: caller, Policy: in.Policy}
+		return func(ctx context.Context, api *brokerapi.Client) ([]string, error) {
+			return none(api.SetPolicy(ctx, wire.PolicyRequest{Caller: caller, Policy: in.Policy}))
+		}, 0, ""
 	case wire.OpBump:
 		if !validTokens(in.User, in.JobID) {
-			writeReply(w, http.StatusBadRequest, actionReply{Error: "bump needs a user and a job id"})
-			return
+			return nil, http.StatusBadRequest, "bump needs a user and a job id"
 		}
-		req = wire.BumpRequest{Caller: caller, User: in.User, JobID: in.JobID}
+		return func(ctx context.Context, api *brokerapi.Client) ([]string, error) {
+			return none(api.Bump(ctx, wire.BumpRequest{Caller: caller, User: in.User, JobID: in.JobID}))
+		}, 0, ""
 	case wire.OpCancel:
 		ids := in.JobIDs
 		if in.JobID != "" {
 			ids = append(ids, in.JobID)
 		}
 		if len(ids) == 0 || len(ids) > 1000 || !validTokens(append([]string{in.User}, ids...)...) {
-			writeReply(w, http.StatusBadRequest, actionReply{Error: "cancel needs a user and job ids"})
-			return
+			return nil, http.StatusBadRequest, "cancel needs a user and job ids"
 		}
-		req = wire.CancelRequest{Caller: caller, User: in.User, JobIDs: ids}
+		return func(ctx context.Context, api *brokerapi.Client) ([]string, error) {
+			return api.Cancel(ctx, wire.CancelRequest{Caller: caller, User: in.User, JobIDs: ids})
+		}, 0, ""
 	case wire.OpDrain, wire.OpUndrain:
 		if !validTokens(in.Agent) {
-			writeReply(w, http.StatusBadRequest, actionReply{Error: "drain needs an agent"})
-			return
+			return nil, http.StatusBadRequest, "drain needs an agent"
 		}
-		req = wire.DrainRequest{Caller: caller, Agent: in.Agent}
-	default:
-		writeReply(w, http.StatusNotFound, actionReply{Error: "unknown action " + op})
-		return
-	}
-	nc, err := d.conn(r)
-	if err != nil {
-		writeReply(w, http.StatusServiceUnavailable, actionReply{Error: err.Error()})
-		return
-	}
-	var reply wire.CancelReply // APIReply plus Affected: fits every op
-	err = d.request(r.Context(), nc, op, req, &reply)
-	d.log.Info().Str("user", se.user).Str("op", op).Str("job", in.JobID).Str("agent", in.Agent).Err(err).Str("error", reply.Error).Msg("dashboard: action")
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		writeReply(w, http.StatusServiceUnavailable, actionReply{Error: "the broker API is not available (no responder on " + wire.BrokerAPISubject(op) + ")"})
-		return
-	case err != nil:
-		writeReply(w, http.StatusBadGateway, actionReply{Error: err.Error()})
-		return
-	case reply.Error != "":
-		code := http.StatusBadRequest
-		switch reply.Code {
-		case "forbidden":
-			code = http.StatusForbidden
-		case "not_found":
-			code = http.StatusNotFound
+		call := (*brokerapi.Client).Drain
+		if op == wire.OpUndrain {
+			call = (*brokerapi.Client).Undrain
 		}
-		writeReply(w, code, actionReply{Error: reply.Error})
-		return
+		return func(ctx context.Context, api *brokerapi.Client) ([]string, error) {
+			return none(call(api, ctx, wire.DrainRequest{Caller: caller, Agent: in.Agent}))
+		}, 0, ""
 	}
-	d.askRefresh()
-	writeReply(w, http.StatusOK, actionReply{OK: true, Affected: reply.Affected})
+	return nil, http.StatusNotFound, "unknown action " + op
 }
 
 func validTokens(ss ...string) bool {

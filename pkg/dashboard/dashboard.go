@@ -4,6 +4,7 @@ import (
 	"context"
 	"embed"
 	"errors"
+	"fmt"
 	"html/template"
 	"io/fs"
 	"net/http"
@@ -11,8 +12,8 @@ import (
 	"sync"
 
 	"github.com/atelier-run/atelier/pkg/broker"
+	"github.com/atelier-run/atelier/pkg/brokerapi"
 	"github.com/atelier-run/atelier/pkg/metrics"
-	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 )
 
@@ -34,7 +35,7 @@ type Dashboard struct {
 
 	mu      sync.Mutex
 	started bool
-	nc      *nats.Conn
+	api     *brokerapi.Client // on the connection Start watches
 	cancel  context.CancelFunc
 	runCtx  context.Context
 	wg      sync.WaitGroup
@@ -96,11 +97,12 @@ func (d *Dashboard) Start(ctx context.Context) error {
 		return errors.New("dashboard: no NATS connection yet (start the broker first)")
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	if err := d.watch(runCtx, nc); err != nil {
+	api := brokerapi.New(brokerapi.NATSTransport{Conn: nc}, brokerapi.WithTimeout(d.cfg.RequestTimeout))
+	if err := d.watch(runCtx, nc, api); err != nil {
 		cancel()
 		return err
 	}
-	d.started, d.nc, d.cancel, d.runCtx = true, nc, cancel, runCtx
+	d.started, d.api, d.cancel, d.runCtx = true, api, cancel, runCtx
 	return nil
 }
 
@@ -114,33 +116,46 @@ func (d *Dashboard) done() <-chan struct{} {
 	return d.runCtx.Done()
 }
 
-// Stop stops the watchers and waits for them.
-func (d *Dashboard) Stop() {
+// Stop stops the watchers and waits for them to end, the last save of
+// the queue-depth series included, or for ctx to end (then it returns
+// ctx's error and the watchers finish on their own).
+func (d *Dashboard) Stop(ctx context.Context) error {
 	d.mu.Lock()
 	cancel := d.cancel
 	d.mu.Unlock()
 	if cancel != nil {
 		cancel()
 	}
-	d.wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		d.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("dashboard: stop: %w", ctx.Err())
+	}
 }
 
-// conn returns the connection, starting the watchers on first use: a
-// broker that mounts the dashboard but never calls Start still gets a
-// working one (the HTTP server only serves after the broker connected).
-func (d *Dashboard) conn(r *http.Request) (*nats.Conn, error) {
+// client returns the broker API client, starting the watchers on first
+// use: a broker that mounts the dashboard but never calls Start still
+// gets a working one (the HTTP server only serves after the broker
+// connected).
+func (d *Dashboard) client(r *http.Request) (*brokerapi.Client, error) {
 	d.mu.Lock()
-	nc := d.nc
+	api := d.api
 	d.mu.Unlock()
-	if nc != nil {
-		return nc, nil
+	if api != nil {
+		return api, nil
 	}
 	if err := d.Start(r.Context()); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.nc, nil
+	return d.api, nil
 }
 
 // Snapshot returns the current picture.
@@ -153,7 +168,7 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "same-origin")
-	if _, err := d.conn(r); err != nil {
+	if _, err := d.client(r); err != nil {
 		http.Error(w, "dashboard not ready: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}

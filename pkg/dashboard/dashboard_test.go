@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
 	"github.com/atelier-run/atelier/pkg/natsembed"
@@ -48,7 +49,7 @@ type testBundle struct {
 // broker's), and the dashboard on an httptest server.
 func setup(t *testing.T) *testBundle {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	dir := t.TempDir()
 	ns, err := natsembed.Start(ctx, natsembed.Config{StoreDir: filepath.Join(dir, "nats"), Port: -1, Logger: zerolog.Nop()})
@@ -92,7 +93,7 @@ func setup(t *testing.T) *testBundle {
 		PollInterval: 50 * time.Millisecond, PushInterval: 10 * time.Millisecond, Logger: zerolog.Nop()})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(ctx))
-	t.Cleanup(d.Stop)
+	t.Cleanup(func() { stop(t, d) })
 	tb.dash = d
 	tb.srv = httptest.NewServer(d)
 	t.Cleanup(tb.srv.Close)
@@ -136,22 +137,40 @@ func (tb *testBundle) login(t *testing.T, c *http.Client, user, pw string) (*htt
 // awaitSnapshot waits, on the model's change signal, until cond holds.
 func (tb *testBundle) awaitSnapshot(t *testing.T, cond func(Snapshot) bool) Snapshot {
 	t.Helper()
+	var s Snapshot
+	awaitModel(t, tb.dash, func() bool { s = tb.dash.Snapshot(); return cond(s) }, func() string {
+		b, _ := json.MarshalIndent(s, "", " ")
+		return "snapshot never matched; last:\n" + string(b)
+	})
+	return s
+}
+
+// awaitModel waits, on d's model's change signal, until cond holds; then
+// fails the test with what() after WaitTimeout.
+func awaitModel(t *testing.T, d *Dashboard, cond func() bool, what func() string) {
+	t.Helper()
 	var v uint64
-	deadline := time.After(10 * time.Second)
+	deadline := time.After(testutil.WaitTimeout())
 	for {
-		s := tb.dash.Snapshot()
-		if cond(s) {
-			return s
-		}
 		var ch <-chan struct{}
-		ch, v = tb.dash.model.wait(v)
+		ch, v = d.model.wait(v)
+		if cond() {
+			return
+		}
 		select {
 		case <-ch:
 		case <-deadline:
-			b, _ := json.MarshalIndent(s, "", " ")
-			t.Fatalf("snapshot never matched; last:\n%s", b)
+			t.Fatalf("after %s: %s", testutil.WaitTimeout(), what())
 		}
 	}
+}
+
+// stop stops d, failing the test if its watchers do not end.
+func stop(t *testing.T, d *Dashboard) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitTimeout())
+	defer cancel()
+	require.NoError(t, d.Stop(ctx))
 }
 
 func (tb *testBundle) putJob(t *testing.T, r wire.JobRecord) {
@@ -177,10 +196,12 @@ func TestLoginRoles(t *testing.T) {
 	c := tb.client(t)
 	resp, err := c.Get(tb.srv.URL + "/dashboard/")
 	require.NoError(t, err)
+	resp.Body.Close()
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	require.Equal(t, "/dashboard/login", resp.Header.Get("Location"))
 	resp, err = c.Get(tb.srv.URL + "/dashboard/api/snapshot")
 	require.NoError(t, err)
+	resp.Body.Close()
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 
 	resp, _ = tb.login(t, tb.client(t), "user001", "pw")
@@ -191,6 +212,7 @@ func TestLoginRoles(t *testing.T) {
 	// A login form posted without its token (another site's form) fails.
 	resp, err = tb.client(t).PostForm(tb.srv.URL+"/dashboard/login", url.Values{"user": {"teacher"}, "password": {"pw"}})
 	require.NoError(t, err)
+	resp.Body.Close()
 	require.Equal(t, http.StatusForbidden, resp.StatusCode)
 
 	resp, token := tb.login(t, c, "teacher", "pw")
@@ -207,6 +229,7 @@ func TestLoginRoles(t *testing.T) {
 	require.Equal(t, http.SameSiteStrictMode, cookie.SameSite)
 	resp, err = c.Get(tb.srv.URL + "/dashboard/api/snapshot")
 	require.NoError(t, err)
+	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 
 	// The status command's basic auth: instructors only.
@@ -214,10 +237,12 @@ func TestLoginRoles(t *testing.T) {
 	req.SetBasicAuth("user001", "pw")
 	resp, err = http.DefaultClient.Do(req)
 	require.NoError(t, err)
+	resp.Body.Close()
 	require.Equal(t, http.StatusForbidden, resp.StatusCode)
 	req.SetBasicAuth("teacher", "pw")
 	resp, err = http.DefaultClient.Do(req)
 	require.NoError(t, err)
+	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 }
 
@@ -327,6 +352,7 @@ func TestThumbnailsAreInstructorOnly(t *testing.T) {
 	path := "/dashboard/thumb?user=user001&type=output&subfolder=sim&filename=a.png"
 	resp, err := http.Get(tb.srv.URL + path)
 	require.NoError(t, err)
+	resp.Body.Close()
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 
 	c := tb.client(t)
@@ -341,5 +367,6 @@ func TestThumbnailsAreInstructorOnly(t *testing.T) {
 
 	resp, err = c.Get(tb.srv.URL + "/dashboard/file?user=user001&type=output&subfolder=../../meta&filename=instance-registry.json")
 	require.NoError(t, err)
+	resp.Body.Close()
 	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
 }

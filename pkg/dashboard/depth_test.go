@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ func TestQueueDepthChartSurvivesARestart(t *testing.T) {
 	// setup's dashboard keeps its own series under the same key (every
 	// 10 s, and on Stop): its save could land between d1's last and d2's
 	// load on a slow run. Only this test's dashboards keep one here.
-	tb.dash.Stop()
+	stop(t, tb.dash)
 	require.NoError(t, tb.res.Broker.Purge(tb.ctx, depthKey))
 	reg, err := registry.Open(registry.Config{Path: tb.layout.RegistryPath()})
 	require.NoError(t, err)
@@ -38,10 +39,11 @@ func TestQueueDepthChartSurvivesARestart(t *testing.T) {
 	}
 	awaitDepth := func(d *Dashboard, want DepthPoint) {
 		t.Helper()
-		require.Eventually(t, func() bool {
-			series, _ := d.model.depthSeries()
+		var series []DepthPoint
+		awaitModel(t, d, func() bool {
+			series, _ = d.model.depthSeries()
 			return len(series) > 0 && series[len(series)-1] == want
-		}, 10*time.Second, 5*time.Millisecond, "depth never reached %+v", want)
+		}, func() string { return fmt.Sprintf("depth never reached %+v: %+v", want, series) })
 	}
 
 	d1 := start()
@@ -57,7 +59,7 @@ func TestQueueDepthChartSurvivesARestart(t *testing.T) {
 	tb.putJob(t, job)
 	awaitDepth(d1, DepthPoint{T: t0.UnixMilli() + 10000})
 	saved, _ := d1.model.depthSeries()
-	d1.Stop()
+	stop(t, d1)
 
 	e, err := tb.res.Broker.Get(tb.ctx, depthKey)
 	require.NoError(t, err, "the series is in the BROKER bucket")
@@ -67,7 +69,7 @@ func TestQueueDepthChartSurvivesARestart(t *testing.T) {
 	// series and extends it.
 	clock.Add(60_000)
 	d2 := start()
-	t.Cleanup(d2.Stop)
+	t.Cleanup(func() { stop(t, d2) })
 	tb.putJob(t, wire.JobRecord{ID: "j2", User: "user001", Pool: "default", State: wire.StateQueued, CreatedAt: now()})
 	awaitDepth(d2, DepthPoint{T: t0.UnixMilli() + 70_000, Waiting: 1})
 	series, _ := d2.model.depthSeries()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/atelier-run/atelier/pkg/brokerapi"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,7 +17,7 @@ import (
 // current values first, then every change), the live evt.* progress, and a
 // periodic poll of the broker API and Status. A watcher that ends (the
 // connection dropped) is started again.
-func (d *Dashboard) watch(ctx context.Context, nc *nats.Conn) error {
+func (d *Dashboard) watch(ctx context.Context, nc *nats.Conn, api *brokerapi.Client) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("dashboard: jetstream: %w", err)
@@ -61,7 +62,7 @@ func (d *Dashboard) watch(ctx context.Context, nc *nats.Conn) error {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		d.poll(ctx, nc)
+		d.poll(ctx, api)
 	}()
 	return nil
 }
@@ -137,11 +138,11 @@ func (d *Dashboard) applyAgent(e jetstream.KeyValueEntry) {
 // poll asks the broker API for the queues (paused, policy, positions) and
 // the broker for its Status, every PollInterval and whenever an action
 // asks for a refresh.
-func (d *Dashboard) poll(ctx context.Context, nc *nats.Conn) {
+func (d *Dashboard) poll(ctx context.Context, api *brokerapi.Client) {
 	tick := time.NewTicker(d.cfg.PollInterval)
 	defer tick.Stop()
 	for {
-		d.pollOnce(ctx, nc)
+		d.pollOnce(ctx, api)
 		select {
 		case <-ctx.Done():
 			return
@@ -151,11 +152,10 @@ func (d *Dashboard) poll(ctx context.Context, nc *nats.Conn) {
 	}
 }
 
-func (d *Dashboard) pollOnce(ctx context.Context, nc *nats.Conn) {
-	var q wire.QueuesReply
-	err := d.request(ctx, nc, wire.OpQueues, wire.QueuesRequest{Caller: dashboardCaller}, &q)
-	if err != nil || q.Error != "" {
-		if err != nil && !errors.Is(err, nats.ErrNoResponders) && ctx.Err() == nil {
+func (d *Dashboard) pollOnce(ctx context.Context, api *brokerapi.Client) {
+	q, err := api.Queues(ctx, wire.QueuesRequest{Caller: dashboardCaller})
+	if err != nil {
+		if !errors.Is(err, brokerapi.ErrUnavailable) && ctx.Err() == nil {
 			d.log.Debug().Err(err).Msg("dashboard: queues")
 		}
 		d.model.setQueues(nil)
@@ -179,21 +179,3 @@ func (d *Dashboard) pollOnce(ctx context.Context, nc *nats.Conn) {
 // dashboardCaller is who the dashboard is when it reads for itself (not
 // on behalf of a logged-in instructor).
 var dashboardCaller = wire.Caller{User: "dashboard", Role: wire.RoleAdmin}
-
-// request sends a broker API request and decodes the reply.
-func (d *Dashboard) request(ctx context.Context, nc *nats.Conn, op string, req, reply any) error {
-	data, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.RequestTimeout)
-	defer cancel()
-	msg, err := nc.RequestWithContext(ctx, wire.BrokerAPISubject(op), data)
-	if err != nil {
-		return fmt.Errorf("broker API %s: %w", op, err)
-	}
-	if err := json.Unmarshal(msg.Data, reply); err != nil {
-		return fmt.Errorf("broker API %s: decode reply: %w", op, err)
-	}
-	return nil
-}

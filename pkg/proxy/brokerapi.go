@@ -1,52 +1,28 @@
 package proxy
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/atelier-run/atelier/pkg/brokerapi"
 	"github.com/atelier-run/atelier/pkg/comfyvalidate"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
-// errBrokerRefused wraps an API refusal (forbidden, not_found, invalid):
-// the request reached the broker, which said no.
-var errBrokerRefused = errors.New("broker refused")
-
-// brokerAPI asks the broker for op (wire.BrokerAPISubject) and decodes its
-// answer into reply, which must embed wire.APIReply.
-func (p *Proxy) brokerAPI(ctx context.Context, op string, req any, reply interface{ apiReply() wire.APIReply }) error {
-	data, err := json.Marshal(req)
-	if err != nil {
-		return fmt.Errorf("encode %s request: %w", op, err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.RequestTimeout)
-	defer cancel()
-	msg, err := p.cfg.Conn.RequestWithContext(ctx, wire.BrokerAPISubject(op), data)
-	if err != nil {
-		if errors.Is(err, nats.ErrNoResponders) {
-			return fmt.Errorf("broker API %s: no broker answers: %w", op, err)
-		}
-		return fmt.Errorf("broker API %s: %w", op, err)
-	}
-	if err := json.Unmarshal(msg.Data, reply); err != nil {
-		return fmt.Errorf("decode %s reply: %w", op, err)
-	}
-	if r := reply.apiReply(); r.Error != "" {
-		return fmt.Errorf("%w: %s: %s (%s)", errBrokerRefused, op, r.Error, r.Code)
-	}
-	return nil
+// broker is the broker API client on the proxy's connection, each request
+// bounded by RequestTimeout.
+func (p *Proxy) broker() *brokerapi.Client {
+	return brokerapi.New(brokerapi.NATSTransport{Conn: p.cfg.Conn}, brokerapi.WithTimeout(p.cfg.RequestTimeout))
 }
 
-// cancelReply adapts wire.CancelReply to brokerAPI.
-type cancelReply struct{ wire.CancelReply }
-
-func (r *cancelReply) apiReply() wire.APIReply { return r.APIReply }
+// refused reports whether err is the broker's refusal (forbidden,
+// not_found, invalid, internal): the request reached the broker, which
+// said no.
+func refused(err error) bool {
+	var ae *brokerapi.APIError
+	return errors.As(err, &ae)
+}
 
 // caller is the broker API's view of who asks.
 func (s session) caller() wire.Caller {
@@ -106,7 +82,7 @@ func writeEmpty(w http.ResponseWriter, status int) {
 // request is ComfyUI's silent no-op (unknown ids are ignored there); an
 // unreachable broker is 503.
 func (p *Proxy) apiFailed(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, errBrokerRefused) {
+	if refused(err) {
 		p.log.Debug().Err(err).Str("path", r.URL.Path).Msg("broker API refused")
 		writeEmpty(w, http.StatusOK)
 		return
@@ -129,17 +105,15 @@ func (p *Proxy) handlePostQueue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if v, ok := body.Get("clear"); ok && comfyvalidate.PyTruthy(v) {
-		var rep cancelReply
 		req := wire.CancelRequest{Caller: sess.caller(), User: sess.User, AllPending: true, PendingOnly: true}
-		if err := p.brokerAPI(r.Context(), wire.OpCancel, req, &rep); err != nil && !errors.Is(err, errBrokerRefused) {
+		if _, err := p.broker().Cancel(r.Context(), req); err != nil && !refused(err) {
 			p.unavailable(w, r, err)
 			return
 		}
 	}
 	if len(ids) > 0 {
-		var rep cancelReply
 		req := wire.CancelRequest{Caller: sess.caller(), User: sess.User, JobIDs: ids, PendingOnly: true}
-		if err := p.brokerAPI(r.Context(), wire.OpCancel, req, &rep); err != nil {
+		if _, err := p.broker().Cancel(r.Context(), req); err != nil {
 			p.apiFailed(w, r, err)
 			return
 		}
@@ -160,8 +134,7 @@ func (p *Proxy) handleInterrupt(w http.ResponseWriter, r *http.Request) {
 	if v, ok := body.Get("prompt_id"); ok && comfyvalidate.PyTruthy(v) {
 		req.JobID = comfyvalidate.PyStr(v)
 	}
-	var rep cancelReply
-	if err := p.brokerAPI(r.Context(), wire.OpInterrupt, req, &rep); err != nil {
+	if _, err := p.broker().Interrupt(r.Context(), req); err != nil {
 		p.apiFailed(w, r, err)
 		return
 	}
@@ -190,12 +163,9 @@ func (p *Proxy) handlePostHistory(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req := wire.ForgetRequest{Caller: sess.caller(), User: sess.User, JobIDs: ids, All: clear}
-	var rep cancelReply
-	if err := p.brokerAPI(r.Context(), wire.OpForget, req, &rep); err != nil {
+	if _, err := p.broker().Forget(r.Context(), req); err != nil {
 		p.apiFailed(w, r, err)
 		return
 	}
 	writeEmpty(w, http.StatusOK)
 }
-
-func errorsIsRefused(err error) bool { return errors.Is(err, errBrokerRefused) }

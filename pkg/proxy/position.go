@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"maps"
 	"time"
 
@@ -46,10 +45,7 @@ func (v *userView) queuePositions() {
 		if !waiting && len(last) == 0 {
 			continue
 		}
-		var q queuesReply
-		ctx, cancel := context.WithTimeout(v.ctx, v.p.cfg.RequestTimeout)
-		err := v.p.brokerAPI(ctx, wire.OpQueues, wire.QueuesRequest{Caller: wire.Caller{User: v.user, Role: wire.RoleParticipant}}, &q)
-		cancel()
+		q, err := v.p.broker().Queues(v.ctx, wire.QueuesRequest{Caller: wire.Caller{User: v.user, Role: wire.RoleParticipant}})
 		if err != nil {
 			continue // the broker restarts, say: next tick
 		}
@@ -71,8 +67,3 @@ func (v *userView) queuePositions() {
 		v.mu.Unlock()
 	}
 }
-
-// queuesReply adapts wire.QueuesReply to brokerAPI.
-type queuesReply struct{ wire.QueuesReply }
-
-func (r *queuesReply) apiReply() wire.APIReply { return r.APIReply }

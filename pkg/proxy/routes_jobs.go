@@ -305,12 +305,11 @@ func (p *Proxy) cancelJobs(w http.ResponseWriter, r *http.Request, ids []string)
 		return
 	}
 	sess := sessionFrom(r.Context())
-	var rep cancelReply
 	req := wire.CancelRequest{Caller: sess.caller(), User: sess.User, JobIDs: ids}
-	err := p.brokerAPI(r.Context(), wire.OpCancel, req, &rep)
-	if err != nil && !errorsIsRefused(err) {
+	affected, err := p.broker().Cancel(r.Context(), req)
+	if err != nil && !refused(err) {
 		p.unavailable(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]bool{"cancelled": err == nil && len(rep.Affected) > 0})
+	writeJSON(w, http.StatusOK, map[string]bool{"cancelled": err == nil && len(affected) > 0})
 }

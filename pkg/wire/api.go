@@ -154,6 +154,21 @@ type QueuesReply struct {
 // APIReply is the common part of every broker API answer.
 type APIReply struct {
 	Error string `json:"error,omitempty"`
-	// Code classifies Error: "forbidden", "not_found", "invalid".
+	// Code classifies Error: one of the Code constants.
 	Code string `json:"code,omitempty"`
 }
+
+// Codes of APIReply.Code (pkg/brokerapi maps them to sentinel errors).
+const (
+	// CodeForbidden: the caller may not do this (a participant acting on
+	// another's jobs, or on the workshop; a wrong admin token).
+	CodeForbidden = "forbidden"
+	// CodeNotFound: no such job in the state the operation needs, or no
+	// such agent connected.
+	CodeNotFound = "not_found"
+	// CodeInvalid: the request is malformed (bad JSON, an invalid name, an
+	// unknown policy or operation).
+	CodeInvalid = "invalid"
+	// CodeInternal: the broker failed to do it (a JetStream write, say).
+	CodeInternal = "internal"
+)
