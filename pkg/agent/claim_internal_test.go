@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/atelier-run/atelier/pkg/agent/runtime"
 	"github.com/atelier-run/atelier/pkg/natsembed"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
@@ -60,7 +61,7 @@ func TestClaimWithoutAnswerIsAskedAgain(t *testing.T) {
 	require.NoError(t, broker.Flush())
 
 	a := &Agent{cfg: Config{ID: "a1", ClaimTimeout: 300 * time.Millisecond, RetryDelay: 10 * time.Millisecond}, nc: nc, boot: "boot1"}
-	s := &slot{a: a, ep: Endpoint{Slot: "gpu0"}, ackWait: 90 * time.Millisecond, log: zerolog.Nop()}
+	s := &slot{a: a, ep: runtime.Endpoint{Slot: "gpu0"}, ackWait: 90 * time.Millisecond, log: zerolog.Nop()}
 	ticket := &leaseCounter{}
 	reply, err := s.claimKeepingLease(ctx, ticket, wire.Ticket{JobID: "j1", User: "user001"}, 1, false)
 	require.NoError(t, err)

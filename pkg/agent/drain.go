@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/atelier-run/atelier/internal/backoff"
 	"time"
 )
 
@@ -120,7 +121,7 @@ func (a *Agent) Idle() bool {
 // WaitIdle waits until Idle or ctx ends.
 func (a *Agent) WaitIdle(ctx context.Context) error {
 	for !a.Idle() {
-		if !sleep(ctx, 20*time.Millisecond) {
+		if !backoff.Sleep(ctx, 20*time.Millisecond) {
 			return ctx.Err()
 		}
 	}

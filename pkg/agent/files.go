@@ -190,7 +190,7 @@ func (s *slot) cannotEmpty(f localFile, err error) {
 	}
 	ev.Msg("cannot empty the outputs ComfyUI writes once they are shipped: they stay on the box and fill its scratch disk. " +
 		"Run ComfyUI as the agent's user (docker runtime: --docker-user, by default the agent's uid:gid; not \"image\" with a root image) " +
-		"or run the agent as root; --keep-outputs 1 keeps outputs on purpose. Logged once per slot")
+		"or run the agent as root; --keep-outputs keeps outputs on purpose. Logged once per slot")
 }
 
 // emptiedOutput returns where an output this agent emptied was stored,

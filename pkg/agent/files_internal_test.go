@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/atelier-run/atelier/pkg/agent/runtime"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/stretchr/testify/require"
 )
@@ -20,7 +21,7 @@ func TestShipOutputRefusesForeignFolder(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(out, "user002"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(out, "user002", "theirs.png"), []byte("png"), 0o644))
 	r := &run{
-		s:       &slot{a: &Agent{}, ep: Endpoint{OutputDir: out}},
+		s:       &slot{a: &Agent{}, ep: runtime.Endpoint{OutputDir: out}},
 		job:     wire.Job{ID: "j1", User: "user001"},
 		shipped: map[fileKey]outputFile{},
 	}

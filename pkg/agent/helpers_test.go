@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/agent"
+	"github.com/atelier-run/atelier/pkg/agent/runtime/simulated"
 	"github.com/atelier-run/atelier/pkg/broker"
 	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -94,7 +95,7 @@ func (r *recorder) await(t *testing.T, ids []string, within time.Duration) map[s
 type bundle struct {
 	broker  *broker.Broker
 	agent   *agent.Agent
-	runtime *agent.Simulated
+	runtime *simulated.Runtime
 	rec     *recorder
 	nc      *nats.Conn
 	js      jetstream.JetStream
@@ -135,7 +136,7 @@ func setup(t *testing.T, o opts) *bundle {
 	require.NoError(t, b.Start(ctx))
 	t.Cleanup(func() { _ = b.Stop(context.Background()) })
 
-	rt := &agent.Simulated{GPUs: o.gpus, Dir: filepath.Join(dir, "sim"), StepDelay: o.stepDelay, Configure: o.simConfig, Logger: zerolog.Nop()}
+	rt := &simulated.Runtime{GPUs: o.gpus, Dir: filepath.Join(dir, "sim"), StepDelay: o.stepDelay, Configure: o.simConfig, Logger: zerolog.Nop()}
 	cfg := agent.Config{
 		ID: "test-agent", NATSURL: b.ClientURL(), Runtime: rt,
 		HeartbeatInterval: 100 * time.Millisecond, RetryDelay: 100 * time.Millisecond,

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/backoff"
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -824,7 +825,7 @@ func (r *run) awaitHistory(ctx context.Context, exited <-chan struct{}) (outcome
 				lost = 0
 			}
 		}
-		if !sleep(ctx, 500*time.Millisecond) {
+		if !backoff.Sleep(ctx, 500*time.Millisecond) {
 			return outcome{}, ctx.Err()
 		}
 	}
@@ -987,7 +988,7 @@ func (r *run) report(ctx context.Context, rep wire.Report) bool {
 			return true
 		}
 		r.log.Warn().Err(err).Str("kind", string(rep.Kind)).Int("try", try).Msg("publish report")
-		if !sleep(ctx, time.Duration(min(try+1, 10))*200*time.Millisecond) {
+		if !backoff.Sleep(ctx, time.Duration(min(try+1, 10))*200*time.Millisecond) {
 			return false
 		}
 	}

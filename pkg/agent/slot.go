@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/backoff"
+	"github.com/atelier-run/atelier/pkg/agent/gpu"
+	"github.com/atelier-run/atelier/pkg/agent/runtime"
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go/jetstream"
@@ -20,7 +23,7 @@ import (
 // one.
 type slot struct {
 	a     *Agent
-	ep    Endpoint
+	ep    runtime.Endpoint
 	log   zerolog.Logger
 	comfy *comfyclient.Client
 
@@ -37,7 +40,7 @@ type slot struct {
 	mu    sync.Mutex
 	state wire.SlotState
 	vram  [2]int64 // total, free (from ComfyUI)
-	gpu   *GPU     // last GPUStats reading, if any
+	gpu   *gpu.GPU // last GPUStats reading, if any
 	// cur is the run ComfyUI executes; pending the prefetched next one.
 	cur, pending *run
 	fetching     bool
@@ -50,7 +53,7 @@ type slot struct {
 	wake chan struct{} // a fetch ended
 }
 
-func newSlot(a *Agent, ep Endpoint) *slot {
+func newSlot(a *Agent, ep runtime.Endpoint) *slot {
 	return &slot{
 		a:      a,
 		ep:     ep,
@@ -84,7 +87,7 @@ func (s *slot) status() wire.SlotStatus {
 // exited is the channel closed when the slot's current ComfyUI exits
 // (nil when the runtime cannot tell).
 func (s *slot) exited() <-chan struct{} {
-	if sup, ok := s.a.cfg.Runtime.(Supervisor); ok {
+	if sup, ok := s.a.cfg.Runtime.(runtime.Supervisor); ok {
 		return sup.Exited(s.ep.Slot)
 	}
 	return nil
@@ -94,7 +97,7 @@ func (s *slot) exited() <-chan struct{} {
 // one). The slot counts as down until the new one answers.
 func (s *slot) restart(ctx context.Context, why string) {
 	s.setState(wire.SlotDown)
-	sup, ok := s.a.cfg.Runtime.(Supervisor)
+	sup, ok := s.a.cfg.Runtime.(runtime.Supervisor)
 	if !ok {
 		s.log.Warn().Str("why", why).Msg("ComfyUI needs a restart, which this runtime cannot do")
 		return
@@ -182,7 +185,7 @@ func (s *slot) ensureConsumer(ctx context.Context) bool {
 		// The broker creates the pool's consumer after our first
 		// heartbeat.
 		s.log.Debug().Err(err).Msg("pool consumer not there yet")
-		sleep(ctx, time.Second)
+		backoff.Sleep(ctx, time.Second)
 		return false
 	}
 	cfg := c.CachedInfo().Config
@@ -267,7 +270,7 @@ func (s *slot) fetch(ctx context.Context, prefetch bool) *run {
 	if err != nil {
 		if fctx.Err() == nil {
 			s.log.Warn().Err(err).Msg("fetch ticket")
-			sleep(ctx, time.Second)
+			backoff.Sleep(ctx, time.Second)
 		}
 		return nil
 	}
@@ -367,7 +370,7 @@ func (s *slot) awaitHealthy(ctx context.Context) bool {
 				s.a.kickHeartbeat()
 			}
 		}
-		if !sleep(ctx, 200*time.Millisecond) {
+		if !backoff.Sleep(ctx, 200*time.Millisecond) {
 			return false
 		}
 	}
@@ -482,7 +485,7 @@ func (s *slot) claimKeepingLease(ctx context.Context, ticket jetstream.Msg, t wi
 			break
 		}
 		s.log.Warn().Err(err).Str("job", t.JobID).Int("try", try).Msg("claim got no answer; asking again")
-		if !sleep(ctx, s.a.cfg.RetryDelay) {
+		if !backoff.Sleep(ctx, s.a.cfg.RetryDelay) {
 			break
 		}
 	}
@@ -503,16 +506,4 @@ func (s *slot) claim(ctx context.Context, t wire.Ticket, delivery uint64, prefet
 	}
 	err = json.Unmarshal(m.Data, &reply)
 	return reply, err
-}
-
-// sleep waits d or until ctx is done; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

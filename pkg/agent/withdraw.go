@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/backoff"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -93,7 +94,7 @@ func (r *run) withdrawUnfollowed(id string) {
 		defer cancel()
 		pause := withdrawFirstPause
 		for {
-			if !sleep(ctx, pause) {
+			if !backoff.Sleep(ctx, pause) {
 				r.log.Warn().Str("prompt", id).Msg("ComfyUI still holds a withdrawn prompt")
 				return
 			}

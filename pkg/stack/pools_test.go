@@ -14,13 +14,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/atelier-run/atelier/pkg/agent"
+	"github.com/atelier-run/atelier/pkg/agent/runtime/simulated"
 	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/atelier-run/atelier/pkg/registry"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
 // simHistoryCount is how many prompts a runtime's simulators ran.
-func simHistoryCount(t *testing.T, rt *agent.Simulated) int {
+func simHistoryCount(t *testing.T, rt *simulated.Runtime) int {
 	t.Helper()
 	n := 0
 	for _, sim := range rt.Simulators() {
@@ -43,7 +44,7 @@ func TestPromptGoesToThePoolWithItsModel(t *testing.T) {
 	const bigModel = "flux1-dev-fp8.safetensors"
 
 	// A second GPU box in pool "big", whose ComfyUI has the model.
-	big := &agent.Simulated{GPUs: 1, Dir: t.TempDir(), StepDelay: -1, Logger: zerolog.Nop(),
+	big := &simulated.Runtime{GPUs: 1, Dir: t.TempDir(), StepDelay: -1, Logger: zerolog.Nop(),
 		Configure: func(_ int, c *comfysim.Config) {
 			c.Models = comfysim.DefaultModels()
 			c.Models["checkpoints"] = append(c.Models["checkpoints"], bigModel)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/agent"
+	"github.com/atelier-run/atelier/pkg/agent/runtime/simulated"
 	"github.com/atelier-run/atelier/pkg/broker"
 	"github.com/atelier-run/atelier/pkg/brokerd"
 	"github.com/atelier-run/atelier/pkg/comfysim"
@@ -59,7 +60,7 @@ type Stack struct {
 	Daemon   *brokerd.Daemon
 	Proxy    *proxy.Proxy
 	Agent    *agent.Agent
-	Runtime  *agent.Simulated
+	Runtime  *simulated.Runtime
 	Registry *registry.Registry
 	Layout   datalayout.Layout
 
@@ -127,7 +128,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return nil, err
 	}
 
-	s.Runtime = &agent.Simulated{
+	s.Runtime = &simulated.Runtime{
 		GPUs: cfg.GPUs, Dir: cfg.Dir + "/sim", StepDelay: cfg.StepDelay,
 		Configure: cfg.ConfigureSim, Logger: cfg.Logger,
 	}

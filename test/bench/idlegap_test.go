@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/agent"
+	"github.com/atelier-run/atelier/pkg/agent/runtime/simulated"
 	"github.com/atelier-run/atelier/pkg/broker"
 	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -108,7 +109,7 @@ func idleGapRun(b *testing.B, prefetch bool, gpus, jobs int) (latencies, float64
 	for i := range open {
 		open[i] = map[string]time.Time{}
 	}
-	rt := &agent.Simulated{
+	rt := &simulated.Runtime{
 		GPUs: gpus, Dir: filepath.Join(dir, "sim"), StepDelay: 5 * time.Millisecond, Logger: zerolog.Nop(),
 		Configure: func(i int, cfg *comfysim.Config) {
 			cfg.OnExecute = func(id string) {

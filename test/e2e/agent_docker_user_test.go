@@ -104,7 +104,7 @@ func TestAgentDockerRuntimeUser(t *testing.T) {
 			require.NoError(t, os.Chown(scratch, nobody, nobody))
 			id := agentID + "-" + tc.name
 			s.startAgentAs(nobody, nobody, append([]string{"--id", id, "--runtime", "docker", "--gpus", "1",
-				"--docker-image", image, "--docker-no-gpu", "1",
+				"--docker-image", image, "--docker-no-gpu",
 				"--docker-health-cmd", "/atelier-healthcheck healthcheck --url http://127.0.0.1:8188/system_stats",
 				"--docker-health-interval", "1s", "--comfy-args", "--step-delay 5ms",
 				"--base-port", fmt.Sprint(freePorts(t, 1)), "--scratch", scratch,

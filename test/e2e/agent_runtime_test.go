@@ -164,7 +164,7 @@ func TestAgentDockerRuntime(t *testing.T) {
 	users := []string{"user001", "user002"}
 	s := startCore(t, users)
 	s.startAgent("agent", "--id", agentID, "--runtime", "docker", "--gpus", "2",
-		"--docker-image", image, "--docker-no-gpu", "1",
+		"--docker-image", image, "--docker-no-gpu",
 		"--docker-health-cmd", "/atelier-healthcheck healthcheck --url http://127.0.0.1:8188/system_stats",
 		"--docker-health-interval", "1s", "--comfy-args", "--step-delay 20ms",
 		"--base-port", fmt.Sprint(freePorts(t, 2)), "--scratch", filepath.Join(t.TempDir(), "scratch"),
@@ -258,7 +258,7 @@ func TestAgentDockerRuntimeRestartsHungComfyUI(t *testing.T) {
 	s := startCore(t, users)
 	base := freePorts(t, 2)
 	s.startAgent("agent", "--id", agentID, "--runtime", "docker", "--gpus", "2",
-		"--docker-image", image, "--docker-no-gpu", "1",
+		"--docker-image", image, "--docker-no-gpu",
 		"--docker-health-cmd", "/atelier-healthcheck healthcheck --url http://127.0.0.1:8188/system_stats",
 		"--docker-health-interval", "1s", "--comfy-args", "--step-delay 20ms",
 		"--base-port", fmt.Sprint(base), "--scratch", filepath.Join(t.TempDir(), "scratch"),

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/agent"
+	"github.com/atelier-run/atelier/pkg/agent/runtime/simulated"
 	"github.com/atelier-run/atelier/pkg/broker"
 	"github.com/atelier-run/atelier/pkg/brokerd"
 	"github.com/atelier-run/atelier/pkg/dashboard"
@@ -85,7 +86,7 @@ func startDashStack(t *testing.T, gpus int, stepDelay time.Duration) *dashStack 
 	s.proxyURL = px.URL()
 
 	ag, err := agent.New(agent.Config{ID: "dash-box", NATSURL: s.broker.ClientURL(),
-		Runtime:           &agent.Simulated{GPUs: gpus, Dir: filepath.Join(dir, "sim"), StepDelay: stepDelay, Logger: log},
+		Runtime:           &simulated.Runtime{GPUs: gpus, Dir: filepath.Join(dir, "sim"), StepDelay: stepDelay, Logger: log},
 		HeartbeatInterval: 200 * time.Millisecond, RetryDelay: 500 * time.Millisecond, Logger: log})
 	require.NoError(t, err)
 	require.NoError(t, ag.Start(ctx))

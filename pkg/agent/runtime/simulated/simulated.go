@@ -1,4 +1,7 @@
-package agent
+// Package simulated is the runtime of the demo and of tests: one
+// in-process ComfyUI simulator (pkg/comfysim) per simulated GPU,
+// supervised as the process runtime supervises ComfyUI.
+package simulated
 
 import (
 	"context"
@@ -9,88 +12,18 @@ import (
 	"sync"
 	"time"
 
-	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/rs/zerolog"
+
+	"github.com/atelier-run/atelier/internal/backoff"
+	"github.com/atelier-run/atelier/pkg/agent/runtime"
+	"github.com/atelier-run/atelier/pkg/comfysim"
 )
 
-// Endpoint is one slot's ComfyUI.
-type Endpoint struct {
-	// Slot names the slot, e.g. "gpu0".
-	Slot string
-	// GPU describes the device, e.g. "NVIDIA H100 80GB HBM3".
-	GPU string
-	// GPUIndex is the device's nvidia-smi index, -1 when unknown; GPUUUID
-	// its UUID. They match the slot to GPUStats readings.
-	GPUIndex int
-	GPUUUID  string
-	// URL is ComfyUI's base URL.
-	URL string
-	// OutputDir and TempDir are ComfyUI's output and temp folders on this
-	// host, when the runtime knows them: the agent then reads outputs in
-	// place instead of copying them through /view ("": it cannot).
-	OutputDir, TempDir string
-	// InputDir is ComfyUI's input folder on this host, when the runtime
-	// knows it: the agent then links inputs there from its cache instead
-	// of uploading them through ComfyUI's /upload/image, which holds a
-	// whole file in memory and refuses one over --max-upload-size.
-	InputDir string
-}
-
-// Runtime provides and supervises the ComfyUI instances of the slots. The
-// agent runs jobs against the endpoints and never cares how they run.
-type Runtime interface {
-	// Start brings up one ComfyUI per slot (or attaches to running ones)
-	// and returns their endpoints. It does not wait for them to be
-	// healthy: each slot waits for its own ComfyUI, so one slow or broken
-	// GPU does not hold the others back.
-	Start(ctx context.Context) ([]Endpoint, error)
-	// Stop stops what Start started.
-	Stop(ctx context.Context) error
-}
-
-// Supervisor is implemented by runtimes that own their ComfyUI instances
-// (process, docker, simulated). The agent uses it for its watchdogs: a
-// hung or out-of-memory ComfyUI is restarted, and a slot learns at once
-// that its ComfyUI died instead of waiting for timeouts.
-type Supervisor interface {
-	// Restart stops the slot's ComfyUI and starts a new one. It returns
-	// once the new one is started, not necessarily healthy.
-	Restart(ctx context.Context, slot string) error
-	// Exited returns a channel that is closed when the slot's current
-	// ComfyUI instance exits. Each instance has its own channel: ask
-	// again after a restart.
-	Exited(slot string) <-chan struct{}
-}
-
-// ErrUnknownSlot is returned for a slot the runtime does not run.
-var ErrUnknownSlot = errors.New("unknown slot")
-
-// External attaches to ComfyUI instances that something else runs. It
-// cannot restart them: a hung external ComfyUI is only interrupted.
-type External struct {
-	URLs []string
-}
-
-// Start returns one endpoint per URL.
-func (e *External) Start(context.Context) ([]Endpoint, error) {
-	if len(e.URLs) == 0 {
-		return nil, errors.New("external runtime: no ComfyUI URLs")
-	}
-	out := make([]Endpoint, len(e.URLs))
-	for i, u := range e.URLs {
-		out[i] = Endpoint{Slot: "gpu" + strconv.Itoa(i), GPUIndex: -1, URL: u}
-	}
-	return out, nil
-}
-
-// Stop does nothing: external ComfyUIs are not ours to stop.
-func (e *External) Stop(context.Context) error { return nil }
-
-// Simulated starts one in-process ComfyUI simulator per simulated GPU: the
+// Runtime starts one in-process ComfyUI simulator per simulated GPU: the
 // "GPU" of the demo and of tests. It supervises them like the process
 // runtime supervises ComfyUI: a simulator that crashes (FaultCrash) is
 // started again on the same port.
-type Simulated struct {
+type Runtime struct {
 	// GPUs is the number of simulated GPUs (slots).
 	GPUs int
 	// Dir holds each simulator's input, output and temp directories.
@@ -101,7 +34,7 @@ type Simulated struct {
 	// hooks and faults). It is applied again at each restart.
 	Configure func(slot int, cfg *comfysim.Config)
 	// RestartDelay is how long a crashed simulator stays down (default
-	// 100 ms).
+	// DefaultRestartDelay).
 	RestartDelay time.Duration
 	Logger       zerolog.Logger
 
@@ -111,10 +44,13 @@ type Simulated struct {
 	exited     []chan struct{}
 	restarting []bool
 	stopping   bool
-	wg         sync.WaitGroup
+	// supervising ends with Stop: a restart back-off waits no longer.
+	supervising     context.Context
+	stopSupervising context.CancelFunc
+	wg              sync.WaitGroup
 }
 
-func (s *Simulated) config(i int) comfysim.Config {
+func (s *Runtime) config(i int) comfysim.Config {
 	cfg := comfysim.Config{
 		Dir:        filepath.Join(s.Dir, "gpu"+strconv.Itoa(i)),
 		StepDelay:  s.StepDelay,
@@ -128,21 +64,22 @@ func (s *Simulated) config(i int) comfysim.Config {
 }
 
 // Start starts the simulators on loopback ports.
-func (s *Simulated) Start(ctx context.Context) ([]Endpoint, error) {
+func (s *Runtime) Start(ctx context.Context) ([]runtime.Endpoint, error) {
 	if s.GPUs <= 0 {
 		return nil, errors.New("simulated runtime: GPUs must be positive")
 	}
 	if s.RestartDelay == 0 {
-		s.RestartDelay = 100 * time.Millisecond
+		s.RestartDelay = DefaultRestartDelay
 	}
 	s.mu.Lock()
 	s.stopping = false
+	s.supervising, s.stopSupervising = context.WithCancel(context.WithoutCancel(ctx))
 	s.sims = make([]*comfysim.Server, s.GPUs)
 	s.addrs = make([]string, s.GPUs)
 	s.exited = make([]chan struct{}, s.GPUs)
 	s.restarting = make([]bool, s.GPUs)
 	s.mu.Unlock()
-	var out []Endpoint
+	var out []runtime.Endpoint
 	for i := range s.GPUs {
 		if err := s.startSim(ctx, i, "127.0.0.1:0"); err != nil {
 			_ = s.Stop(ctx)
@@ -151,8 +88,8 @@ func (s *Simulated) Start(ctx context.Context) ([]Endpoint, error) {
 		s.mu.Lock()
 		sim := s.sims[i]
 		s.mu.Unlock()
-		out = append(out, Endpoint{
-			Slot: "gpu" + strconv.Itoa(i), GPU: "Simulated GPU " + strconv.Itoa(i), GPUIndex: i, URL: sim.URL(),
+		out = append(out, runtime.Endpoint{
+			Slot: runtime.SlotName(i), GPU: "Simulated GPU " + strconv.Itoa(i), GPUIndex: i, URL: sim.URL(),
 			OutputDir: sim.OutputDir(), TempDir: sim.TempDir(), InputDir: sim.InputDir(),
 		})
 	}
@@ -160,7 +97,7 @@ func (s *Simulated) Start(ctx context.Context) ([]Endpoint, error) {
 }
 
 // startSim starts simulator i on addr and watches it.
-func (s *Simulated) startSim(ctx context.Context, i int, addr string) error {
+func (s *Runtime) startSim(ctx context.Context, i int, addr string) error {
 	var prev comfysim.Fault
 	s.mu.Lock()
 	if old := s.sims[i]; old != nil {
@@ -195,7 +132,7 @@ func (s *Simulated) startSim(ctx context.Context, i int, addr string) error {
 }
 
 // watch restarts simulator i when it dies on its own.
-func (s *Simulated) watch(i int, sim *comfysim.Server, exited chan struct{}) {
+func (s *Runtime) watch(i int, sim *comfysim.Server, exited chan struct{}) {
 	defer s.wg.Done()
 	<-sim.Done()
 	close(exited)
@@ -207,34 +144,47 @@ func (s *Simulated) watch(i int, sim *comfysim.Server, exited chan struct{}) {
 		return
 	}
 	s.Logger.Warn().Int("sim", i).Msg("simulated ComfyUI exited; restarting it")
-	for try := 0; ; try++ {
-		time.Sleep(s.RestartDelay)
+	s.mu.Lock()
+	ctx := s.supervising
+	s.mu.Unlock()
+	// Down for RestartDelay, as a crashed process is before its
+	// supervisor notices, then back on the same port.
+	if !backoff.Sleep(ctx, s.RestartDelay) {
+		return
+	}
+	err := backoff.Retry(ctx, backoff.Policy{Min: s.RestartDelay, Max: s.RestartDelay}, restartTries, func(ctx context.Context) error {
 		s.mu.Lock()
 		stopping := s.stopping
 		s.mu.Unlock()
 		if stopping {
-			return
+			return backoff.Permanent(errStopping)
 		}
-		if err := s.startSim(context.Background(), i, addr); err == nil {
-			return
-		} else if try > 50 {
-			s.Logger.Error().Err(err).Int("sim", i).Msg("simulated ComfyUI does not come back")
-			return
-		}
+		return s.startSim(ctx, i, addr)
+	})
+	if err != nil && !errors.Is(err, errStopping) && ctx.Err() == nil {
+		s.Logger.Error().Err(err).Int("sim", i).Msg("simulated ComfyUI does not come back")
 	}
 }
 
-func (s *Simulated) index(slot string) (int, error) {
+// DefaultRestartDelay is how long a crashed simulator stays down.
+const DefaultRestartDelay = 100 * time.Millisecond
+
+// restartTries bounds the attempts to bring a simulator back on its port.
+const restartTries = 50
+
+var errStopping = errors.New("simulated runtime: stopping")
+
+func (s *Runtime) index(slot string) (int, error) {
 	i, err := strconv.Atoi(slot[min(3, len(slot)):])
 	if err != nil || len(slot) < 4 || slot[:3] != "gpu" || i < 0 || i >= len(s.sims) {
-		return 0, fmt.Errorf("simulated runtime: %w %q", ErrUnknownSlot, slot)
+		return 0, fmt.Errorf("simulated runtime: %w %q", runtime.ErrUnknownSlot, slot)
 	}
 	return i, nil
 }
 
 // Restart closes the slot's simulator and starts a fresh one on the same
 // port, as a process supervisor would.
-func (s *Simulated) Restart(ctx context.Context, slot string) error {
+func (s *Runtime) Restart(ctx context.Context, slot string) error {
 	s.mu.Lock()
 	i, err := s.index(slot)
 	if err != nil {
@@ -251,20 +201,19 @@ func (s *Simulated) Restart(ctx context.Context, slot string) error {
 		s.mu.Unlock()
 	}()
 	_ = old.Close()
-	var lastErr error
-	for range 50 {
-		if lastErr = s.startSim(ctx, i, addr); lastErr == nil {
-			return nil
-		}
-		if !sleep(ctx, 20*time.Millisecond) {
-			break
-		}
+	// The port is free once the old simulator's listener is closed; a
+	// moment may pass before the kernel lets it go.
+	err = backoff.Retry(ctx, backoff.Policy{Min: 20 * time.Millisecond, Max: 20 * time.Millisecond}, restartTries, func(ctx context.Context) error {
+		return s.startSim(ctx, i, addr)
+	})
+	if err != nil {
+		return fmt.Errorf("simulated runtime: restart %s: %w", slot, err)
 	}
-	return fmt.Errorf("simulated runtime: restart %s: %w", slot, lastErr)
+	return nil
 }
 
 // Exited returns a channel closed when the slot's current simulator dies.
-func (s *Simulated) Exited(slot string) <-chan struct{} {
+func (s *Runtime) Exited(slot string) <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	i, err := s.index(slot)
@@ -275,9 +224,12 @@ func (s *Simulated) Exited(slot string) <-chan struct{} {
 }
 
 // Stop stops the simulators.
-func (s *Simulated) Stop(context.Context) error {
+func (s *Runtime) Stop(context.Context) error {
 	s.mu.Lock()
 	s.stopping = true
+	if s.stopSupervising != nil {
+		s.stopSupervising()
+	}
 	sims := append([]*comfysim.Server(nil), s.sims...)
 	s.mu.Unlock()
 	var errs []error
@@ -291,8 +243,13 @@ func (s *Simulated) Stop(context.Context) error {
 }
 
 // Simulators exposes the running simulators (tests inject faults).
-func (s *Simulated) Simulators() []*comfysim.Server {
+func (s *Runtime) Simulators() []*comfysim.Server {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]*comfysim.Server(nil), s.sims...)
 }
+
+var (
+	_ runtime.Runtime    = (*Runtime)(nil)
+	_ runtime.Supervisor = (*Runtime)(nil)
+)

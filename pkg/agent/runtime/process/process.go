@@ -1,4 +1,8 @@
-package agent
+// Package process is the runtime that spawns ComfyUI as a child process
+// per GPU and supervises it: restarts after an exit, pid files so that a
+// ComfyUI an earlier agent left is stopped, and on Linux the kernel kills
+// the ComfyUIs when the agent dies.
+package process
 
 import (
 	"context"
@@ -13,20 +17,39 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/atelier-run/atelier/internal/backoff"
+	"github.com/atelier-run/atelier/pkg/agent/gpu"
+	"github.com/atelier-run/atelier/pkg/agent/runtime"
 )
 
-// Process spawns and supervises one ComfyUI process per GPU:
+// Defaults of Runtime's empty fields.
+const (
+	DefaultListen     = "127.0.0.1"
+	DefaultStopGrace  = 10 * time.Second
+	DefaultMinBackoff = time.Second
+	DefaultMaxBackoff = time.Minute
+	// stableAfter is how long a process must stay up for its restart
+	// back-off to start again at MinBackoff.
+	stableAfter = time.Minute
+)
+
+// DefaultCommand starts ComfyUI from its checkout.
+var DefaultCommand = []string{"python", "main.py"}
+
+// Runtime spawns and supervises one ComfyUI process per GPU:
 //
 //	python main.py --listen 127.0.0.1 --port P --cuda-device N \
 //	    --input-directory I --output-directory O --temp-directory T
 //
 // A process that exits is started again after a back-off that doubles up
-// to MaxBackoff (and resets once a process stayed up for a minute). Each
+// to MaxBackoff (and resets once a process stayed up for a minute); Stop
+// ends the back-off at once. Each
 // slot's output goes to LogDir/comfyui-gpuN.log. On Linux the kernel
 // kills the processes if the agent dies; LogDir/comfyui-gpuN.pid names
 // each one, and Start stops one an earlier run left (pidfile.go).
-type Process struct {
-	// Command is the ComfyUI command (default: python main.py); the
+type Runtime struct {
+	// Command is the ComfyUI command (default: DefaultCommand); the
 	// agent appends the flags above and then ExtraArgs.
 	Command []string
 	// Dir is the working directory (the ComfyUI checkout).
@@ -36,9 +59,10 @@ type Process struct {
 	// ExtraArgs are appended to every command line.
 	ExtraArgs []string
 	// GPUs are the devices, one slot each.
-	GPUs []GPU
-	// Listen is the address ComfyUI listens on (default 127.0.0.1);
-	// BasePort the port of the first slot (default 8188, then 8189 …).
+	GPUs []gpu.GPU
+	// Listen is the address ComfyUI listens on (default DefaultListen);
+	// BasePort the port of the first slot (default
+	// runtime.DefaultBasePort, 8188, then 8189 …).
 	Listen   string
 	BasePort int
 	// InputDir is shared by all slots (the scratch layout's inputs/).
@@ -62,42 +86,49 @@ type Process struct {
 	mu       sync.Mutex
 	procs    map[string]*supervised
 	stopping bool
-	wg       sync.WaitGroup
+	// supervising ends with Stop: the supervisors' back-off waits end
+	// with it.
+	supervising     context.Context
+	stopSupervising context.CancelFunc
+	wg              sync.WaitGroup
 }
 
 // supervised is one slot's process and its history.
 type supervised struct {
 	slot    string
-	gpu     GPU
+	gpu     gpu.GPU
 	port    int
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	restart chan struct{} // a requested restart skips the back-off
+	// spawned is closed when the next process is spawned (Restart waits
+	// on it).
+	spawned chan struct{}
 }
 
-func (p *Process) setDefaults() {
+func (p *Runtime) setDefaults() {
 	if len(p.Command) == 0 {
-		p.Command = []string{"python", "main.py"}
+		p.Command = DefaultCommand
 	}
 	if p.Listen == "" {
-		p.Listen = "127.0.0.1"
+		p.Listen = DefaultListen
 	}
 	if p.BasePort == 0 {
-		p.BasePort = 8188
+		p.BasePort = runtime.DefaultBasePort
 	}
 	if p.StopGrace == 0 {
-		p.StopGrace = 10 * time.Second
+		p.StopGrace = DefaultStopGrace
 	}
 	if p.MinBackoff == 0 {
-		p.MinBackoff = time.Second
+		p.MinBackoff = DefaultMinBackoff
 	}
 	if p.MaxBackoff == 0 {
-		p.MaxBackoff = time.Minute
+		p.MaxBackoff = DefaultMaxBackoff
 	}
 }
 
 // Start spawns one ComfyUI per GPU and supervises them.
-func (p *Process) Start(ctx context.Context) ([]Endpoint, error) {
+func (p *Runtime) Start(ctx context.Context) ([]runtime.Endpoint, error) {
 	p.setDefaults()
 	if len(p.GPUs) == 0 {
 		return nil, errors.New("process runtime: no GPUs")
@@ -113,11 +144,13 @@ func (p *Process) Start(ctx context.Context) ([]Endpoint, error) {
 	p.mu.Lock()
 	p.procs = map[string]*supervised{}
 	p.stopping = false
+	p.supervising, p.stopSupervising = context.WithCancel(context.WithoutCancel(ctx))
 	p.mu.Unlock()
-	var eps []Endpoint
+	var eps []runtime.Endpoint
 	for i, g := range p.GPUs {
-		sp := &supervised{slot: "gpu" + strconv.Itoa(g.Index), gpu: g, port: p.BasePort + i, restart: make(chan struct{}, 1)}
-		if err := p.stopLeftover(sp.slot); err != nil {
+		sp := &supervised{slot: runtime.SlotName(g.Index), gpu: g, port: p.BasePort + i,
+			restart: make(chan struct{}, 1), spawned: make(chan struct{})}
+		if err := p.stopLeftover(ctx, sp.slot); err != nil {
 			_ = p.Stop(ctx)
 			return nil, err
 		}
@@ -129,8 +162,8 @@ func (p *Process) Start(ctx context.Context) ([]Endpoint, error) {
 		p.procs[sp.slot] = sp
 		p.mu.Unlock()
 		p.wg.Add(1)
-		go p.supervise(sp)
-		eps = append(eps, Endpoint{
+		go p.supervise(p.supervising, sp)
+		eps = append(eps, runtime.Endpoint{
 			Slot: sp.slot, GPU: g.Name, GPUIndex: g.Index, GPUUUID: g.UUID,
 			URL:       "http://" + hostPort(p.Listen, sp.port),
 			OutputDir: filepath.Join(p.OutputRoot, sp.slot), InputDir: p.InputDir,
@@ -149,7 +182,7 @@ func hostPort(host string, port int) string {
 }
 
 // spawn starts sp's process. Caller must not hold p.mu.
-func (p *Process) spawn(sp *supervised) error {
+func (p *Runtime) spawn(sp *supervised) error {
 	temp, output := filepath.Join(p.TempRoot, sp.slot), filepath.Join(p.OutputRoot, sp.slot)
 	for _, d := range []string{temp, output} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -182,6 +215,8 @@ func (p *Process) spawn(sp *supervised) error {
 	exited := make(chan struct{})
 	p.mu.Lock()
 	sp.cmd, sp.exited = cmd, exited
+	close(sp.spawned)
+	sp.spawned = make(chan struct{})
 	p.mu.Unlock()
 	go func() {
 		err := cmd.Wait()
@@ -194,83 +229,95 @@ func (p *Process) spawn(sp *supervised) error {
 	return nil
 }
 
-// supervise restarts sp's process whenever it exits, until Stop.
-func (p *Process) supervise(sp *supervised) {
+// supervise restarts sp's process whenever it exits, until Stop (ctx).
+func (p *Runtime) supervise(ctx context.Context, sp *supervised) {
 	defer p.wg.Done()
-	backoff := p.MinBackoff
+	pause := backoff.New(backoff.Policy{Min: p.MinBackoff, Max: p.MaxBackoff})
 	for {
 		p.mu.Lock()
-		exited, cmd := sp.exited, sp.cmd
+		exited := sp.exited
 		p.mu.Unlock()
 		startedAt := time.Now()
 		<-exited
-		_ = cmd
-		p.mu.Lock()
-		stopping := p.stopping
-		p.mu.Unlock()
-		if stopping {
+		if p.isStopping() {
 			return
 		}
-		if time.Since(startedAt) > time.Minute {
-			backoff = p.MinBackoff
+		if time.Since(startedAt) > stableAfter {
+			pause.Reset()
 		}
 		select {
 		case <-sp.restart: // requested: no back-off
-		case <-time.After(backoff):
-			backoff = min(backoff*2, p.MaxBackoff)
-		}
-		for {
-			p.mu.Lock()
-			stopping = p.stopping
-			p.mu.Unlock()
-			if stopping {
+		default:
+			if !p.waitBeforeRestart(ctx, sp, pause.Next()) {
 				return
 			}
+		}
+		for !p.isStopping() {
 			err := p.spawn(sp)
 			if err == nil {
 				break
 			}
-			p.Logger.Error().Err(err).Str("slot", sp.slot).Dur("backoff", backoff).Msg("restart ComfyUI")
-			time.Sleep(backoff)
-			backoff = min(backoff*2, p.MaxBackoff)
+			d := pause.Next()
+			p.Logger.Error().Err(err).Str("slot", sp.slot).Dur("backoff", d).Msg("restart ComfyUI")
+			if !backoff.Sleep(ctx, d) {
+				return
+			}
 		}
 	}
 }
 
+// waitBeforeRestart waits d before an exited process is started again, or
+// less when a restart is requested meanwhile; false when Stop ends it.
+func (p *Runtime) waitBeforeRestart(ctx context.Context, sp *supervised, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-sp.restart:
+	case <-t.C:
+	case <-ctx.Done():
+		return false
+	}
+	return true
+}
+
+func (p *Runtime) isStopping() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stopping
+}
+
 // Restart stops the slot's process; the supervisor starts a new one at
 // once. It returns when the new process is spawned.
-func (p *Process) Restart(ctx context.Context, slot string) error {
+func (p *Runtime) Restart(ctx context.Context, slot string) error {
 	p.mu.Lock()
 	sp := p.procs[slot]
+	var spawned chan struct{}
+	var stopped <-chan struct{}
+	if sp != nil {
+		spawned, stopped = sp.spawned, p.supervising.Done()
+	}
 	p.mu.Unlock()
 	if sp == nil {
-		return fmt.Errorf("process runtime: %w %q", ErrUnknownSlot, slot)
+		return fmt.Errorf("process runtime: %w %q", runtime.ErrUnknownSlot, slot)
 	}
-	p.mu.Lock()
-	old := sp.exited
-	p.mu.Unlock()
 	select {
 	case sp.restart <- struct{}{}:
 	default:
 	}
 	p.terminate(sp)
-	<-old
-	for {
-		p.mu.Lock()
-		cur := sp.exited
-		p.mu.Unlock()
-		if cur != old {
-			return nil
-		}
-		if !sleep(ctx, 10*time.Millisecond) {
-			return ctx.Err()
-		}
+	select {
+	case <-spawned:
+		return nil
+	case <-stopped:
+		return fmt.Errorf("process runtime: restart %s: the runtime stopped", slot)
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
 // terminate sends SIGTERM to sp's process group, then SIGKILL after the
 // grace period.
-func (p *Process) terminate(sp *supervised) {
+func (p *Runtime) terminate(sp *supervised) {
 	p.mu.Lock()
 	cmd, exited := sp.cmd, sp.exited
 	p.mu.Unlock()
@@ -286,7 +333,7 @@ func (p *Process) terminate(sp *supervised) {
 }
 
 // Exited returns a channel closed when the slot's current process exits.
-func (p *Process) Exited(slot string) <-chan struct{} {
+func (p *Runtime) Exited(slot string) <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if sp := p.procs[slot]; sp != nil {
@@ -296,9 +343,12 @@ func (p *Process) Exited(slot string) <-chan struct{} {
 }
 
 // Stop terminates every process and waits for them.
-func (p *Process) Stop(context.Context) error {
+func (p *Runtime) Stop(context.Context) error {
 	p.mu.Lock()
 	p.stopping = true
+	if p.stopSupervising != nil {
+		p.stopSupervising()
+	}
 	procs := make([]*supervised, 0, len(p.procs))
 	for _, sp := range p.procs {
 		procs = append(procs, sp)
@@ -320,3 +370,8 @@ func (p *Process) Stop(context.Context) error {
 	p.wg.Wait()
 	return nil
 }
+
+var (
+	_ runtime.Runtime    = (*Runtime)(nil)
+	_ runtime.Supervisor = (*Runtime)(nil)
+)

@@ -1,4 +1,4 @@
-package agent
+package gpu
 
 import (
 	"os"
@@ -14,7 +14,7 @@ func TestParseGPUQueryH200(t *testing.T) {
 	t.Parallel()
 	out, err := os.ReadFile(filepath.Join("testdata", "nvidia-smi-h200x8.csv"))
 	require.NoError(t, err)
-	gpus, err := ParseGPUQuery(out)
+	gpus, err := ParseQuery(out)
 	require.NoError(t, err)
 	require.Len(t, gpus, 8)
 	for i, g := range gpus {
@@ -36,7 +36,7 @@ func TestParseGPUQueryUnavailableReadings(t *testing.T) {
 	t.Parallel()
 	out, err := os.ReadFile(filepath.Join("testdata", "nvidia-smi-na-crlf.csv"))
 	require.NoError(t, err)
-	gpus, err := ParseGPUQuery(out)
+	gpus, err := ParseQuery(out)
 	require.NoError(t, err)
 	require.Len(t, gpus, 2)
 	require.Equal(t, "NVIDIA A100-SXM4-80GB", gpus[0].Name)
@@ -55,25 +55,25 @@ func TestParseGPUQueryRefusesGarbage(t *testing.T) {
 		"0, NVIDIA H200, GPU-x, 143771\n",          // fields missing: another --query-gpu
 		"zero, NVIDIA H200, GPU-x, 143771, 0, 0\n", // not an index
 	} {
-		_, err := ParseGPUQuery([]byte(bad))
+		_, err := ParseQuery([]byte(bad))
 		require.Error(t, err, bad)
 	}
-	gpus, err := ParseGPUQuery([]byte("\n"))
+	gpus, err := ParseQuery([]byte("\n"))
 	require.NoError(t, err)
 	require.Empty(t, gpus)
 }
 
 func TestParseGPUList(t *testing.T) {
 	t.Parallel()
-	gpus, err := ParseGPUList("4")
+	gpus, err := ParseList("4")
 	require.NoError(t, err)
 	require.Len(t, gpus, 4)
 	require.Equal(t, 3, gpus[3].Index)
-	gpus, err = ParseGPUList(" 1, 3 ")
+	gpus, err = ParseList(" 1, 3 ")
 	require.NoError(t, err)
 	require.Equal(t, []int{1, 3}, []int{gpus[0].Index, gpus[1].Index})
 	for _, bad := range []string{"", "0", "-1", "x", "0,0", "1,,2", "1,-2"} {
-		_, err := ParseGPUList(bad)
+		_, err := ParseList(bad)
 		require.Error(t, err, bad)
 	}
 }
@@ -82,16 +82,16 @@ func TestParseGPUList(t *testing.T) {
 // the same indexes.
 func TestDescribeGPUs(t *testing.T) {
 	t.Parallel()
-	given, err := ParseGPUList("2,5")
+	given, err := ParseList("2,5")
 	require.NoError(t, err)
 	out, err := os.ReadFile(filepath.Join("testdata", "nvidia-smi-h200x8.csv"))
 	require.NoError(t, err)
-	listed, err := ParseGPUQuery(out)
+	listed, err := ParseQuery(out)
 	require.NoError(t, err)
-	got := DescribeGPUs(given, listed)
+	got := Describe(given, listed)
 	require.Equal(t, 2, got[0].Index)
 	require.Equal(t, "NVIDIA H200", got[0].Name)
 	require.Equal(t, listed[5].UUID, got[1].UUID)
 	require.Equal(t, "GPU 2", given[0].Name, "the given list is not changed")
-	require.Equal(t, given, DescribeGPUs(given, nil))
+	require.Equal(t, given, Describe(given, nil))
 }

@@ -1,4 +1,4 @@
-package agent
+package process
 
 import (
 	"fmt"
@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/internal/testport"
+	"github.com/atelier-run/atelier/pkg/agent/gpu"
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
@@ -34,7 +35,7 @@ func simBinary(t *testing.T) string {
 			return
 		}
 		simBinPath = filepath.Join(dir, "atelier-comfysim")
-		out, err := exec.Command("go", "build", "-o", simBinPath, "../../comfysim").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", simBinPath, "../../../../comfysim").CombinedOutput()
 		if err != nil {
 			simBinErr = fmt.Errorf("build atelier-comfysim: %v\n%s", err, out)
 		}
@@ -54,9 +55,9 @@ func TestProcessStopsLeftoverComfyUI(t *testing.T) {
 	// gpu0's port and gpu1's after it, from below the ephemeral range:
 	// free until the ComfyUIs bind them.
 	port := testport.Consecutive(t, 2)
-	p := &Process{
+	p := &Runtime{
 		Command: []string{sim}, ExtraArgs: []string{"--step-delay", "1ms"},
-		GPUs:     []GPU{{Index: 0, Name: "GPU 0"}, {Index: 1, Name: "GPU 1"}},
+		GPUs:     []gpu.GPU{{Index: 0, Name: "GPU 0"}, {Index: 1, Name: "GPU 1"}},
 		BasePort: port, InputDir: filepath.Join(dir, "in"), OutputRoot: filepath.Join(dir, "out"),
 		TempRoot: filepath.Join(dir, "temp"), LogDir: filepath.Join(dir, "logs"),
 		StopGrace: 2 * time.Second, Logger: zerolog.Nop(),

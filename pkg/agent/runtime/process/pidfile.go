@@ -1,6 +1,7 @@
-package agent
+package process
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,15 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/atelier-run/atelier/internal/backoff"
+)
+
+// killWait bounds the wait for a leftover ComfyUI to die after SIGKILL;
+// leftoverPoll is how often /proc is read meanwhile.
+const (
+	killWait     = 10 * time.Second
+	leftoverPoll = 20 * time.Millisecond
 )
 
 // A pid file per slot (<LogDir>/comfyui-<slot>.pid: "pid start-time")
@@ -19,12 +29,12 @@ import (
 // the signal while exiting) would hold the slot's port and GPU memory:
 // the next start stops it first, if the pid still names that process.
 
-func (p *Process) pidFile(slot string) string {
+func (p *Runtime) pidFile(slot string) string {
 	return filepath.Join(p.LogDir, "comfyui-"+slot+".pid")
 }
 
 // writePID records the slot's new process.
-func (p *Process) writePID(slot string, pid int) error {
+func (p *Runtime) writePID(slot string, pid int) error {
 	start, _, err := procIdentity(pid)
 	if err != nil {
 		start = 0 // unknown: a later start will not touch it
@@ -38,7 +48,7 @@ func (p *Process) writePID(slot string, pid int) error {
 }
 
 // removePID forgets the slot's process, if the file still names pid.
-func (p *Process) removePID(slot string, pid int) {
+func (p *Runtime) removePID(slot string, pid int) {
 	path := p.pidFile(slot)
 	if got, _, err := readPIDFile(path); err == nil && got == pid {
 		_ = os.Remove(path)
@@ -67,7 +77,7 @@ func readPIDFile(path string) (pid int, start uint64, err error) {
 // still the process that was started (same pid and start time): its
 // group gets SIGTERM, then SIGKILL after StopGrace. It returns once the
 // process is gone.
-func (p *Process) stopLeftover(slot string) error {
+func (p *Runtime) stopLeftover(ctx context.Context, slot string) error {
 	path := p.pidFile(slot)
 	pid, start, err := readPIDFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -92,14 +102,17 @@ func (p *Process) stopLeftover(slot string) error {
 		_ = syscall.Kill(pid, sig) // in case it left its group
 		wait := p.StopGrace
 		if sig == syscall.SIGKILL {
-			wait = 10 * time.Second
+			wait = killWait
 		}
+		// Not our child: nothing to wait on but /proc.
 		for deadline := time.Now().Add(wait); time.Now().Before(deadline); {
 			if !same() {
 				_ = os.Remove(path)
 				return nil
 			}
-			time.Sleep(20 * time.Millisecond)
+			if !backoff.Sleep(ctx, leftoverPoll) {
+				return ctx.Err()
+			}
 		}
 	}
 	return fmt.Errorf("process runtime: ComfyUI %d left by an earlier run does not stop", pid)

@@ -1,4 +1,7 @@
-package agent
+// Package gpu finds the GPU box's GPUs and reads their memory and
+// utilisation, by asking nvidia-smi (or the command given instead), or
+// from an explicit list.
+package gpu
 
 import (
 	"bytes"
@@ -24,25 +27,25 @@ type GPU struct {
 	Utilization float64
 }
 
-// DefaultGPUQuery is the nvidia-smi command the agent runs to discover GPUs
+// DefaultQuery is the nvidia-smi command the agent runs to discover GPUs
 // and to read their memory and utilisation.
-var DefaultGPUQuery = []string{
+var DefaultQuery = []string{
 	"nvidia-smi",
 	"--query-gpu=index,name,uuid,memory.total,memory.used,utilization.gpu",
 	"--format=csv,noheader,nounits",
 }
 
-// ErrNoGPUQuery means the GPU query command is not installed (no NVIDIA
+// ErrNoQuery means the GPU query command is not installed (no NVIDIA
 // driver on this box).
-var ErrNoGPUQuery = errors.New("GPU query command not found")
+var ErrNoQuery = errors.New("GPU query command not found")
 
-// QueryGPUs runs cmd (DefaultGPUQuery when empty) and parses its output.
-func QueryGPUs(ctx context.Context, cmd []string) ([]GPU, error) {
+// Query runs cmd (DefaultQuery when empty) and parses its output.
+func Query(ctx context.Context, cmd []string) ([]GPU, error) {
 	if len(cmd) == 0 {
-		cmd = DefaultGPUQuery
+		cmd = DefaultQuery
 	}
 	if _, err := exec.LookPath(cmd[0]); err != nil {
-		return nil, fmt.Errorf("%w: %s", ErrNoGPUQuery, cmd[0])
+		return nil, fmt.Errorf("%w: %s", ErrNoQuery, cmd[0])
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -53,14 +56,14 @@ func QueryGPUs(ctx context.Context, cmd []string) ([]GPU, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %s", cmd[0], err, strings.TrimSpace(stderr.String()))
 	}
-	return ParseGPUQuery(out)
+	return ParseQuery(out)
 }
 
-// ParseGPUQuery parses nvidia-smi's
+// ParseQuery parses nvidia-smi's
 // --query-gpu=index,name,uuid,memory.total,memory.used,utilization.gpu
 // --format=csv,noheader,nounits output. Memory is in MiB there. A reading
 // nvidia-smi cannot give ("[N/A]", "[Not Supported]") is left zero.
-func ParseGPUQuery(out []byte) ([]GPU, error) {
+func ParseQuery(out []byte) ([]GPU, error) {
 	r := csv.NewReader(bytes.NewReader(out))
 	r.TrimLeadingSpace = true
 	r.FieldsPerRecord = -1
@@ -103,9 +106,9 @@ func ParseGPUQuery(out []byte) ([]GPU, error) {
 	return gpus, nil
 }
 
-// ParseGPUList parses an explicit GPU list ("0,1,2" or "4": a count) for
+// ParseList parses an explicit GPU list ("0,1,2" or "4": a count) for
 // boxes where nvidia-smi is not to be asked.
-func ParseGPUList(s string) ([]GPU, error) {
+func ParseList(s string) ([]GPU, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return nil, errors.New("empty GPU list")
@@ -134,10 +137,10 @@ func ParseGPUList(s string) ([]GPU, error) {
 	return gpus, nil
 }
 
-// DescribeGPUs completes an explicit GPU list (ParseGPUList) with what
+// Describe completes an explicit GPU list (ParseList) with what
 // nvidia-smi said of the same indexes (name, UUID), when it said anything:
 // the slots are the ones given, their readings come from nvidia-smi.
-func DescribeGPUs(given, listed []GPU) []GPU {
+func Describe(given, listed []GPU) []GPU {
 	out := append([]GPU(nil), given...)
 	for i := range out {
 		for _, l := range listed {
