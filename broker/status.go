@@ -5,57 +5,65 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/spf13/pflag"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/atelier-run/atelier/pkg/broker"
 	"github.com/atelier-run/atelier/pkg/cli"
 	"github.com/atelier-run/atelier/pkg/dashboard"
 )
 
-// status prints the workshop as tables: from the dashboard's snapshot API
-// when instructor credentials are given (participants, positions,
-// progress, failures), else from the broker's /api/status (queues, agents,
-// and the participants when the admin token is at hand: --token, or the
-// one in the data directory). --watch redraws it until Ctrl-C.
-func status(args []string) error {
-	fs := pflag.NewFlagSet("status", pflag.ExitOnError)
-	var (
-		url      = cli.String(fs, "url", "ATELIER_BROKER_URL", "http://127.0.0.1:8191", "the broker's HTTP address")
-		user     = cli.String(fs, "user", "ATELIER_INSTRUCTOR", "", "instructor account for the full picture (dashboard API)")
-		password = cli.String(fs, "password", "ATELIER_INSTRUCTOR_PASSWORD", "", "its password")
-		watch    = fs.Bool("watch", false, "redraw every --interval until interrupted")
-		interval = cli.Duration(fs, "interval", "ATELIER_STATUS_INTERVAL", 2*time.Second, "redraw interval with --watch")
-		asJSON   = fs.Bool("json", false, "print the snapshot as JSON")
-		token    = cli.String(fs, "token", "ATELIER_ADMIN_TOKEN", "", "admin token: /api/status then names the participants (default: the one in <data>/meta/admin-token, if readable)")
-		dataDir  = cli.String(fs, "data", "ATELIER_DATA", "./data", "data directory (to find the admin token)")
-	)
-	_ = fs.Parse(args)
-	cli.MustApplyEnv(fs)
-	if *token == "" {
-		if data, err := os.ReadFile(broker.AdminTokenPath(*dataDir)); err == nil {
-			*token = strings.TrimSpace(string(data))
+// statusTimeout bounds one picture of the workshop.
+const statusTimeout = 15 * time.Second
+
+// newStatusCommand prints the workshop as tables: from the dashboard's
+// snapshot API when instructor credentials are given (participants,
+// positions, progress, failures), else from the broker's /api/status
+// (queues, agents, and the participants when the admin token is at hand:
+// --token, or the one in the data directory). --watch redraws it until
+// Ctrl-C.
+func newStatusCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "status [--watch] [flags]",
+		Short:   "The workshop as tables (queues, agents, participants)",
+		GroupID: "control",
+	}
+	fs := cmd.Flags()
+	url := brokerURLFlag(fs, "url")
+	user := cli.String(fs, "user", "ATELIER_INSTRUCTOR", "", "instructor account for the full picture (dashboard API)")
+	password := cli.String(fs, "password", "ATELIER_INSTRUCTOR_PASSWORD", "", "its password")
+	watch := fs.Bool("watch", false, "redraw every --interval until interrupted")
+	interval := cli.Duration(fs, "interval", "ATELIER_STATUS_INTERVAL", 2*time.Second, "redraw interval with --watch")
+	asJSON := fs.Bool("json", false, "print the snapshot as JSON")
+	token := adminTokenFlags(fs, "admin token: /api/status then names the participants (default: the one in <data>/meta/admin-token, if readable)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		tok, _ := token(false)
+		src := statusSource{base: strings.TrimRight(*url, "/"), user: *user, password: *password, token: tok,
+			client: &http.Client{Timeout: 10 * time.Second}}
+		out := cmd.OutOrStdout()
+		if !*watch {
+			ctx, cancel := context.WithTimeout(cmd.Context(), statusTimeout)
+			defer cancel()
+			return printStatus(ctx, out, src, *asJSON)
 		}
+		return watchStatus(cmd.Context(), out, src, *asJSON, *interval)
 	}
-	src := statusSource{base: strings.TrimRight(*url, "/"), user: *user, password: *password, token: *token, client: &http.Client{Timeout: 10 * time.Second}}
-	if !*watch {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		return printStatus(ctx, os.Stdout, src, *asJSON)
-	}
-	ctx, cancel := cli.SignalContext()
-	defer cancel()
-	tick := time.NewTicker(*interval)
+	return cmd
+}
+
+// watchStatus redraws the status every interval until ctx ends.
+func watchStatus(ctx context.Context, out io.Writer, src statusSource, asJSON bool, interval time.Duration) error {
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		// Clear the screen and home the cursor, then draw.
-		fmt.Print("\033[H\033[2J")
-		if err := printStatus(ctx, os.Stdout, src, *asJSON); err != nil {
-			fmt.Fprintln(os.Stdout, "atelier-broker status:", err)
+		fmt.Fprint(out, "\033[H\033[2J")
+		if err := printStatus(ctx, out, src, asJSON); err != nil {
+			fmt.Fprintln(out, "atelier-broker status:", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -16,9 +16,30 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/natsembed"
 	"github.com/atelier-run/atelier/pkg/scheduler"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/rs/zerolog"
+)
+
+// Defaults of Config's zero fields. The embedded NATS's listener and
+// limits default to natsembed's (DefaultHost, DefaultPort, DefaultMaxMemory,
+// DefaultMaxStore), the stream limits to wire.DefaultLimits, the file
+// TTLs to retention's.
+const (
+	// DefaultHTTPAddr serves health, status, the admin API, the dashboard.
+	DefaultHTTPAddr = "127.0.0.1:8191"
+	// DefaultPolicy is the scheduling policy of a broker that has none
+	// kept from an earlier run.
+	DefaultPolicy = scheduler.RoundRobin
+	// DefaultAgentTimeout is how long after its last heartbeat an agent
+	// is taken for dead.
+	DefaultAgentTimeout = 15 * time.Second
+	// DefaultTickInterval paces housekeeping.
+	DefaultTickInterval = time.Second
+	// DefaultTicketCheckInterval paces the check of waiting jobs' tickets
+	// and the re-reading of participants' running caps.
+	DefaultTicketCheckInterval = 30 * time.Second
 )
 
 // Config configures a Broker.
@@ -43,8 +64,8 @@ type Config struct {
 	// NATSSyncAlways fsyncs every JetStream write (see nats-notes.md).
 	NATSSyncAlways bool
 
-	// HTTPAddr serves health and, later, the dashboard. Default
-	// 127.0.0.1:8191; "" after defaults means disabled is not allowed.
+	// HTTPAddr serves health, status, the admin API and the dashboard.
+	// Default DefaultHTTPAddr.
 	HTTPAddr string
 
 	// Limits bound the streams and buckets.
@@ -96,31 +117,31 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.NATSHost == "" {
-		c.NATSHost = "127.0.0.1"
+		c.NATSHost = natsembed.DefaultHost
 	}
 	if c.NATSPort == 0 {
-		c.NATSPort = 4222
+		c.NATSPort = natsembed.DefaultPort
 	}
 	if c.HTTPAddr == "" {
-		c.HTTPAddr = "127.0.0.1:8191"
+		c.HTTPAddr = DefaultHTTPAddr
 	}
 	if c.Limits == (wire.Limits{}) {
 		c.Limits = wire.DefaultLimits()
 	}
 	if c.AgentTimeout == 0 {
-		c.AgentTimeout = 15 * time.Second
+		c.AgentTimeout = DefaultAgentTimeout
 	}
 	if c.Policy == "" {
-		c.Policy = scheduler.RoundRobin
+		c.Policy = DefaultPolicy
 	}
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
 	if c.TickInterval == 0 {
-		c.TickInterval = time.Second
+		c.TickInterval = DefaultTickInterval
 	}
 	if c.TicketCheckInterval == 0 {
-		c.TicketCheckInterval = 30 * time.Second
+		c.TicketCheckInterval = DefaultTicketCheckInterval
 	}
 }
 

@@ -159,3 +159,22 @@ func TestSizes(t *testing.T) {
 	require.Equal(t, "100GiB", FormatSize(100<<30))
 	require.Equal(t, "1000", FormatSize(1000))
 }
+
+// A log format or level the logger does not know is a usage error, from
+// the flag or its environment variable.
+func TestLogFlags(t *testing.T) {
+	newRoot := func() *cobra.Command {
+		cmd := &cobra.Command{Use: "tool"}
+		logger := LogFlags(cmd.Flags(), "tool", "json")
+		cmd.RunE = func(*cobra.Command, []string) error { _, err := logger(); return err }
+		return cmd
+	}
+	require.Equal(t, 0, ExecuteArgs(context.Background(), newRoot(), []string{"--log-level", "debug"}, &bytes.Buffer{}))
+	var out bytes.Buffer
+	require.Equal(t, ExitUsage, ExecuteArgs(context.Background(), newRoot(), []string{"--log-format", "xml"}, &out))
+	require.Contains(t, out.String(), `log format "xml"`)
+	t.Setenv("ATELIER_LOG_LEVEL", "loud")
+	out.Reset()
+	require.Equal(t, ExitUsage, ExecuteArgs(context.Background(), newRoot(), nil, &out))
+	require.Contains(t, out.String(), `log level "loud"`)
+}

@@ -20,6 +20,14 @@ const (
 	DefaultDeviceName = "NVIDIA H100 80GB HBM3"
 	// DefaultVRAMTotal is the VRAM of DefaultDeviceName in bytes.
 	DefaultVRAMTotal = 85045395456
+	// DefaultListen and DefaultPort are where ComfyUI listens unless
+	// --listen and --port say otherwise (the atelier-comfysim binary's
+	// defaults; Start takes the address).
+	DefaultListen = "127.0.0.1"
+	DefaultPort   = 8188
+	// DefaultPreviewMethod is ComfyUI's --preview-method default: no
+	// binary previews.
+	DefaultPreviewMethod = "none"
 	// DefaultCheckpoint is the checkpoint the example txt2img workflow names;
 	// it is in the default model set so that workflow validates.
 	DefaultCheckpoint = "v1-5-pruned-emaonly-fp16.safetensors"
@@ -206,7 +214,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	switch c.PreviewMethod {
 	case "":
-		c.PreviewMethod = "none"
+		c.PreviewMethod = DefaultPreviewMethod
 	case "none", "auto", "latent2rgb", "taesd":
 	default:
 		return c, fmt.Errorf("comfysim: unknown PreviewMethod %q (want none, auto, latent2rgb or taesd)", c.PreviewMethod)

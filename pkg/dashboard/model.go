@@ -330,108 +330,18 @@ func (m *model) snapshot() Snapshot {
 	defer m.mu.Unlock()
 	now := m.cfg.Now()
 	s := Snapshot{At: now.UTC(), API: m.api, Paused: m.paused, Policy: m.policy, Catalogs: m.catalogs}
-
-	pools := map[string]*PoolDepth{}
-	pool := func(p string) *PoolDepth {
-		if pools[p] == nil {
-			pools[p] = &PoolDepth{Pool: p}
-		}
-		return pools[p]
-	}
-	users := map[string]*UserDepth{}
-	user := func(u string) *UserDepth {
-		if users[u] == nil {
-			users[u] = &UserDepth{User: u}
-			if c := m.perUser[u]; c != nil {
-				users[u].Succeeded, users[u].Failed = c[0], c[1]
-			}
-		}
-		return users[u]
-	}
-	for u := range m.perUser {
-		user(u)
-	}
-	queue := make([]JobView, 0, len(m.jobs))
-	for _, e := range m.jobs {
-		r := e.rec
-		p, u := pool(r.Pool), user(r.User)
-		switch r.State {
-		case wire.StateQueued:
-			p.Queued++
-			u.Queued++
-			s.Totals.Queued++
-		case wire.StateDispatched:
-			p.Dispatched++
-			u.Dispatched++
-			s.Totals.Dispatched++
-		case wire.StateRunning:
-			p.Running++
-			u.Running++
-			s.Totals.Running++
-		}
-		queue = append(queue, m.jobView(e, now))
-	}
-	sort.Slice(queue, func(i, j int) bool { return queueLess(queue[i], queue[j]) })
-	if len(queue) > m.cfg.QueueRows {
-		queue = queue[:m.cfg.QueueRows]
-	}
-	s.Queue = queue
-
-	for _, a := range m.agents {
-		hb := a.hb
-		age := now.Sub(a.seen)
-		v := AgentView{Agent: hb.Agent, Pool: hb.Pool, Version: hb.Version, Draining: hb.Draining,
-			HeartbeatAge: max(0, age.Seconds()), StartedAt: hb.StartedAt, ScratchBytes: hb.ScratchBytes,
-			Lost: age > m.cfg.AgentLostAfter || (m.live != nil && !m.live[hb.Agent] && age > time.Second)}
-		if age > 20*m.cfg.AgentLostAfter {
-			continue // long gone: stop listing it
-		}
-		p := pool(hb.Pool)
-		for _, sl := range hb.Slots {
-			sv := slotView(sl)
-			if sl.JobID != "" {
-				if pr := m.progress[sl.JobID]; pr != nil {
-					cp := *pr
-					sv.Progress = &cp
-				}
-			}
-			v.Slots = append(v.Slots, sv)
-			if !v.Lost {
-				countSlot(p, &s.Totals, sl)
-			}
-		}
-		if !v.Lost {
-			s.Totals.Agents++
-		}
-		s.Agents = append(s.Agents, v)
-	}
-	for _, p := range pools {
-		s.Pools = append(s.Pools, *p)
-	}
-	for _, u := range users {
-		s.Users = append(s.Users, *u)
-	}
+	t := newTally(m.perUser)
+	s.Queue = m.queueLocked(&s.Totals, t, now)
+	s.Agents = m.agentsLocked(&s.Totals, t, now)
+	s.Pools, s.Users = t.lists()
 	for i := len(m.recent) - 1; i >= 0; i-- {
 		s.Recent = append(s.Recent, m.jobView(m.recent[i], now))
 	}
 	for i := len(m.failed) - 1; i >= 0; i-- {
 		s.Failed = append(s.Failed, m.jobView(m.failed[i], now))
 	}
-	s.Depth = append(append([]DepthPoint(nil), m.depth...), DepthPoint{T: now.UnixMilli()})
-	if n := len(m.depth); n > 0 {
-		last := m.depth[n-1]
-		s.Depth[n] = DepthPoint{T: now.UnixMilli(), Waiting: last.Waiting, Running: last.Running}
-	}
-	// The last 24 hours, oldest first, with empty hours filled in.
-	hour := now.Truncate(time.Hour)
-	for i := 23; i >= 0; i-- {
-		h := hour.Add(-time.Duration(i) * time.Hour)
-		c := HourCount{Hour: h.UTC()}
-		if hc := m.hourly[h.Unix()]; hc != nil {
-			c = *hc
-		}
-		s.Hourly = append(s.Hourly, c)
-	}
+	s.Depth = m.depthLocked(now)
+	s.Hourly = m.hourlyLocked(now)
 	m.pruneLastHourLocked()
 	for _, f := range m.lastHour {
 		if f.failed {
@@ -442,6 +352,140 @@ func (m *model) snapshot() Snapshot {
 	}
 	s.sort()
 	return s
+}
+
+// tally counts jobs and slots per pool and per participant while the
+// snapshot is built.
+type tally struct {
+	pools   map[string]*PoolDepth
+	users   map[string]*UserDepth
+	perUser map[string]*[2]int
+}
+
+// newTally starts with every participant who has finished jobs.
+func newTally(perUser map[string]*[2]int) *tally {
+	t := &tally{pools: map[string]*PoolDepth{}, users: map[string]*UserDepth{}, perUser: perUser}
+	for u := range perUser {
+		t.user(u)
+	}
+	return t
+}
+
+func (t *tally) pool(p string) *PoolDepth {
+	if t.pools[p] == nil {
+		t.pools[p] = &PoolDepth{Pool: p}
+	}
+	return t.pools[p]
+}
+
+func (t *tally) user(u string) *UserDepth {
+	if t.users[u] == nil {
+		t.users[u] = &UserDepth{User: u}
+		if c := t.perUser[u]; c != nil {
+			t.users[u].Succeeded, t.users[u].Failed = c[0], c[1]
+		}
+	}
+	return t.users[u]
+}
+
+func (t *tally) lists() (pools []PoolDepth, users []UserDepth) {
+	for _, p := range t.pools {
+		pools = append(pools, *p)
+	}
+	for _, u := range t.users {
+		users = append(users, *u)
+	}
+	return pools, users
+}
+
+// queueLocked lists the unfinished jobs in dispatch order (at most
+// QueueRows) and counts them.
+func (m *model) queueLocked(tot *Totals, t *tally, now time.Time) []JobView {
+	queue := make([]JobView, 0, len(m.jobs))
+	for _, e := range m.jobs {
+		r := e.rec
+		p, u := t.pool(r.Pool), t.user(r.User)
+		switch r.State {
+		case wire.StateQueued:
+			p.Queued++
+			u.Queued++
+			tot.Queued++
+		case wire.StateDispatched:
+			p.Dispatched++
+			u.Dispatched++
+			tot.Dispatched++
+		case wire.StateRunning:
+			p.Running++
+			u.Running++
+			tot.Running++
+		}
+		queue = append(queue, m.jobView(e, now))
+	}
+	sort.Slice(queue, func(i, j int) bool { return queueLess(queue[i], queue[j]) })
+	if len(queue) > m.cfg.QueueRows {
+		queue = queue[:m.cfg.QueueRows]
+	}
+	return queue
+}
+
+// agentsLocked lists the agents with their slots and live progress, and
+// counts the slots of those not lost. An agent silent for twenty times
+// AgentLostAfter is long gone and no longer listed.
+func (m *model) agentsLocked(tot *Totals, t *tally, now time.Time) []AgentView {
+	var agents []AgentView
+	for _, a := range m.agents {
+		hb := a.hb
+		age := now.Sub(a.seen)
+		if age > 20*m.cfg.AgentLostAfter {
+			continue
+		}
+		v := AgentView{Agent: hb.Agent, Pool: hb.Pool, Version: hb.Version, Draining: hb.Draining,
+			HeartbeatAge: max(0, age.Seconds()), StartedAt: hb.StartedAt, ScratchBytes: hb.ScratchBytes,
+			Lost: age > m.cfg.AgentLostAfter || (m.live != nil && !m.live[hb.Agent] && age > time.Second)}
+		p := t.pool(hb.Pool)
+		for _, sl := range hb.Slots {
+			sv := slotView(sl)
+			if pr := m.progress[sl.JobID]; sl.JobID != "" && pr != nil {
+				cp := *pr
+				sv.Progress = &cp
+			}
+			v.Slots = append(v.Slots, sv)
+			if !v.Lost {
+				countSlot(p, tot, sl)
+			}
+		}
+		if !v.Lost {
+			tot.Agents++
+		}
+		agents = append(agents, v)
+	}
+	return agents
+}
+
+// depthLocked is the depth series with a last point at now.
+func (m *model) depthLocked(now time.Time) []DepthPoint {
+	depth := append(append([]DepthPoint(nil), m.depth...), DepthPoint{T: now.UnixMilli()})
+	if n := len(m.depth); n > 0 {
+		last := m.depth[n-1]
+		depth[n] = DepthPoint{T: now.UnixMilli(), Waiting: last.Waiting, Running: last.Running}
+	}
+	return depth
+}
+
+// hourlyLocked is the last 24 hours' counts, oldest first, with empty
+// hours filled in.
+func (m *model) hourlyLocked(now time.Time) []HourCount {
+	hour := now.Truncate(time.Hour)
+	hourly := make([]HourCount, 0, 24)
+	for i := 23; i >= 0; i-- {
+		h := hour.Add(-time.Duration(i) * time.Hour)
+		c := HourCount{Hour: h.UTC()}
+		if hc := m.hourly[h.Unix()]; hc != nil {
+			c = *hc
+		}
+		hourly = append(hourly, c)
+	}
+	return hourly
 }
 
 // pruneLastHourLocked drops finish marks older than an hour. Marks come

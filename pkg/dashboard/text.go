@@ -11,6 +11,22 @@ import (
 // WriteText prints s as tables for a terminal (`atelier-broker status`).
 func WriteText(w io.Writer, s Snapshot) error {
 	var b strings.Builder
+	writeHeadline(&b, s)
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	writePools(tw, s.Pools)
+	writeAgents(tw, s.Agents)
+	writeUsers(tw, s.Users)
+	writeQueue(tw, s.Queue)
+	writeFailed(tw, s.Failed)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeHeadline is the first two lines: the queue's state and the totals.
+func writeHeadline(w io.Writer, s Snapshot) {
 	t := s.Totals
 	state := "queue running"
 	switch {
@@ -22,26 +38,32 @@ func WriteText(w io.Writer, s Snapshot) error {
 	if s.Policy != "" {
 		state += ", policy " + s.Policy
 	}
-	fmt.Fprintf(&b, "Atelier at %s — %s\n", s.At.Local().Format("15:04:05"), state)
-	fmt.Fprintf(&b, "waiting %d (queued %d, dispatched %d)  running %d  GPUs busy %d/%d  agents %d",
+	fmt.Fprintf(w, "Atelier at %s — %s\n", s.At.Local().Format("15:04:05"), state)
+	fmt.Fprintf(w, "waiting %d (queued %d, dispatched %d)  running %d  GPUs busy %d/%d  agents %d",
 		t.Queued+t.Dispatched, t.Queued, t.Dispatched, t.Running, t.BusySlots, t.Slots, t.Agents)
 	if t.DoneLastHour >= 0 {
-		fmt.Fprintf(&b, "  last hour: %d done, %d failed", t.DoneLastHour, t.FailedLastHour)
+		fmt.Fprintf(w, "  last hour: %d done, %d failed", t.DoneLastHour, t.FailedLastHour)
 	}
-	b.WriteString("\n")
+	fmt.Fprintln(w)
+}
 
-	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	if len(s.Pools) > 0 {
-		fmt.Fprintln(tw, "\nPOOL\tQUEUED\tDISPATCHED\tRUNNING\tGPUS BUSY")
-		for _, p := range s.Pools {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d/%d\n", p.Pool, p.Queued, p.Dispatched, p.Running, p.BusySlots, p.Slots)
-		}
+func writePools(tw io.Writer, pools []PoolDepth) {
+	if len(pools) == 0 {
+		return
 	}
+	fmt.Fprintln(tw, "\nPOOL\tQUEUED\tDISPATCHED\tRUNNING\tGPUS BUSY")
+	for _, p := range pools {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d/%d\n", p.Pool, p.Queued, p.Dispatched, p.Running, p.BusySlots, p.Slots)
+	}
+}
+
+// writeAgents is one row per GPU slot (one for an agent without slots).
+func writeAgents(tw io.Writer, agents []AgentView) {
 	fmt.Fprintln(tw, "\nAGENT\tSLOT\tGPU\tSTATE\tJOB\tUSER\tPROGRESS\tVRAM USED\tUTIL\tHEARTBEAT")
-	if len(s.Agents) == 0 {
+	if len(agents) == 0 {
 		fmt.Fprintln(tw, "(none)")
 	}
-	for _, a := range s.Agents {
+	for _, a := range agents {
 		hb := fmtAge(a.HeartbeatAge)
 		switch {
 		case a.Lost:
@@ -65,45 +87,50 @@ func WriteText(w io.Writer, s Snapshot) error {
 				dash(short(sl.JobID)), dash(sl.User), fmtProgress(sl.Progress), vram, util, hb)
 		}
 	}
-	if len(s.Users) > 0 {
-		fmt.Fprintln(tw, "\nPARTICIPANT\tQUEUED\tRUNNING\tDONE\tFAILED")
-		for _, u := range s.Users {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", u.User, u.Queued+u.Dispatched, u.Running, u.Succeeded, u.Failed)
+}
+
+func writeUsers(tw io.Writer, users []UserDepth) {
+	if len(users) == 0 {
+		return
+	}
+	fmt.Fprintln(tw, "\nPARTICIPANT\tQUEUED\tRUNNING\tDONE\tFAILED")
+	for _, u := range users {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", u.User, u.Queued+u.Dispatched, u.Running, u.Succeeded, u.Failed)
+	}
+}
+
+func writeQueue(tw io.Writer, queue []JobView) {
+	if len(queue) == 0 {
+		return
+	}
+	fmt.Fprintln(tw, "\nPOS\tJOB\tUSER\tPOOL\tSTATE\tWHERE\tPROGRESS\tWAIT\tRUN")
+	for _, j := range queue {
+		pos := "-"
+		if j.Position > 0 {
+			pos = fmt.Sprint(j.Position)
 		}
-	}
-	if len(s.Queue) > 0 {
-		fmt.Fprintln(tw, "\nPOS\tJOB\tUSER\tPOOL\tSTATE\tWHERE\tPROGRESS\tWAIT\tRUN")
-		for _, j := range s.Queue {
-			pos := "-"
-			if j.Position > 0 {
-				pos = fmt.Sprint(j.Position)
-			}
-			where := "-"
-			if j.Agent != "" {
-				where = j.Agent + "/" + j.Slot
-			}
-			run := "-"
-			if j.RunS > 0 {
-				run = fmtAge(j.RunS)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", pos, short(j.ID), j.User, j.Pool, j.State, where,
-				fmtProgress(j.Progress), fmtAge(j.WaitS), run)
+		where := "-"
+		if j.Agent != "" {
+			where = j.Agent + "/" + j.Slot
 		}
-	}
-	if len(s.Failed) > 0 {
-		fmt.Fprintln(tw, "\nFAILED\tUSER\tFINISHED\tERROR")
-		for i, j := range s.Failed {
-			if i == 5 {
-				break
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", short(j.ID), j.User, j.FinishedAt.Local().Format("15:04:05"), oneLine(j.Error, 80))
+		run := "-"
+		if j.RunS > 0 {
+			run = fmtAge(j.RunS)
 		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", pos, short(j.ID), j.User, j.Pool, j.State, where,
+			fmtProgress(j.Progress), fmtAge(j.WaitS), run)
 	}
-	if err := tw.Flush(); err != nil {
-		return err
+}
+
+// writeFailed lists the five latest failures.
+func writeFailed(tw io.Writer, failed []JobView) {
+	if len(failed) == 0 {
+		return
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
+	fmt.Fprintln(tw, "\nFAILED\tUSER\tFINISHED\tERROR")
+	for _, j := range failed[:min(len(failed), 5)] {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", short(j.ID), j.User, j.FinishedAt.Local().Format("15:04:05"), oneLine(j.Error, 80))
+	}
 }
 
 func short(id string) string {

@@ -81,6 +81,10 @@ func ValidUserID(id string) error {
 	return nil
 }
 
+// DefaultRoot is the data directory of the mello binaries unless --data
+// (ATELIER_DATA) says otherwise: ./data, beside where they run.
+const DefaultRoot = "./data"
+
 // Layout locates the data directory. The zero value is not usable; Root must
 // be set (relative roots are allowed and resolved against the working
 // directory by the operating system).

@@ -11,6 +11,12 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// Defaults of the binaries' --log-format and --log-level.
+const (
+	DefaultFormat = "json"
+	DefaultLevel  = "info"
+)
+
 // New returns a logger writing to w in format "json" or "console" at the
 // given level ("debug", "info", "warn", "error").
 func New(w io.Writer, format, level, component string) (zerolog.Logger, error) {

@@ -15,6 +15,21 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// Defaults of Config's zero fields.
+const (
+	// DefaultHost and DefaultPort are the client listener: NATS's own
+	// port, on loopback (wire.DefaultNATSURL is where clients look).
+	DefaultHost = "127.0.0.1"
+	DefaultPort = 4222
+	// DefaultMaxMemory and DefaultMaxStore bound JetStream.
+	DefaultMaxMemory int64 = 256 << 20
+	DefaultMaxStore  int64 = 10 << 30
+	// DefaultMaxPayload is the largest message.
+	DefaultMaxPayload int32 = 8 << 20
+	// DefaultReadyTimeout bounds the wait for the listener and JetStream.
+	DefaultReadyTimeout = 30 * time.Second
+)
+
 // Config configures the embedded server.
 type Config struct {
 	// StoreDir is where JetStream keeps its files. Required: an empty
@@ -43,22 +58,22 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.Host == "" {
-		c.Host = "127.0.0.1"
+		c.Host = DefaultHost
 	}
 	if c.Port == 0 {
-		c.Port = 4222
+		c.Port = DefaultPort
 	}
 	if c.MaxMemory == 0 {
-		c.MaxMemory = 256 << 20
+		c.MaxMemory = DefaultMaxMemory
 	}
 	if c.MaxStore == 0 {
-		c.MaxStore = 10 << 30
+		c.MaxStore = DefaultMaxStore
 	}
 	if c.MaxPayload == 0 {
-		c.MaxPayload = 8 << 20
+		c.MaxPayload = DefaultMaxPayload
 	}
 	if c.ReadyTimeout == 0 {
-		c.ReadyTimeout = 30 * time.Second
+		c.ReadyTimeout = DefaultReadyTimeout
 	}
 }
 

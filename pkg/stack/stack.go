@@ -85,11 +85,15 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}()
 
 	var err error
-	s.Daemon, err = brokerd.Start(ctx, broker.Config{
+	s.Daemon, err = brokerd.New(brokerd.Config{Broker: broker.Config{
 		DataDir: s.Layout.Root, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
 		Limits: cfg.Limits, TickInterval: 200 * time.Millisecond, QuotaBytes: cfg.QuotaBytes, Logger: cfg.Logger,
-	})
+	}})
 	if err != nil {
+		return nil, err
+	}
+	if err := s.Daemon.Start(ctx); err != nil {
+		s.Daemon = nil
 		return nil, err
 	}
 	s.Broker = s.Daemon.Broker

@@ -54,6 +54,11 @@ const (
 	FileGetPrefix = "file.get"
 )
 
+// DefaultNATSURL is where agents and proxies find the broker's NATS unless
+// told otherwise: the embedded server's default listener (natsembed's
+// DefaultHost and DefaultPort, NATS's own port on loopback).
+const DefaultNATSURL = "nats://127.0.0.1:4222"
+
 // DefaultPool is the pool of agents and participants that name none.
 const DefaultPool = "default"
 

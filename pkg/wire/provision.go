@@ -101,103 +101,112 @@ type Resources struct {
 	Broker   jetstream.KeyValue
 }
 
-// Provision creates or updates SUBMIT, DISPATCH, REPORTS, JOBS, AGENTS and
-// CATALOG with the given limits. It is idempotent and safe to run on every
-// start; a changed limit is applied to the existing stream.
+// Provision creates or updates SUBMIT, DISPATCH, REPORTS, JOBS, AGENTS,
+// CATALOG and BROKER with the given limits. It is idempotent and safe to
+// run on every start; a changed limit is applied to the existing stream.
 func Provision(ctx context.Context, js jetstream.JetStream, l Limits) (*Resources, error) {
 	if err := l.Validate(); err != nil {
 		return nil, fmt.Errorf("provision: limits: %w", err)
 	}
-	var (
-		res Resources
-		err error
-	)
-	res.Submit, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:                 StreamSubmit,
-		Description:          "Atelier: accepted jobs that have not finished, one subject per user",
-		Subjects:             []string{SubmitSubjects},
-		Retention:            jetstream.LimitsPolicy,
-		Discard:              jetstream.DiscardNew,
-		DiscardNewPerSubject: true,
-		MaxMsgsPerSubject:    l.MaxBacklogPerUser,
-		MaxMsgs:              l.MaxUnfinishedJobs,
-		MaxBytes:             l.MaxSubmitBytes,
-		Duplicates:           l.DuplicateWindow,
-		Storage:              l.Storage,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provision stream %s: %w", StreamSubmit, err)
+	var res Resources
+	for _, s := range res.streams(l) {
+		st, err := js.CreateOrUpdateStream(ctx, s.cfg)
+		if err != nil {
+			return nil, fmt.Errorf("provision stream %s: %w", s.cfg.Name, err)
+		}
+		*s.into = st
 	}
-	res.Dispatch, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        StreamDispatch,
-		Description: "Atelier: tickets released in fair order, one subject per pool",
-		Subjects:    []string{DispatchSubjects},
-		Retention:   jetstream.WorkQueuePolicy,
-		Discard:     jetstream.DiscardNew,
-		MaxMsgs:     l.MaxTickets,
-		Duplicates:  l.DuplicateWindow,
-		Storage:     l.Storage,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provision stream %s: %w", StreamDispatch, err)
-	}
-	res.Reports, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        StreamReports,
-		Description: "Atelier: agents' reports on jobs, applied by the broker",
-		Subjects:    []string{ReportSubjects},
-		Retention:   jetstream.WorkQueuePolicy,
-		Discard:     jetstream.DiscardNew,
-		MaxMsgs:     l.MaxReports,
-		MaxBytes:    l.MaxReportBytes,
-		Duplicates:  l.DuplicateWindow,
-		Storage:     l.Storage,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provision stream %s: %w", StreamReports, err)
-	}
-	res.Jobs, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketJobs,
-		Description: "Atelier: every job's state, key <user>.<job>",
-		History:     1,
-		TTL:         l.HistoryTTL,
-		MaxBytes:    l.MaxJobsBytes,
-		Storage:     l.Storage,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provision bucket %s: %w", BucketJobs, err)
-	}
-	res.Agents, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketAgents,
-		Description: "Atelier: last heartbeat of each live agent",
-		History:     1,
-		TTL:         l.AgentTTL,
-		MaxBytes:    16 << 20,
-		Storage:     l.Storage,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provision bucket %s: %w", BucketAgents, err)
-	}
-	res.Catalog, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketCatalog,
-		Description: "Atelier: ComfyUI catalogs per agent and merged per pool (gzip JSON)",
-		History:     1,
-		MaxBytes:    l.MaxCatalogBytes,
-		Storage:     l.Storage,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provision bucket %s: %w", BucketCatalog, err)
-	}
-	res.Broker, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketBroker,
-		Description: "Atelier: the broker's settings (pause, policy)",
-		History:     1,
-		MaxBytes:    1 << 20,
-		Storage:     l.Storage,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provision bucket %s: %w", BucketBroker, err)
+	for _, b := range res.buckets(l) {
+		kv, err := js.CreateOrUpdateKeyValue(ctx, b.cfg)
+		if err != nil {
+			return nil, fmt.Errorf("provision bucket %s: %w", b.cfg.Bucket, err)
+		}
+		*b.into = kv
 	}
 	return &res, nil
+}
+
+// provisioned is one stream or bucket of the wire contract: its
+// configuration, and the field of Resources it goes into.
+type provisioned[C, T any] struct {
+	cfg  C
+	into *T
+}
+
+// streams is the table of the contract's streams under l.
+func (res *Resources) streams(l Limits) []provisioned[jetstream.StreamConfig, jetstream.Stream] {
+	return []provisioned[jetstream.StreamConfig, jetstream.Stream]{
+		{into: &res.Submit, cfg: jetstream.StreamConfig{
+			Name:                 StreamSubmit,
+			Description:          "Atelier: accepted jobs that have not finished, one subject per user",
+			Subjects:             []string{SubmitSubjects},
+			Retention:            jetstream.LimitsPolicy,
+			Discard:              jetstream.DiscardNew,
+			DiscardNewPerSubject: true,
+			MaxMsgsPerSubject:    l.MaxBacklogPerUser,
+			MaxMsgs:              l.MaxUnfinishedJobs,
+			MaxBytes:             l.MaxSubmitBytes,
+			Duplicates:           l.DuplicateWindow,
+			Storage:              l.Storage,
+		}},
+		{into: &res.Dispatch, cfg: jetstream.StreamConfig{
+			Name:        StreamDispatch,
+			Description: "Atelier: tickets released in fair order, one subject per pool",
+			Subjects:    []string{DispatchSubjects},
+			Retention:   jetstream.WorkQueuePolicy,
+			Discard:     jetstream.DiscardNew,
+			MaxMsgs:     l.MaxTickets,
+			Duplicates:  l.DuplicateWindow,
+			Storage:     l.Storage,
+		}},
+		{into: &res.Reports, cfg: jetstream.StreamConfig{
+			Name:        StreamReports,
+			Description: "Atelier: agents' reports on jobs, applied by the broker",
+			Subjects:    []string{ReportSubjects},
+			Retention:   jetstream.WorkQueuePolicy,
+			Discard:     jetstream.DiscardNew,
+			MaxMsgs:     l.MaxReports,
+			MaxBytes:    l.MaxReportBytes,
+			Duplicates:  l.DuplicateWindow,
+			Storage:     l.Storage,
+		}},
+	}
+}
+
+// buckets is the table of the contract's key-value buckets under l.
+func (res *Resources) buckets(l Limits) []provisioned[jetstream.KeyValueConfig, jetstream.KeyValue] {
+	return []provisioned[jetstream.KeyValueConfig, jetstream.KeyValue]{
+		{into: &res.Jobs, cfg: jetstream.KeyValueConfig{
+			Bucket:      BucketJobs,
+			Description: "Atelier: every job's state, key <user>.<job>",
+			History:     1,
+			TTL:         l.HistoryTTL,
+			MaxBytes:    l.MaxJobsBytes,
+			Storage:     l.Storage,
+		}},
+		{into: &res.Agents, cfg: jetstream.KeyValueConfig{
+			Bucket:      BucketAgents,
+			Description: "Atelier: last heartbeat of each live agent",
+			History:     1,
+			TTL:         l.AgentTTL,
+			MaxBytes:    16 << 20,
+			Storage:     l.Storage,
+		}},
+		{into: &res.Catalog, cfg: jetstream.KeyValueConfig{
+			Bucket:      BucketCatalog,
+			Description: "Atelier: ComfyUI catalogs per agent and merged per pool (gzip JSON)",
+			History:     1,
+			MaxBytes:    l.MaxCatalogBytes,
+			Storage:     l.Storage,
+		}},
+		{into: &res.Broker, cfg: jetstream.KeyValueConfig{
+			Bucket:      BucketBroker,
+			Description: "Atelier: the broker's settings (pause, policy)",
+			History:     1,
+			MaxBytes:    1 << 20,
+			Storage:     l.Storage,
+		}},
+	}
 }
 
 // BrokerSettings is the value of the "settings" key of BROKER.

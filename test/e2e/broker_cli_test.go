@@ -15,6 +15,8 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/internal/testutil"
 )
 
 // brokerCLI runs `atelier-broker <cmd> --broker … --data … args…` as a
@@ -113,9 +115,9 @@ func TestBrokerControlCommands(t *testing.T) {
 
 	// Drain and undrain reach the agent process: its heartbeat says so.
 	require.Equal(t, "drain: ok\n", s.mustCLI("drain", "e2e-box"))
-	require.Eventually(t, func() bool { return s.agentDraining("e2e-box") }, 10*time.Second, 50*time.Millisecond)
+	testutil.Eventually(t, func() bool { return s.agentDraining("e2e-box") }, "the agent's heartbeat never said it drains")
 	require.Equal(t, "undrain: ok\n", s.mustCLI("undrain", "e2e-box"))
-	require.Eventually(t, func() bool { return !s.agentDraining("e2e-box") }, 10*time.Second, 50*time.Millisecond)
+	testutil.Eventually(t, func() bool { return !s.agentDraining("e2e-box") }, "the agent's heartbeat never said it stopped draining")
 	out, err = s.brokerCLI("drain", "no-such-agent")
 	require.Error(t, err)
 	require.Contains(t, out, "agent no-such-agent is not connected")
@@ -139,7 +141,7 @@ func TestBrokerControlCommands(t *testing.T) {
 	var watchOut syncBuffer
 	watch.Stdout, watch.Stderr = &watchOut, &watchOut
 	require.NoError(t, watch.Start())
-	require.Eventually(t, func() bool { return strings.Count(watchOut.String(), "Atelier at") >= 3 }, 20*time.Second, 50*time.Millisecond,
+	testutil.Eventually(t, func() bool { return strings.Count(watchOut.String(), "Atelier at") >= 3 },
 		"status --watch did not redraw: %s", watchOut.String())
 	require.NoError(t, watch.Process.Signal(syscall.SIGINT))
 	require.NoError(t, watch.Wait(), "status --watch ends cleanly on Ctrl-C")
@@ -158,11 +160,11 @@ func TestBrokerControlCommands(t *testing.T) {
 	require.Contains(t, s.mustCLI("queues"), "dispatch PAUSED")
 	out, err = s.brokerCLI("bump", "user002")
 	require.Error(t, err)
-	require.Contains(t, out, "missing arguments")
+	require.Contains(t, out, "atelier-broker bump wants 2 argument(s), got 1: usage: atelier-broker bump USER JOB")
 
 	// Resumed: the bumped job runs first, then the other.
 	require.Equal(t, "resume: ok\n", s.mustCLI("resume"))
-	s.awaitSuccess(t, map[string]string{b1: "user002", a1: "user001"}, time.Minute)
+	s.awaitSuccess(t, map[string]string{b1: "user002", a1: "user001"}, testutil.WaitTimeout())
 	first, second := s.participant("user002").historyEntry(b1), s.participant("user001").historyEntry(a1)
 	require.Less(t, startedAt(t, first), startedAt(t, second), "the bumped job started first")
 	out = s.mustCLI("queues")

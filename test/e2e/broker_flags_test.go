@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/internal/testutil"
 )
 
 // atelier-broker serve --ticket-check-interval paces the check that
@@ -41,12 +43,14 @@ func TestBrokerTicketCheckIntervalFlag(t *testing.T) {
 	require.NoError(t, err)
 
 	var cons jetstream.Consumer
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		cons, err = js.Consumer(ctx, wire.StreamDispatch, wire.DispatchConsumer(wire.DefaultPool))
 		return err == nil
-	}, 10*time.Second, 20*time.Millisecond, "the broker made no consumer for the pool")
+	}, "the broker made no consumer for the pool")
 	next := func() wire.Ticket {
 		t.Helper()
+		// 5 s, not WaitTimeout: what the test shows is that the ticket
+		// comes back well before the default interval (30 s).
 		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
 		require.NoError(t, err, "no ticket within 5 s")
 		var tk wire.Ticket

@@ -12,6 +12,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/internal/testutil"
 )
 
 // chromium returns the browser to drive, or skips the test.
@@ -62,7 +64,7 @@ func step(t *testing.T, ctx context.Context, name string, d time.Duration, actio
 	sctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	if err := chromedp.Run(sctx, actions...); err != nil {
-		shot, c2 := context.WithTimeout(ctx, 5*time.Second)
+		shot, c2 := context.WithTimeout(ctx, testutil.WaitTimeout())
 		var buf []byte
 		var text string
 		_ = chromedp.Run(shot, chromedp.FullScreenshot(&buf, 100), chromedp.Evaluate(`document.body.innerText`, &text))
@@ -86,6 +88,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	// a browser on a loaded machine to show it running (it does so about
 	// 0.6 s after the resume on a quiet one).
 	s := startDashStack(t, 1, 300*time.Millisecond)
+	const watchedJobRuns = 10 * time.Second
 	base := s.broker.HTTPURL() + "/dashboard/"
 	ctx := browser(t, s.ctx)
 
@@ -101,50 +104,50 @@ func TestDashboardInBrowser(t *testing.T) {
 
 	// A participant's login is refused with 403, in the browser and on
 	// the wire.
-	step(t, ctx, "participant", 20*time.Second, login("user001"), chromedp.WaitVisible(`#forbidden`, chromedp.ByQuery))
+	step(t, ctx, "participant", testutil.WaitTimeout(), login("user001"), chromedp.WaitVisible(`#forbidden`, chromedp.ByQuery))
 	screenshot(t, ctx, "dashboard-participant-403")
 	resp, err := http.PostForm(base+"login", url.Values{"user": {"user001"}, "password": {dashPassword}})
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusForbidden, resp.StatusCode, "no login token, or a participant: 403 either way")
 
-	step(t, ctx, "instructor", 20*time.Second, login("teacher"),
+	step(t, ctx, "instructor", testutil.WaitTimeout(), login("teacher"),
 		chromedp.WaitVisible(`#queue`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#conn.ok`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#agents .agent[data-agent="dash-box"]`, chromedp.ByQuery))
 
 	// Pause the queue with its button, so two jobs wait where the
 	// instructor can see (and cancel) them.
-	step(t, ctx, "pause", 20*time.Second,
+	step(t, ctx, "pause", testutil.WaitTimeout(),
 		chromedp.WaitEnabled(`#pause`, chromedp.ByQuery),
 		chromedp.Click(`#pause`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#queue-state.bad`, chromedp.ByQuery))
 	watched := s.submit(t, "user001", "watched")
 	doomed := s.submit(t, "user002", "doomed")
 
-	step(t, ctx, "queued", 20*time.Second,
+	step(t, ctx, "queued", testutil.WaitTimeout(),
 		chromedp.WaitVisible(`#queue tr[data-job="`+watched+`"][data-state="queued"]`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#queue tr[data-job="`+doomed+`"][data-state="queued"]`, chromedp.ByQuery))
 	screenshot(t, ctx, "dashboard-queued")
 
-	step(t, ctx, "cancel", 20*time.Second,
+	step(t, ctx, "cancel", testutil.WaitTimeout(),
 		chromedp.Click(`#queue button[data-action="cancel"][data-job="`+doomed+`"]`, chromedp.ByQuery),
 		chromedp.WaitNotPresent(`#queue tr[data-job="`+doomed+`"]`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#recent tr[data-job="`+doomed+`"][data-state="cancelled"]`, chromedp.ByQuery))
 	screenshot(t, ctx, "dashboard-cancelled")
 
-	step(t, ctx, "resume", 20*time.Second,
+	step(t, ctx, "resume", testutil.WaitTimeout(),
 		chromedp.WaitEnabled(`#resume`, chromedp.ByQuery),
 		chromedp.Click(`#resume`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#queue-state.ok`, chromedp.ByQuery))
-	step(t, ctx, "running", 60*time.Second,
+	step(t, ctx, "running", testutil.WaitTimeout(),
 		chromedp.WaitVisible(`#queue tr[data-job="`+watched+`"][data-state="running"] progress`, chromedp.ByQuery),
 		chromedp.WaitVisible(`#agents tr[data-state="busy"] progress`, chromedp.ByQuery))
 	screenshot(t, ctx, "dashboard-running")
 
 	thumb := `#recent tr[data-job="` + watched + `"][data-state="succeeded"] img.thumb`
 	var loaded bool
-	step(t, ctx, "done", 60*time.Second,
+	step(t, ctx, "done", watchedJobRuns+testutil.WaitTimeout(),
 		chromedp.WaitVisible(thumb, chromedp.ByQuery),
 		chromedp.Poll(`(() => { const i = document.querySelector('`+thumb+`'); return i && i.complete && i.naturalWidth > 0; })()`, &loaded))
 	require.True(t, loaded)

@@ -8,9 +8,11 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/internal/testutil"
+	"github.com/atelier-run/atelier/pkg/wire"
 )
 
 // After a scripted run — two jobs done, one cancelled while the queue was
@@ -22,14 +24,14 @@ func TestDashboardMetricsAndStatusCommand(t *testing.T) {
 	api := func(op, body string) {
 		t.Helper()
 		nc := s.broker.Conn()
-		_, err := nc.Request("api.broker."+op, []byte(body), 5*time.Second)
+		_, err := nc.Request(wire.BrokerAPISubject(op), []byte(body), testutil.WaitTimeout())
 		require.NoError(t, err)
 	}
 	waitFor := func(cond func(string) bool) string {
 		t.Helper()
 		var out string
-		require.Eventually(t, func() bool { out = scrape(t, s.broker.HTTPURL()+"/metrics"); return cond(out) },
-			20*time.Second, 50*time.Millisecond, "metrics never matched")
+		testutil.Eventually(t, func() bool { out = scrape(t, s.broker.HTTPURL()+"/metrics"); return cond(out) },
+			"metrics never matched")
 		return out
 	}
 	caller := `"caller":{"user":"teacher","role":"instructor"}`
@@ -83,10 +85,10 @@ func TestDashboardMetricsAndStatusCommand(t *testing.T) {
 	// poll that first says paused may have come before the job was queued.
 	queuedAt := regexp.MustCompile(`\d+\s+\w{8}\s+user002\s+default\s+queued`)
 	var out string
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		out = status("--user", "teacher", "--password", dashPassword)
 		return contains(out, "queue PAUSED") && queuedAt.MatchString(out)
-	}, 10*time.Second, 100*time.Millisecond, "the status never showed the pause and the queued job's position")
+	}, "the status never showed the pause and the queued job's position")
 	// The slot's state is the agent's last heartbeat: it may still say
 	// busy for a moment after its job ended.
 	require.Regexp(t, `waiting 1 \(queued 1, dispatched 0\)  running 0  GPUs busy [01]/1  agents 1  last hour: 2 done, 0 failed`, out)

@@ -26,6 +26,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/internal/testutil"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -46,7 +48,7 @@ const dashPassword = "pw-dashboard"
 
 func startDashStack(t *testing.T, gpus int, stepDelay time.Duration) *dashStack {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	dir := t.TempDir()
 	layout := datalayout.New(filepath.Join(dir, "data"))
@@ -66,13 +68,14 @@ func startDashStack(t *testing.T, gpus int, stepDelay time.Duration) *dashStack 
 
 	// The daemon as broker/main.go starts it; only the refresh intervals
 	// are shortened for the test.
-	s.daemon, err = brokerd.StartConfig(ctx, brokerd.Config{
+	s.daemon, err = brokerd.New(brokerd.Config{
 		Broker: broker.Config{DataDir: layout.Root, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
 			Limits: wire.SmallLimits(), TickInterval: 200 * time.Millisecond, Logger: log},
 		Metrics:   metrics.Config{FileStoreRefresh: time.Millisecond},
 		Dashboard: dashboard.Config{PollInterval: 500 * time.Millisecond},
 	})
 	require.NoError(t, err)
+	require.NoError(t, s.daemon.Start(ctx))
 	t.Cleanup(func() { _ = s.daemon.Stop(context.Background()) })
 	s.broker, s.dash, s.metrics = s.daemon.Broker, s.daemon.Dashboard, s.daemon.Metrics
 
@@ -91,10 +94,10 @@ func startDashStack(t *testing.T, gpus int, stepDelay time.Duration) *dashStack 
 	require.NoError(t, err)
 	require.NoError(t, ag.Start(ctx))
 	t.Cleanup(func() { _ = ag.Stop(context.Background()) })
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		st, err := s.broker.Status(ctx)
 		return err == nil && len(st.Agents) > 0 && st.Catalogs > 0
-	}, 30*time.Second, 20*time.Millisecond, "agent never joined")
+	}, "agent never joined")
 	return s
 }
 

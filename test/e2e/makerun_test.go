@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/internal/testutil"
 )
 
 // What `make run` starts (the devstack), followed by the README's demo
@@ -43,7 +45,7 @@ func TestMakeRunAndReadmeDemo(t *testing.T) {
 
 	got := map[string]string{}
 	lines := scanLines(stdout)
-	deadline := time.After(60 * time.Second)
+	deadline := time.After(testutil.WaitTimeout())
 	for len(got) < 3 {
 		select {
 		case l, ok := <-lines:
@@ -54,7 +56,7 @@ func TestMakeRunAndReadmeDemo(t *testing.T) {
 				}
 			}
 		case <-deadline:
-			t.Fatal("devstack printed no proxy/dashboard/password lines within 60s")
+			t.Fatalf("devstack printed no proxy/dashboard/password lines within %s", testutil.WaitTimeout())
 		}
 	}
 	require.Equal(t, "http://"+proxyAt, got["proxy"])
@@ -74,7 +76,7 @@ func TestMakeRunAndReadmeDemo(t *testing.T) {
 	require.NotNil(t, block, "README has no demo block")
 	script := strings.ReplaceAll(string(block[1]), "http://127.0.0.1:8190", "http://"+proxyAt)
 	require.NoError(t, os.Symlink(filepath.Join(repoRoot(), "examples"), filepath.Join(work, "examples")))
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitTimeout())
 	defer cancel()
 	demo := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", script)
 	demo.Dir = work
@@ -94,8 +96,8 @@ func TestMakeRunAndReadmeDemo(t *testing.T) {
 	select {
 	case err := <-exited:
 		require.NoError(t, err, "devstack exit")
-	case <-time.After(45 * time.Second):
-		t.Fatal("devstack did not stop within 45s of Ctrl-C")
+	case <-time.After(testutil.WaitTimeout()):
+		t.Fatalf("devstack did not stop within %s of Ctrl-C", testutil.WaitTimeout())
 	}
 }
 
