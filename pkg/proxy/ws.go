@@ -67,6 +67,10 @@ type socket struct {
 	jobs map[string]*sentState
 }
 
+// maxTrackedJobsPerSocket bounds what a socket remembers about messages it
+// was sent (see sentState); entries are dropped when a job ends.
+const maxTrackedJobsPerSocket = 256
+
 // sentState records the once-per-job messages a socket got, from either
 // source (live events or JOBS changes), so neither repeats the other.
 type sentState struct {
