@@ -8,7 +8,7 @@ BINARIES := atelier-broker atelier-proxy atelier-agent atelier-comfysim atelier-
 # with CGO_ENABLED=0.
 STATIC  := CGO_ENABLED=0 $(GO) build -tags nodynamic
 
-.PHONY: all build run test vet fmt-check doccheck bench clean
+.PHONY: all build run test vet fmt-check doccheck staticcheck bench clean
 
 all: build
 
@@ -37,9 +37,18 @@ fmt-check:
 doccheck:
 	$(GO) run ./tools/doccheck .
 
+# staticcheck at a pinned version, installed from the module proxy when it
+# is not on this machine yet (.ci/run installs it first).
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(or $(shell $(GO) env GOBIN),$(shell $(GO) env GOPATH)/bin)/staticcheck
+
+staticcheck:
+	@test -x $(STATICCHECK) || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(STATICCHECK) $(PKGS)
+
 # The GB-sized transfers skip themselves under -race (ten times slower) and
 # run in a second pass without it.
-test: vet fmt-check doccheck
+test: vet fmt-check doccheck staticcheck
 	$(GO) test -race -count=1 -timeout 25m $(PKGS)
 	$(GO) test -count=1 -timeout 10m -run '^TestLargeOutputs$$' -v ./pkg/filetransfer/
 

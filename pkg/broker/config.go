@@ -3,7 +3,8 @@
 // releases tickets to GPU pools in fair order, answers agents' claims,
 // applies their reports to the job state, keeps the agents' heartbeats and
 // catalogs, receives output files into the file store, and serves its HTTP
-// endpoints (health now, the instructor dashboard later).
+// endpoints (health, status, metrics, the admin API and the instructor
+// dashboard).
 //
 // The broker is the only writer of JOBS and AGENTS. Every transition is a
 // compare-and-set on the job's key, so a stale writer fails loudly instead
@@ -151,7 +152,7 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("DataDir is required"))
 	}
 	if c.Prefetch < 0 {
-		errs = append(errs, fmt.Errorf("Prefetch must not be negative, got %d", c.Prefetch))
+		errs = append(errs, fmt.Errorf("negative Prefetch %d", c.Prefetch))
 	}
 	if _, err := scheduler.ParsePolicy(string(c.Policy)); err != nil {
 		errs = append(errs, err)

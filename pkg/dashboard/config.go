@@ -126,13 +126,13 @@ func (c *Config) setDefaults() {
 func (c *Config) validate() error {
 	var errs []error
 	if c.Registry == nil {
-		errs = append(errs, errors.New("Registry is required"))
+		errs = append(errs, errors.New("missing Registry"))
 	}
 	if c.Conn == nil {
-		errs = append(errs, errors.New("Conn is required"))
+		errs = append(errs, errors.New("missing Conn"))
 	}
 	if len(c.Prefix) < 2 || c.Prefix[0] != '/' || c.Prefix[len(c.Prefix)-1] != '/' {
-		errs = append(errs, fmt.Errorf("Prefix must start and end with '/', got %q", c.Prefix))
+		errs = append(errs, fmt.Errorf("the Prefix must start and end with '/', got %q", c.Prefix))
 	}
 	for name, d := range map[string]time.Duration{"SessionTTL": c.SessionTTL, "PollInterval": c.PollInterval,
 		"PushInterval": c.PushInterval, "AgentLostAfter": c.AgentLostAfter, "RequestTimeout": c.RequestTimeout} {

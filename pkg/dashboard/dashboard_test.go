@@ -183,8 +183,8 @@ func (tb *testBundle) putJob(t *testing.T, r wire.JobRecord) {
 func TestConfigValidation(t *testing.T) {
 	t.Parallel()
 	_, err := New(Config{Prefix: "dash"})
-	require.ErrorContains(t, err, "Registry is required")
-	require.ErrorContains(t, err, "Prefix must start and end")
+	require.ErrorContains(t, err, "missing Registry")
+	require.ErrorContains(t, err, "the Prefix must start and end")
 }
 
 func TestLoginRoles(t *testing.T) {

@@ -71,7 +71,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		if j.state == wire.StateQueued {
 			pools[j.pool]++
 		}
-		users[userKey{j.user, j.pool, j.state}]++
+		users[userKey(j)]++
 		byState[j.state]++
 	}
 	type agentRow struct {

@@ -152,13 +152,13 @@ func (c *Config) setDefaults() {
 func (c *Config) validate() error {
 	var errs []error
 	if c.Conn == nil {
-		errs = append(errs, errors.New("Conn is required"))
+		errs = append(errs, errors.New("missing Conn"))
 	}
 	if c.Registry == nil {
-		errs = append(errs, errors.New("Registry is required"))
+		errs = append(errs, errors.New("missing Registry"))
 	}
 	if c.Store == nil {
-		errs = append(errs, errors.New("Store is required"))
+		errs = append(errs, errors.New("missing Store"))
 	}
 	if c.MaxPromptBytes < 0 || c.MaxUploadBytes < 0 {
 		errs = append(errs, errors.New("MaxPromptBytes and MaxUploadBytes must not be negative"))

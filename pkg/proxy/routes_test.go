@@ -26,9 +26,9 @@ func TestConfigValidation(t *testing.T) {
 	t.Parallel()
 	_, err := New(Config{})
 	require.ErrorIs(t, err, ErrInvalidConfig)
-	require.ErrorContains(t, err, "Conn is required")
-	require.ErrorContains(t, err, "Registry is required")
-	require.ErrorContains(t, err, "Store is required")
+	require.ErrorContains(t, err, "missing Conn")
+	require.ErrorContains(t, err, "missing Registry")
+	require.ErrorContains(t, err, "missing Store")
 }
 
 func TestAuth(t *testing.T) {

@@ -178,7 +178,7 @@ func ParseBrokerAPISubject(subject string) (op string, err error) {
 func parseSubject(subject, prefix string, names ...string) ([]string, error) {
 	rest, ok := strings.CutPrefix(subject, prefix+".")
 	if !ok {
-		return nil, fmt.Errorf("%w: %q does not start with %s.", ErrInvalidSubject, subject, prefix)
+		return nil, fmt.Errorf("%w: %q does not start with %q", ErrInvalidSubject, subject, prefix+".")
 	}
 	tokens := strings.Split(rest, ".")
 	if len(tokens) != len(names) {

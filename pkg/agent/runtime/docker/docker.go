@@ -124,10 +124,10 @@ func (d *Runtime) containerUser() string {
 func (d *Runtime) setDefaults() error {
 	var errs []error
 	if d.Image == "" {
-		errs = append(errs, errors.New("Image is required"))
+		errs = append(errs, errors.New("missing Image"))
 	}
 	if d.Agent == "" || len(d.GPUs) == 0 || d.ScratchDir == "" {
-		errs = append(errs, errors.New("Agent, GPUs and ScratchDir are required"))
+		errs = append(errs, errors.New("missing Agent, GPUs or ScratchDir"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("docker runtime: %w", err)
