@@ -26,15 +26,8 @@ const errCodeStoreFailed jetstream.ErrorCode = 10077
 // as a job on SUBMIT; the broker takes it from there.
 func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 	sess := sessionFrom(r.Context())
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.cfg.MaxPromptBytes))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writePlain(w, http.StatusRequestEntityTooLarge,
-				fmt.Sprintf("prompt too large: the limit is %d bytes", p.cfg.MaxPromptBytes))
-			return
-		}
-		writePlain(w, http.StatusBadRequest, "read body: "+err.Error())
+	body, ok := p.readPromptBody(w, r)
+	if !ok {
 		return
 	}
 	ctx, cancel := p.reqCtx(r)
@@ -46,78 +39,20 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		rerr.write(w)
 		return
 	}
-
-	job := wire.Job{
-		ID:               req.PromptID,
-		User:             sess.User,
-		Pool:             pool,
-		Prompt:           req.Prompt,
-		ExtraData:        req.ExtraData,
-		ClientID:         req.ClientID,
-		OutputsToExecute: req.Outputs,
-		Number:           req.Number,
-		Front:            req.Front,
-		Inputs:           req.Inputs,
-		SubmittedAt:      time.Now().UTC(),
-	}
+	job := newJob(req, sess.User, pool)
 	v, err := p.views.get(ctx, sess.User)
 	if err != nil {
 		p.unavailable(w, r, err)
 		return
 	}
-	// A client-chosen prompt_id may name a job of this participant that
-	// ran before (it runs again, as in ComfyUI) or one still queued or
-	// running (refused: one job record cannot run twice at once). Other
-	// participants' ids never collide: jobs are keyed by user.
-	var generation uint64
-	if job.ID == "" {
-		job.ID = uuid.NewString()
-	} else if rec, ok := v.record(job.ID); ok {
-		if rec.State.Pending() {
-			writePromptIDInUse(w, job.ID)
-			return
-		}
-		generation = rec.SubmitSeq
-	}
-	// The participant's cap on unfinished prompts (registry quotas).
-	maxQueued := p.maxQueuedOf(sess.User)
-	if !v.reserveSubmit(job.ID, maxQueued) {
-		writePromptError(w, http.StatusBadRequest, "queue_full", "Your queue is full",
-			fmt.Sprintf("You have %d prompts queued or running, the most you may have at once; wait for one to finish", maxQueued))
+	generation, ok := assignJobID(w, v, &job)
+	if !ok {
 		return
 	}
-	published := false
-	defer func() {
-		if !published {
-			v.releaseSubmit(job.ID)
-		}
-	}()
-	data, err := json.Marshal(job)
-	if err != nil {
-		writePlain(w, http.StatusInternalServerError, "encode job: "+err.Error())
+	ack, ok := p.publishJob(ctx, w, r, v, &job, generation)
+	if !ok {
 		return
 	}
-	// The server refuses messages over its max payload; say so like the
-	// body limit does rather than as an opaque publish failure.
-	if limit := p.cfg.Conn.MaxPayload(); limit > 0 && int64(len(data)) > limit {
-		writePlain(w, http.StatusRequestEntityTooLarge,
-			fmt.Sprintf("prompt too large: the job is %d bytes, the queue takes at most %d", len(data), limit))
-		return
-	}
-	ack, err := p.js.Publish(ctx, wire.SubmitSubject(sess.User), data,
-		jetstream.WithMsgID(wire.SubmitMsgID(sess.User, job.ID, generation)), jetstream.WithExpectStream(wire.StreamSubmit))
-	if err != nil {
-		p.publishError(ctx, w, r, err)
-		return
-	}
-	if ack.Duplicate {
-		// Another submission of this prompt id (a second tab, a client
-		// retrying) got there first and is queued: this one will not run.
-		p.log.Info().Str("user", sess.User).Str("job", job.ID).Msg("prompt_id submitted twice at once")
-		writePromptIDInUse(w, job.ID)
-		return
-	}
-	published = true
 	p.log.Info().Str("user", sess.User).Str("job", job.ID).Uint64("number", ack.Sequence).Msg("prompt queued")
 	nodeErrors := req.NodeErrors
 	if len(nodeErrors) == 0 {
@@ -132,6 +67,111 @@ func (p *Proxy) handlePostPrompt(w http.ResponseWriter, r *http.Request) {
 		"number":      number,
 		"node_errors": nodeErrors,
 	})
+}
+
+// readPromptBody reads a POST /prompt body up to MaxPromptBytes; false
+// when it answered the request with the failure.
+func (p *Proxy) readPromptBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.cfg.MaxPromptBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writePlain(w, http.StatusRequestEntityTooLarge,
+				fmt.Sprintf("prompt too large: the limit is %d bytes", p.cfg.MaxPromptBytes))
+			return nil, false
+		}
+		writePlain(w, http.StatusBadRequest, "read body: "+err.Error())
+		return nil, false
+	}
+	return body, true
+}
+
+// newJob is the job a validated prompt becomes on SUBMIT; its ID is the
+// client's prompt_id or "" (see assignJobID).
+func newJob(req *promptRequest, user, pool string) wire.Job {
+	return wire.Job{
+		ID:               req.PromptID,
+		User:             user,
+		Pool:             pool,
+		Prompt:           req.Prompt,
+		ExtraData:        req.ExtraData,
+		ClientID:         req.ClientID,
+		OutputsToExecute: req.Outputs,
+		Number:           req.Number,
+		Front:            req.Front,
+		Inputs:           req.Inputs,
+		SubmittedAt:      time.Now().UTC(),
+	}
+}
+
+// assignJobID gives job a new id when the client chose none, and returns
+// the generation of the earlier job of a reused id; false when it answered
+// the request with the refusal.
+//
+// A client-chosen prompt_id may name a job of this participant that ran
+// before (it runs again, as in ComfyUI) or one still queued or running
+// (refused: one job record cannot run twice at once). Other participants'
+// ids never collide: jobs are keyed by user.
+func assignJobID(w http.ResponseWriter, v *userView, job *wire.Job) (generation uint64, ok bool) {
+	if job.ID == "" {
+		job.ID = uuid.NewString()
+		return 0, true
+	}
+	rec, known := v.record(job.ID)
+	if !known {
+		return 0, true
+	}
+	if rec.State.Pending() {
+		writePromptIDInUse(w, job.ID)
+		return 0, false
+	}
+	return rec.SubmitSeq, true
+}
+
+// publishJob counts job against the participant's cap on unfinished
+// prompts and publishes it on SUBMIT; false when it answered the request
+// with the refusal or failure (and took the job off the cap again).
+func (p *Proxy) publishJob(ctx context.Context, w http.ResponseWriter, r *http.Request, v *userView, job *wire.Job, generation uint64) (*jetstream.PubAck, bool) {
+	// The participant's cap on unfinished prompts (registry quotas).
+	maxQueued := p.maxQueuedOf(job.User)
+	if !v.reserveSubmit(job.ID, maxQueued) {
+		writePromptError(w, http.StatusBadRequest, "queue_full", "Your queue is full",
+			fmt.Sprintf("You have %d prompts queued or running, the most you may have at once; wait for one to finish", maxQueued))
+		return nil, false
+	}
+	published := false
+	defer func() {
+		if !published {
+			v.releaseSubmit(job.ID)
+		}
+	}()
+	data, err := json.Marshal(job)
+	if err != nil {
+		writePlain(w, http.StatusInternalServerError, "encode job: "+err.Error())
+		return nil, false
+	}
+	// The server refuses messages over its max payload; say so like the
+	// body limit does rather than as an opaque publish failure.
+	if limit := p.cfg.Conn.MaxPayload(); limit > 0 && int64(len(data)) > limit {
+		writePlain(w, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("prompt too large: the job is %d bytes, the queue takes at most %d", len(data), limit))
+		return nil, false
+	}
+	ack, err := p.js.Publish(ctx, wire.SubmitSubject(job.User), data,
+		jetstream.WithMsgID(wire.SubmitMsgID(job.User, job.ID, generation)), jetstream.WithExpectStream(wire.StreamSubmit))
+	if err != nil {
+		p.publishError(ctx, w, r, err)
+		return nil, false
+	}
+	if ack.Duplicate {
+		// Another submission of this prompt id (a second tab, a client
+		// retrying) got there first and is queued: this one will not run.
+		p.log.Info().Str("user", job.User).Str("job", job.ID).Msg("prompt_id submitted twice at once")
+		writePromptIDInUse(w, job.ID)
+		return nil, false
+	}
+	published = true
+	return ack, true
 }
 
 // choosePool validates the prompt against the participant's pool and, when

@@ -101,96 +101,26 @@ type parseOptions struct {
 // nil when the pool has no catalog yet; then node classes cannot be checked
 // and the output nodes are guessed as the graph's sinks.
 func parsePromptRequest(body []byte, cat *poolCatalog, opts parseOptions) (*promptRequest, *requestError) {
-	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
-		return nil, plainError(http.StatusBadRequest, "invalid JSON body: %v", err)
-	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil {
-		return nil, plainError(http.StatusInternalServerError, "invalid JSON body: %v", err)
-	}
-	if top == nil {
-		return nil, plainError(http.StatusInternalServerError, "invalid JSON body: want an object with a \"prompt\" key")
+	top, rerr := decodeRequestObject(body)
+	if rerr != nil {
+		return nil, rerr
 	}
 	// ComfyUI reads the priority first: a bad number fails (500) even
 	// before a missing prompt is noticed.
 	req := &promptRequest{}
-	if raw, ok := top["number"]; ok {
-		// ComfyUI: float(number); anything else raises (500).
-		var n float64
-		if err := json.Unmarshal(raw, &n); err != nil {
-			var s string
-			if json.Unmarshal(raw, &s) != nil {
-				return nil, plainError(http.StatusInternalServerError, "invalid number: want a number")
-			}
-			f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-			if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
-				return nil, plainError(http.StatusInternalServerError, "invalid number: want a number")
-			}
-			n = f
-		}
-		req.Number = &n
-	} else if raw, ok := top["front"]; ok {
-		var v any
-		_ = json.Unmarshal(raw, &v)
-		req.Front = comfyvalidate.PyTruthy(v)
+	if rerr := req.readPriority(top); rerr != nil {
+		return nil, rerr
 	}
-	rawPrompt, ok := top["prompt"]
-	if !ok {
-		return nil, &requestError{Status: http.StatusBadRequest, Type: "no_prompt",
-			Message: "No prompt provided", Details: "No prompt provided"}
+	nodes, rerr := req.readPrompt(top)
+	if rerr != nil {
+		return nil, rerr
 	}
-	var nodes map[string]json.RawMessage
-	if err := json.Unmarshal(rawPrompt, &nodes); err != nil || nodes == nil {
-		return nil, plainError(http.StatusInternalServerError, "invalid prompt: want an object mapping node ids to nodes")
+	if rerr := req.readClient(top); rerr != nil {
+		return nil, rerr
 	}
-	if len(nodes) > maxPromptNodes {
-		return nil, plainError(http.StatusBadRequest, "invalid prompt: more than %d nodes", maxPromptNodes)
-	}
-	req.Prompt = rawPrompt
-
-	if raw, ok := top["prompt_id"]; ok && !isNull(raw) {
-		var id string
-		// Newer ComfyUI's check, always: job ids name NATS subjects and
-		// keys, so the baseline's "any value" cannot be taken.
-		if err := json.Unmarshal(raw, &id); err != nil || !canonicalUUID(id) {
-			return nil, &requestError{Status: http.StatusBadRequest, Type: "invalid_prompt_id",
-				Message: "prompt_id must be a valid UUID",
-				Details: "prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to let the server generate one"}
-		}
-		req.PromptID = id
-	}
-	if raw, ok := top["client_id"]; ok && !isNull(raw) {
-		if err := json.Unmarshal(raw, &req.ClientID); err != nil {
-			return nil, plainError(http.StatusInternalServerError, "invalid client_id: want a string")
-		}
-		if len(req.ClientID) > maxClientIDLen {
-			return nil, plainError(http.StatusBadRequest, "invalid client_id: longer than %d bytes", maxClientIDLen)
-		}
-	}
-	extra := map[string]json.RawMessage{}
-	if raw, ok := top["extra_data"]; ok && !isNull(raw) {
-		if err := json.Unmarshal(raw, &extra); err != nil || extra == nil {
-			return nil, plainError(http.StatusInternalServerError, "invalid extra_data: want an object")
-		}
-	}
-	if req.ClientID != "" {
-		b, _ := json.Marshal(req.ClientID)
-		extra["client_id"] = b
-	}
-	b, err := json.Marshal(extra)
-	if err != nil {
-		return nil, plainError(http.StatusInternalServerError, "encode extra_data: %v", err)
-	}
-	req.ExtraData = b
-
-	var partial []string
-	if raw, ok := top["partial_execution_targets"]; ok && !isNull(raw) {
-		if err := json.Unmarshal(raw, &partial); err != nil {
-			return nil, plainError(http.StatusInternalServerError, "invalid partial_execution_targets: want a list of node ids")
-		}
-		if partial == nil {
-			partial = []string{}
-		}
+	partial, rerr := readPartialTargets(top)
+	if rerr != nil {
+		return nil, rerr
 	}
 	if cat != nil && cat.validate != nil {
 		if rerr := req.validate(cat, partial, opts); rerr != nil {
@@ -213,6 +143,123 @@ func parsePromptRequest(body []byte, cat *poolCatalog, opts parseOptions) (*prom
 	}
 	req.Outputs = outputs
 	return req, nil
+}
+
+// decodeRequestObject decodes a request body that must be a JSON object,
+// bounded in depth.
+func decodeRequestObject(body []byte) (map[string]json.RawMessage, *requestError) {
+	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
+		return nil, plainError(http.StatusBadRequest, "invalid JSON body: %v", err)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil {
+		return nil, plainError(http.StatusInternalServerError, "invalid JSON body: %v", err)
+	}
+	if top == nil {
+		return nil, plainError(http.StatusInternalServerError, "invalid JSON body: want an object with a \"prompt\" key")
+	}
+	return top, nil
+}
+
+// readPriority reads number, else front, as ComfyUI does.
+func (req *promptRequest) readPriority(top map[string]json.RawMessage) *requestError {
+	if raw, ok := top["number"]; ok {
+		// ComfyUI: float(number); anything else raises (500).
+		var n float64
+		if err := json.Unmarshal(raw, &n); err != nil {
+			var s string
+			if json.Unmarshal(raw, &s) != nil {
+				return plainError(http.StatusInternalServerError, "invalid number: want a number")
+			}
+			f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+			if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+				return plainError(http.StatusInternalServerError, "invalid number: want a number")
+			}
+			n = f
+		}
+		req.Number = &n
+	} else if raw, ok := top["front"]; ok {
+		var v any
+		_ = json.Unmarshal(raw, &v)
+		req.Front = comfyvalidate.PyTruthy(v)
+	}
+	return nil
+}
+
+// readPrompt reads the graph (kept as sent in req.Prompt) and returns its
+// nodes.
+func (req *promptRequest) readPrompt(top map[string]json.RawMessage) (map[string]json.RawMessage, *requestError) {
+	rawPrompt, ok := top["prompt"]
+	if !ok {
+		return nil, &requestError{Status: http.StatusBadRequest, Type: "no_prompt",
+			Message: "No prompt provided", Details: "No prompt provided"}
+	}
+	var nodes map[string]json.RawMessage
+	if err := json.Unmarshal(rawPrompt, &nodes); err != nil || nodes == nil {
+		return nil, plainError(http.StatusInternalServerError, "invalid prompt: want an object mapping node ids to nodes")
+	}
+	if len(nodes) > maxPromptNodes {
+		return nil, plainError(http.StatusBadRequest, "invalid prompt: more than %d nodes", maxPromptNodes)
+	}
+	req.Prompt = rawPrompt
+	return nodes, nil
+}
+
+// readClient reads prompt_id, client_id and extra_data (into which
+// client_id is copied, like ComfyUI).
+func (req *promptRequest) readClient(top map[string]json.RawMessage) *requestError {
+	if raw, ok := top["prompt_id"]; ok && !isNull(raw) {
+		var id string
+		// Newer ComfyUI's check, always: job ids name NATS subjects and
+		// keys, so the baseline's "any value" cannot be taken.
+		if err := json.Unmarshal(raw, &id); err != nil || !canonicalUUID(id) {
+			return &requestError{Status: http.StatusBadRequest, Type: "invalid_prompt_id",
+				Message: "prompt_id must be a valid UUID",
+				Details: "prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to let the server generate one"}
+		}
+		req.PromptID = id
+	}
+	if raw, ok := top["client_id"]; ok && !isNull(raw) {
+		if err := json.Unmarshal(raw, &req.ClientID); err != nil {
+			return plainError(http.StatusInternalServerError, "invalid client_id: want a string")
+		}
+		if len(req.ClientID) > maxClientIDLen {
+			return plainError(http.StatusBadRequest, "invalid client_id: longer than %d bytes", maxClientIDLen)
+		}
+	}
+	extra := map[string]json.RawMessage{}
+	if raw, ok := top["extra_data"]; ok && !isNull(raw) {
+		if err := json.Unmarshal(raw, &extra); err != nil || extra == nil {
+			return plainError(http.StatusInternalServerError, "invalid extra_data: want an object")
+		}
+	}
+	if req.ClientID != "" {
+		b, _ := json.Marshal(req.ClientID)
+		extra["client_id"] = b
+	}
+	b, err := json.Marshal(extra)
+	if err != nil {
+		return plainError(http.StatusInternalServerError, "encode extra_data: %v", err)
+	}
+	req.ExtraData = b
+	return nil
+}
+
+// readPartialTargets reads partial_execution_targets: nil when absent, the
+// only outputs to run otherwise (empty: none).
+func readPartialTargets(top map[string]json.RawMessage) ([]string, *requestError) {
+	raw, ok := top["partial_execution_targets"]
+	if !ok || isNull(raw) {
+		return nil, nil
+	}
+	var partial []string
+	if err := json.Unmarshal(raw, &partial); err != nil {
+		return nil, plainError(http.StatusInternalServerError, "invalid partial_execution_targets: want a list of node ids")
+	}
+	if partial == nil {
+		partial = []string{}
+	}
+	return partial, nil
 }
 
 // validate runs ComfyUI's validate_prompt (pkg/comfyvalidate, the same code
