@@ -166,14 +166,31 @@ func (s *slot) execute(ctx context.Context, r *run) {
 		r.execute(ctx)
 		s.setCur(nil, r)
 	}()
-	if !s.a.cfg.DisablePrefetch && !s.a.Draining() {
-		s.startFetch(ctx, true)
+	s.prefetch(ctx)
+	for {
+		select {
+		case <-r.gpuFree:
+			s.setCur(nil, r)
+			return
+		case <-ctx.Done():
+			s.setCur(nil, r)
+			return
+		case <-s.wake:
+			// A pull ended. One that ran out empty (FetchWait) is
+			// followed by another while the GPU is busy: a job queued
+			// later in this run still waits in ComfyUI's queue behind it.
+			s.prefetch(ctx)
+		}
 	}
-	select {
-	case <-r.gpuFree:
-	case <-ctx.Done():
+}
+
+// prefetch pulls the next job while one runs, unless prefetch is off, the
+// agent drains, a pull is under way or a job is already prefetched.
+func (s *slot) prefetch(ctx context.Context) {
+	if s.a.cfg.DisablePrefetch || s.a.Draining() || s.cons.Load() == nil {
+		return
 	}
-	s.setCur(nil, r)
+	s.startFetch(ctx, true)
 }
 
 func (s *slot) ensureConsumer(ctx context.Context) bool {
