@@ -5,16 +5,66 @@ import (
 	"sort"
 )
 
-// Order returns up to limit queued jobs of a pool in the order the current
-// policy would run them if nothing else changed (no new jobs, no caps
-// reached). It copies, so it is for listings, not for the hot path.
+// Order returns up to limit queued jobs of a pool (0: all) in the order
+// Next would hand them out if nothing else changed (no new jobs, no caps
+// reached): it plays Next's turns on a copy of the queues, so it is for
+// listings, not for the hot path.
 func (s *Scheduler) Order(poolName string, limit int) []Item {
 	p := s.pools[poolName]
 	if p == nil {
 		return nil
 	}
-	// Users in turn order; users out of the round (at their cap) rejoin
-	// at the back, by name for a stable answer.
+	users := p.turnOrder()
+	turns := make([][]Item, 0, len(users))
+	for _, u := range users {
+		turns = append(turns, slices.Clone(u.jobs))
+	}
+	var out []Item
+	for limit <= 0 || len(out) < limit {
+		i := s.policy.pick(turns)
+		if i < 0 {
+			break
+		}
+		out = append(out, turns[i][0])
+		rest := turns[i][1:]
+		// The user had their turn: to the back of the round.
+		turns = slices.Delete(turns, i, i+1)
+		if len(rest) > 0 {
+			turns = append(turns, rest)
+		}
+	}
+	return out
+}
+
+// pick is the index of the queue, among users' queues in turn order, whose
+// head the policy runs next (-1: none). FIFO takes the oldest head,
+// Priority the earliest bumped head and otherwise the turn, as
+// RoundRobin always does.
+func (policy Policy) pick(turns [][]Item) int {
+	if len(turns) == 0 {
+		return -1
+	}
+	best := 0
+	switch policy {
+	case FIFO:
+		for i, q := range turns {
+			if q[0].Seq < turns[best][0].Seq {
+				best = i
+			}
+		}
+	case Priority:
+		for i, q := range turns {
+			if b := q[0].Bump; b != 0 && (turns[best][0].Bump == 0 || b < turns[best][0].Bump) {
+				best = i
+			}
+		}
+	}
+	return best
+}
+
+// turnOrder is the pool's users in turn order; users out of the round (at
+// their cap) rejoin at the back, by name for a stable answer.
+func (p *pool) turnOrder() []*userQueue {
 	var users []*userQueue
 	seen := map[*userQueue]bool{}
 	for e := p.ring.Front(); e != nil; e = e.Next() {
@@ -29,75 +79,5 @@ func (s *Scheduler) Order(poolName string, limit int) []Item {
 		}
 	}
 	sort.Slice(rest, func(i, j int) bool { return rest[i].user < rest[j].user })
-	users = append(users, rest...)
-
-	queues := make([][]Item, len(users))
-	for i, u := range users {
-		queues[i] = slices.Clone(u.jobs)
-	}
-	var out []Item
-	take := func(it Item) bool {
-		out = append(out, it)
-		return limit > 0 && len(out) >= limit
-	}
-
-	if s.policy == Priority {
-		var bumped []Item
-		for i := range queues {
-			n := 0
-			for n < len(queues[i]) && queues[i][n].Bump != 0 {
-				n++
-			}
-			bumped = append(bumped, queues[i][:n]...)
-			queues[i] = queues[i][n:]
-		}
-		slices.SortFunc(bumped, func(a, b Item) int { return cmpU64(a.Bump, b.Bump) })
-		for _, it := range bumped {
-			if take(it) {
-				return out
-			}
-		}
-	}
-	if s.policy == FIFO {
-		for {
-			best := -1
-			for i, q := range queues {
-				if len(q) > 0 && (best < 0 || q[0].Seq < queues[best][0].Seq) {
-					best = i
-				}
-			}
-			if best < 0 {
-				return out
-			}
-			it := queues[best][0]
-			queues[best] = queues[best][1:]
-			if take(it) {
-				return out
-			}
-		}
-	}
-	for round := 0; ; round++ {
-		any := false
-		for _, q := range queues {
-			if round < len(q) {
-				any = true
-				if take(q[round]) {
-					return out
-				}
-			}
-		}
-		if !any {
-			return out
-		}
-	}
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return append(users, rest...)
 }
