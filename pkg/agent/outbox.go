@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"sync"
+
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 )
 
 // outboxLossyBytes bounds the lossy events (progress, previews) an outbox
@@ -45,7 +47,7 @@ type outItem struct {
 }
 
 func (it outItem) lossy() bool {
-	return !it.ship && (it.typ == "" || it.typ == "progress" || it.typ == "progress_state")
+	return !it.ship && (it.typ == "" || it.typ == comfyapi.MsgProgress || it.typ == comfyapi.MsgProgressState)
 }
 
 func (it outItem) size() int { return len(it.data) + len(it.binary) }
@@ -68,7 +70,7 @@ func (o *outbox) relay(typ string, data json.RawMessage, binary []byte) {
 // ship queues a finished node's "executed" message: its files ship, then
 // it goes out.
 func (o *outbox) ship(data json.RawMessage) {
-	o.put(outItem{ship: true, typ: "executed", data: data})
+	o.put(outItem{ship: true, typ: comfyapi.MsgExecuted, data: data})
 }
 
 func (o *outbox) put(it outItem) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/internal/backoff"
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -685,14 +686,14 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 			quiet.Reset(historyCheckInterval)
 		}
 		data := r.translate(m.Data)
-		if m.Type == "execution_start" && head.PromptID == r.comfyID && withdrawC != nil {
+		if m.Type == comfyapi.MsgExecutionStart && head.PromptID == r.comfyID && withdrawC != nil {
 			// ComfyUI began the prompt after it was interrupted: the
 			// interrupt it lost while about to start it is due now.
 			r.stopInComfy(ctx, r.comfyID)
 		}
 		switch m.Type {
-		case "status", "feature_flags", "logs":
-		case "executing":
+		case comfyapi.MsgStatus, comfyapi.MsgFeatureFlags, comfyapi.MsgLogs:
+		case comfyapi.MsgExecuting:
 			if head.PromptID == r.comfyID && (len(head.Node) == 0 || string(head.Node) == "null") {
 				if out == nil {
 					out = &outcome{kind: wire.ReportSucceeded}
@@ -700,26 +701,26 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 				return ended(*out, nil)
 			}
 			box.relay(m.Type, data, nil)
-		case "executed":
+		case comfyapi.MsgExecuted:
 			// Relayed by the outbox once its files are in mello.
 			box.ship(data)
-		case "execution_success":
+		case comfyapi.MsgExecutionSuccess:
 			out = &outcome{kind: wire.ReportSucceeded}
 			// ComfyUI is done with the prompt: let the slot hand it the
 			// next one now, while this run reads the history, ships and
 			// reports.
 			r.freeGPU()
-		case "execution_error":
+		case comfyapi.MsgExecutionError:
 			var e struct {
 				ExceptionType string `json:"exception_type"`
 			}
 			_ = json.Unmarshal(data, &e)
-			if e.ExceptionType == "ExecutionBlocked" {
+			if e.ExceptionType == comfyapi.ExceptionExecutionBlocked {
 				box.relay(m.Type, data, nil) // informational; the prompt goes on
 				continue
 			}
 			out = &outcome{kind: wire.ReportFailed, payload: data}
-		case "execution_interrupted":
+		case comfyapi.MsgExecutionInterrupted:
 			out = &outcome{kind: wire.ReportInterrupted, payload: data}
 		default:
 			box.relay(m.Type, data, nil)
@@ -767,14 +768,7 @@ func (r *run) relay(typ string, data json.RawMessage, binary []byte) {
 var errNotInHistory = errors.New("prompt not in ComfyUI's history")
 
 // historyEntry is the part of ComfyUI's history entry the report carries.
-type historyEntry struct {
-	Outputs map[string]json.RawMessage `json:"outputs"`
-	Meta    map[string]json.RawMessage `json:"meta"`
-	Status  struct {
-		StatusStr string            `json:"status_str"`
-		Messages  []json.RawMessage `json:"messages"`
-	} `json:"status"`
-}
+type historyEntry = comfyapi.HistoryEntry
 
 func (r *run) history(ctx context.Context) (*historyEntry, error) {
 	raw, found, err := r.s.comfy.History(ctx, r.comfyID)
@@ -855,17 +849,12 @@ func (r *run) outcomeFromHistory(ctx context.Context) (outcome, error) {
 		return outcome{}, err
 	}
 	for _, m := range h.Status.Messages {
-		var pair []json.RawMessage
-		if json.Unmarshal(m, &pair) != nil || len(pair) != 2 {
-			continue
-		}
-		var ev string
-		_ = json.Unmarshal(pair[0], &ev)
+		ev, data, _ := comfyapi.HistoryMessage(m)
 		switch ev {
-		case "execution_error":
-			return outcome{kind: wire.ReportFailed, payload: pair[1]}, nil
-		case "execution_interrupted":
-			return outcome{kind: wire.ReportInterrupted, payload: pair[1]}, nil
+		case comfyapi.MsgExecutionError:
+			return outcome{kind: wire.ReportFailed, payload: data}, nil
+		case comfyapi.MsgExecutionInterrupted:
+			return outcome{kind: wire.ReportInterrupted, payload: data}, nil
 		}
 	}
 	return outcome{kind: wire.ReportSucceeded}, nil

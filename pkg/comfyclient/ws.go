@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/coder/websocket"
+
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 )
 
 // Message is one WebSocket frame. JSON frames have Type and Data; binary
@@ -74,7 +76,7 @@ func (c *Client) Dial(ctx context.Context, clientID string) (*Conn, error) {
 		_ = ws.CloseNow()
 		return nil, fmt.Errorf("comfyclient: waiting for the first status on %s: %w", u.Redacted(), err)
 	}
-	if hello.Type != "status" {
+	if hello.Type != comfyapi.MsgStatus {
 		_ = ws.CloseNow()
 		return nil, fmt.Errorf("comfyclient: %s sent %q before status", u.Redacted(), hello.Type)
 	}
@@ -125,7 +127,7 @@ func (c *Conn) read(ctx context.Context) (Message, error) {
 // event 1 rather than event 4, say). Messages read meanwhile, the answer
 // included, are kept for Next.
 func (c *Conn) SendFeatureFlags(ctx context.Context, flags map[string]any) error {
-	data, err := json.Marshal(map[string]any{"type": "feature_flags", "data": flags})
+	data, err := json.Marshal(map[string]any{"type": comfyapi.MsgFeatureFlags, "data": flags})
 	if err != nil {
 		return err
 	}
@@ -141,7 +143,7 @@ func (c *Conn) SendFeatureFlags(ctx context.Context, flags map[string]any) error
 			return fmt.Errorf("comfyclient: waiting for feature_flags: %w", err)
 		}
 		c.pending = append(c.pending, m)
-		if m.Type == "feature_flags" {
+		if m.Type == comfyapi.MsgFeatureFlags {
 			return nil
 		}
 	}

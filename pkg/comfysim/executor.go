@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 )
 
 // The executor follows execution.py / main.py: one worker thread takes the
@@ -155,9 +157,9 @@ func (s *Server) runPrompt(parent context.Context, it *queueItem) bool {
 		s.mu.Unlock()
 		return true
 	}
-	statusStr := "success"
+	statusStr := comfyapi.HistorySuccess
 	if !success {
-		statusStr = "error"
+		statusStr = comfyapi.HistoryError
 	}
 	outputs, meta := object{}, object{}
 	for _, m := range e.ui {
@@ -183,7 +185,7 @@ func (s *Server) runPrompt(parent context.Context, it *queueItem) bool {
 	}
 	s.broadcastStatusLocked()
 	if e.hasSID {
-		s.hub.sendJSON(e.sid, "executing", object{{"node", nil}, {"prompt_id", it.id}})
+		s.hub.sendJSON(e.sid, comfyapi.MsgExecuting, object{{"node", nil}, {"prompt_id", it.id}})
 	}
 	s.mu.Unlock()
 	s.log.Info().Str("prompt_id", it.id).Str("status", statusStr).Msg("prompt executed")
@@ -276,7 +278,7 @@ func (e *execution) signature(id string, visiting map[string]bool) string {
 // run executes the graph; it reports whether the prompt succeeded.
 func (e *execution) run() bool {
 	id := e.it.id
-	e.addMessage("execution_start", object{{"prompt_id", id}}, false)
+	e.addMessage(comfyapi.MsgExecutionStart, object{{"prompt_id", id}}, false)
 
 	e.sigs = map[string]string{}
 	for _, m := range e.it.prompt {
@@ -291,7 +293,7 @@ func (e *execution) run() bool {
 			cached = append(cached, m.Key)
 		}
 	}
-	e.addMessage("execution_cached", object{{"nodes", cached}, {"prompt_id", id}}, false)
+	e.addMessage(comfyapi.MsgExecutionCached, object{{"nodes", cached}, {"prompt_id", id}}, false)
 
 	list := newExecList(e)
 	for _, o := range e.it.outputs {
@@ -314,7 +316,7 @@ func (e *execution) run() bool {
 		}
 		list.complete(nodeID)
 	}
-	e.addMessage("execution_success", object{{"prompt_id", id}}, false)
+	e.addMessage(comfyapi.MsgExecutionSuccess, object{{"prompt_id", id}}, false)
 	return true
 }
 
@@ -326,7 +328,7 @@ func (e *execution) fail(nodeID string, currentOutputs []any, err error) {
 	if !errors.As(err, &ee) {
 		// Interrupted (or the simulator is closing, which ComfyUI would
 		// not survive either; reporting an interruption is the closest).
-		e.addMessage("execution_interrupted", object{
+		e.addMessage(comfyapi.MsgExecutionInterrupted, object{
 			{"prompt_id", e.it.id}, {"node_id", nodeID}, {"node_type", class}, {"executed", executed},
 		}, true)
 		return
@@ -338,7 +340,7 @@ func (e *execution) fail(nodeID string, currentOutputs []any, err error) {
 	if tb == nil {
 		tb = []any{}
 	}
-	e.addMessage("execution_error", object{
+	e.addMessage(comfyapi.MsgExecutionError, object{
 		{"prompt_id", e.it.id},
 		{"node_id", nodeID},
 		{"node_type", class},
@@ -402,7 +404,7 @@ func (e *execution) setProgress(id, state string, value, max any) {
 		value = max
 	}
 	e.progress.Set(id, object{{"state", state}, {"value", value}, {"max", max}})
-	e.sendProgress("progress_state", e.progressState())
+	e.sendProgress(comfyapi.MsgProgressState, e.progressState())
 }
 
 // execute runs (or replays from cache) one node.
@@ -415,7 +417,7 @@ func (e *execution) execute(id string) error {
 			out = c.ui
 			e.ui.Set(id, object{{"meta", c.meta}, {"output", c.ui}})
 		}
-		e.sendClient("executed", object{{"node", id}, {"display_node", id}, {"output", out}, {"prompt_id", e.it.id}})
+		e.sendClient(comfyapi.MsgExecuted, object{{"node", id}, {"display_node", id}, {"output", out}, {"prompt_id", e.it.id}})
 		e.setProgress(id, "finished", nil, nil)
 		e.results[id] = c
 		return nil
@@ -425,7 +427,7 @@ func (e *execution) execute(id string) error {
 	e.s.mu.Lock()
 	e.s.runningNode = id
 	if e.hasSID {
-		e.s.hub.sendJSON(e.sid, "executing", object{{"node", id}, {"display_node", id}, {"prompt_id", e.it.id}})
+		e.s.hub.sendJSON(e.sid, comfyapi.MsgExecuting, object{{"node", id}, {"display_node", id}, {"prompt_id", e.it.id}})
 	}
 	e.s.mu.Unlock()
 
@@ -464,7 +466,7 @@ func (e *execution) execute(id string) error {
 		entry.ui = ui
 		entry.meta = object{{"node_id", id}, {"display_node", id}, {"parent_node", nil}, {"real_node_id", id}}
 		e.ui.Set(id, object{{"meta", entry.meta}, {"output", ui}})
-		e.sendClient("executed", object{{"node", id}, {"display_node", id}, {"output", ui}, {"prompt_id", e.it.id}})
+		e.sendClient(comfyapi.MsgExecuted, object{{"node", id}, {"display_node", id}, {"output", ui}, {"prompt_id", e.it.id}})
 	}
 	e.results[id] = entry
 	e.s.cache.set(sig, entry)

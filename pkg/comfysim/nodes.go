@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 )
 
 // nodeFunc runs a node: it returns the node's outputs (one per RETURN_TYPE)
@@ -66,7 +68,7 @@ func (nc *nodeCtx) step(value, total int, preview func() []byte) error {
 	}
 	e := nc.e
 	e.progress.Set(nc.id, object{{"state", "running"}, {"value", value}, {"max", total}})
-	e.sendProgress("progress_state", e.progressState())
+	e.sendProgress(comfyapi.MsgProgressState, e.progressState())
 	var img []byte
 	if e.preview && preview != nil {
 		img = preview()
@@ -83,13 +85,13 @@ func (nc *nodeCtx) step(value, total int, preview func() []byte) error {
 			{"parent_node_id", nil}, {"real_node_id", nc.id}, {"image_type", "image/jpeg"},
 		})
 		e.s.mu.Lock()
-		e.s.hub.send(e.sid, binaryFrame(binPreviewImageWithMetadata, u32(len(meta)), meta, img))
+		e.s.hub.send(e.sid, binaryFrame(comfyapi.BinPreviewImageWithMetadata, u32(len(meta)), meta, img))
 		e.s.mu.Unlock()
 	}
-	e.sendProgress("progress", object{{"value", value}, {"max", total}, {"prompt_id", e.it.id}, {"node", nc.id}})
+	e.sendProgress(comfyapi.MsgProgress, object{{"value", value}, {"max", total}, {"prompt_id", e.it.id}, {"node", nc.id}})
 	if img != nil && !supportsMeta {
 		e.s.mu.Lock()
-		e.s.hub.send(e.sid, binaryFrame(binPreviewImage, u32(1), img))
+		e.s.hub.send(e.sid, binaryFrame(comfyapi.BinPreviewImage, u32(comfyapi.ImageFormatJPEG), img))
 		e.s.mu.Unlock()
 	}
 	return nil

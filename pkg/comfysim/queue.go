@@ -3,6 +3,8 @@ package comfysim
 import (
 	"container/heap"
 	"time"
+
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 )
 
 // queueItem is ComfyUI's queue tuple (number, prompt_id, prompt, extra_data,
@@ -75,7 +77,7 @@ func statusData(remaining int) object {
 // broadcastStatusLocked sends the queue_updated() status broadcast. Caller
 // holds mu so the count and the send order agree.
 func (s *Server) broadcastStatusLocked() {
-	s.hub.sendJSON("", "status", statusData(s.remainingLocked()))
+	s.hub.sendJSON("", comfyapi.MsgStatus, statusData(s.remainingLocked()))
 }
 
 // enqueueLocked pushes an accepted prompt and wakes the worker.

@@ -9,17 +9,14 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 )
 
 // The jobs API of 2026-era ComfyUI (comfyui-api.md §2.7): one view over the
 // queue and the history, which the 1.5x frontend reads instead of /queue
 // and /history. Upstream registers the routes literally as /api/jobs…, so
 // the /api duplication also serves them at /api/api/jobs….
-
-var jobStatuses = []string{"pending", "in_progress", "completed", "failed", "cancelled"}
-
-// previewMedia maps output keys to the media type of a preview.
-var previewMedia = map[string]string{"images": "image", "video": "video", "audio": "audio", "gifs": "video", "3d": "model"}
 
 // simJob is one job as the jobs API sees it, before rendering.
 type simJob struct {
@@ -51,10 +48,10 @@ func (s *Server) jobsLocked() []simJob {
 			prompt: generic(it.prompt), extra: generic(it.extra)}
 	}
 	for _, it := range s.pending {
-		out = append(out, fromItem(it, "pending"))
+		out = append(out, fromItem(it, comfyapi.JobPending))
 	}
 	if s.running != nil {
-		out = append(out, fromItem(s.running, "in_progress"))
+		out = append(out, fromItem(s.running, comfyapi.JobInProgress))
 	}
 	for _, id := range s.history.order {
 		entry, _ := generic(s.history.entries[id]).(map[string]any)
@@ -64,9 +61,9 @@ func (s *Server) jobsLocked() []simJob {
 		}
 		j.outputs, _ = entry["outputs"].(map[string]any)
 		j.history, _ = entry["status"].(map[string]any)
-		j.status = "completed"
-		if j.history["status_str"] != "success" {
-			j.status = "failed"
+		j.status = comfyapi.JobCompleted
+		if j.history["status_str"] != comfyapi.HistorySuccess {
+			j.status = comfyapi.JobFailed
 		}
 		msgs, _ := j.history["messages"].([]any)
 		for _, m := range msgs {
@@ -78,14 +75,14 @@ func (s *Server) jobsLocked() []simJob {
 			data, _ := pair[1].(map[string]any)
 			ts, _ := data["timestamp"].(float64)
 			switch ev {
-			case "execution_start":
+			case comfyapi.MsgExecutionStart:
 				j.start = int64(ts)
-			case "execution_success":
+			case comfyapi.MsgExecutionSuccess:
 				j.end = int64(ts)
-			case "execution_error":
+			case comfyapi.MsgExecutionError:
 				j.end, j.errData = int64(ts), data
-			case "execution_interrupted":
-				j.end, j.status = int64(ts), "cancelled"
+			case comfyapi.MsgExecutionInterrupted:
+				j.end, j.status = int64(ts), comfyapi.JobCancelled
 			}
 		}
 		out = append(out, j)
@@ -133,7 +130,7 @@ func (j simJob) summary() map[string]any {
 					continue
 				}
 				count += len(items)
-				media, ok := previewMedia[key]
+				media, ok := comfyapi.PreviewMedia[key]
 				if !ok {
 					continue
 				}
@@ -173,58 +170,22 @@ func jobsError(w http.ResponseWriter, status int, msg string) {
 }
 
 func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	want := map[string]bool{}
-	if v := q.Get("status"); v != "" {
-		for _, st := range strings.Split(v, ",") {
-			st = strings.TrimSpace(st)
-			if !slices.Contains(jobStatuses, st) {
-				jobsError(w, http.StatusBadRequest, fmt.Sprintf("Invalid status: %s. Valid values: %s", st, strings.Join(jobStatuses, ", ")))
-				return
-			}
-			want[st] = true
-		}
-	}
-	sortBy := cmpOr(q.Get("sort_by"), "created_at")
-	if sortBy != "created_at" && sortBy != "execution_duration" {
-		jobsError(w, http.StatusBadRequest, "sort_by must be 'created_at' or 'execution_duration'")
+	q, err := comfyapi.ParseJobsQuery(r.URL.Query())
+	if err != nil {
+		jobsError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	order := cmpOr(q.Get("sort_order"), "desc")
-	if order != "asc" && order != "desc" {
-		jobsError(w, http.StatusBadRequest, "sort_order must be 'asc' or 'desc'")
-		return
-	}
-	limit, offset := -1, 0
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			jobsError(w, http.StatusBadRequest, "limit must be a positive integer")
-			return
-		}
-		limit = n
-	}
-	if v := q.Get("offset"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			jobsError(w, http.StatusBadRequest, "offset must be a non-negative integer")
-			return
-		}
-		offset = n
-	}
-	wf := q.Get("workflow_id")
-
 	s.mu.Lock()
 	jobs := s.jobsLocked()
 	s.mu.Unlock()
 	jobs = slices.DeleteFunc(jobs, func(j simJob) bool {
-		if len(want) > 0 && !want[j.status] {
+		if !q.Wants(j.status) {
 			return true
 		}
-		return wf != "" && j.summary()["workflow_id"] != wf
+		return q.WorkflowID != "" && j.summary()["workflow_id"] != q.WorkflowID
 	})
 	key := func(j simJob) int64 {
-		if sortBy == "execution_duration" {
+		if q.ByDuration() {
 			if j.start == 0 || j.end == 0 {
 				return 0
 			}
@@ -234,35 +195,17 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
 	}
 	slices.SortStableFunc(jobs, func(a, b simJob) int {
 		c := int(min(max(key(a)-key(b), -1), 1))
-		if order == "desc" {
+		if q.Descending() {
 			c = -c
 		}
 		return c
 	})
-	total := len(jobs)
-	page := jobs[min(offset, total):]
-	if limit >= 0 && limit < len(page) {
-		page = page[:limit]
-	}
+	page, pagination := comfyapi.Page(q, jobs)
 	list := make([]any, 0, len(page))
 	for _, j := range page {
 		list = append(list, j.summary())
 	}
-	var lim any
-	if limit >= 0 {
-		lim = limit
-	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"jobs":       list,
-		"pagination": map[string]any{"offset": offset, "limit": lim, "total": total, "has_more": offset+len(page) < total},
-	})
-}
-
-func cmpOr(v, def string) string {
-	if v == "" {
-		return def
-	}
-	return v
+	writeJSON(w, http.StatusOK, map[string]any{"jobs": list, "pagination": pagination})
 }
 
 func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {

@@ -11,18 +11,13 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
+
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 )
 
 // ComfyUI's WebSocket (server.py websocket_handler and send_*): one
 // registry of sockets keyed by sid, JSON text frames {"type", "data"},
 // binary frames with a 4-byte big-endian event type.
-
-// Binary event types of protocol.py.
-const (
-	binPreviewImage             = 1
-	binText                     = 3
-	binPreviewImageWithMetadata = 4
-)
 
 // maxQueuedFrames bounds a slow socket's backlog; past it the socket is
 // dropped rather than letting memory grow without limit.
@@ -245,10 +240,10 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	// event can slip in between or ahead of them.
 	s.mu.Lock()
 	s.hub.register(c)
-	c.enqueue(frame{data: mustPyJSON(object{{"type", "status"}, {"data", append(statusData(s.remainingLocked()), member{"sid", sid})}})})
+	c.enqueue(frame{data: mustPyJSON(object{{"type", comfyapi.MsgStatus}, {"data", append(statusData(s.remainingLocked()), member{"sid", sid})}})})
 	if s.running != nil && s.runningNode != "" {
 		if owner, ok := s.running.clientID(); ok && owner == sid {
-			c.enqueue(frame{data: mustPyJSON(object{{"type", "executing"}, {"data", object{{"node", s.runningNode}}}})})
+			c.enqueue(frame{data: mustPyJSON(object{{"type", comfyapi.MsgExecuting}, {"data", object{{"node", s.runningNode}}}})})
 		}
 	}
 	s.mu.Unlock()
@@ -287,7 +282,7 @@ func (s *Server) readLoop(ctx context.Context, c *wsClient) {
 			// Invalid JSON does not consume the "first message" slot.
 			continue
 		}
-		if first && msg.Type == "feature_flags" {
+		if first && msg.Type == comfyapi.MsgFeatureFlags {
 			flags := object{}
 			if v, err := decodeJSON(msg.Data); err == nil {
 				if o, ok := v.(object); ok {
@@ -297,7 +292,7 @@ func (s *Server) readLoop(ctx context.Context, c *wsClient) {
 			c.mu.Lock()
 			c.flags = flags
 			c.mu.Unlock()
-			c.enqueue(frame{data: mustPyJSON(object{{"type", "feature_flags"}, {"data", s.serverFeatures()}})})
+			c.enqueue(frame{data: mustPyJSON(object{{"type", comfyapi.MsgFeatureFlags}, {"data", s.serverFeatures()}})})
 		}
 		first = false
 	}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -126,9 +127,9 @@ func historyEntry(rec *wire.JobRecord) map[string]any {
 	if meta == nil {
 		meta = map[string]json.RawMessage{}
 	}
-	statusStr := "error"
+	statusStr := comfyapi.HistoryError
 	if rec.State == wire.StateSucceeded {
-		statusStr = "success"
+		statusStr = comfyapi.HistorySuccess
 	}
 	return map[string]any{
 		"prompt":  queueTuple(rec),
@@ -156,7 +157,7 @@ func historyMessages(rec *wire.JobRecord) []json.RawMessage {
 		}
 	}
 	if !rec.StartedAt.IsZero() {
-		add("execution_start", map[string]any{"prompt_id": rec.ID, "timestamp": rec.StartedAt.UnixMilli()})
+		add(comfyapi.MsgExecutionStart, map[string]any{"prompt_id": rec.ID, "timestamp": rec.StartedAt.UnixMilli()})
 	}
 	// Cancelled jobs end with execution_interrupted even if they never
 	// ran: that is how newer frontends tell cancelled from failed.

@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
-	"strings"
 
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 	"github.com/atelier-run/atelier/pkg/comfyvalidate"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
@@ -20,22 +19,16 @@ import (
 func jobStatus(rec *wire.JobRecord) string {
 	switch rec.State {
 	case wire.StateQueued, wire.StateDispatched:
-		return "pending"
+		return comfyapi.JobPending
 	case wire.StateRunning:
-		return "in_progress"
+		return comfyapi.JobInProgress
 	case wire.StateSucceeded:
-		return "completed"
+		return comfyapi.JobCompleted
 	case wire.StateFailed:
-		return "failed"
+		return comfyapi.JobFailed
 	}
-	return "cancelled" // cancelled, interrupted
+	return comfyapi.JobCancelled // cancelled, interrupted
 }
-
-var jobStatuses = []string{"pending", "in_progress", "completed", "failed", "cancelled"}
-
-// previewable media types of output items, for previewable_outputs_count
-// and preview_output.
-var previewKeys = map[string]string{"images": "image", "video": "video", "audio": "audio", "gifs": "video", "3d": "model"}
 
 // jobSummary is one Job of GET /api/jobs; keys with null values are left
 // out, as upstream does.
@@ -77,7 +70,7 @@ func jobSummary(rec *wire.JobRecord) map[string]any {
 					continue
 				}
 				count += len(items)
-				media, ok := previewKeys[key]
+				media, ok := comfyapi.PreviewMedia[key]
 				if !ok {
 					continue
 				}
@@ -128,54 +121,11 @@ func jobsError(w http.ResponseWriter, status int, msg string) {
 
 // handleJobs is GET /api/jobs.
 func (p *Proxy) handleJobs(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	want := map[string]bool{}
-	if s := q.Get("status"); s != "" {
-		for _, st := range strings.Split(s, ",") {
-			st = strings.TrimSpace(st)
-			if !slices.Contains(jobStatuses, st) {
-				jobsError(w, http.StatusBadRequest, fmt.Sprintf("Invalid status: %s. Valid values: %s", st, strings.Join(jobStatuses, ", ")))
-				return
-			}
-			want[st] = true
-		}
-	}
-	sortBy := q.Get("sort_by")
-	if sortBy == "" {
-		sortBy = "created_at"
-	}
-	if sortBy != "created_at" && sortBy != "execution_duration" {
-		jobsError(w, http.StatusBadRequest, "sort_by must be 'created_at' or 'execution_duration'")
+	q, err := comfyapi.ParseJobsQuery(r.URL.Query())
+	if err != nil {
+		jobsError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	order := q.Get("sort_order")
-	if order == "" {
-		order = "desc"
-	}
-	if order != "asc" && order != "desc" {
-		jobsError(w, http.StatusBadRequest, "sort_order must be 'asc' or 'desc'")
-		return
-	}
-	limit := -1
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 {
-			jobsError(w, http.StatusBadRequest, "limit must be a positive integer")
-			return
-		}
-		limit = n
-	}
-	offset := 0
-	if s := q.Get("offset"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 0 {
-			jobsError(w, http.StatusBadRequest, "offset must be a non-negative integer")
-			return
-		}
-		offset = n
-	}
-	wf := q.Get("workflow_id")
-
 	v, err := p.views.get(r.Context(), sessionFrom(r.Context()).User)
 	if err != nil {
 		p.unavailable(w, r, err)
@@ -186,13 +136,13 @@ func (p *Proxy) handleJobs(w http.ResponseWriter, r *http.Request) {
 		if rec.State.Final() && !inHistory(&rec) {
 			return true // dequeued before it ran: gone, as in ComfyUI
 		}
-		if len(want) > 0 && !want[jobStatus(&rec)] {
+		if !q.Wants(jobStatus(&rec)) {
 			return true
 		}
-		return wf != "" && workflowID(rec.ExtraData) != wf
+		return q.WorkflowID != "" && workflowID(rec.ExtraData) != q.WorkflowID
 	})
 	key := func(rec *wire.JobRecord) int64 {
-		if sortBy == "execution_duration" {
+		if q.ByDuration() {
 			if rec.StartedAt.IsZero() || rec.FinishedAt.IsZero() {
 				return 0
 			}
@@ -205,30 +155,17 @@ func (p *Proxy) handleJobs(w http.ResponseWriter, r *http.Request) {
 		if c == 0 {
 			c = compareNumbers(a.Number, b.Number)
 		}
-		if order == "desc" {
+		if q.Descending() {
 			c = -c
 		}
 		return c
 	})
-	total := len(recs)
-	page := recs[min(offset, total):]
-	if limit >= 0 && limit < len(page) {
-		page = page[:limit]
-	}
+	page, pagination := comfyapi.Page(q, recs)
 	jobs := make([]any, 0, len(page))
 	for i := range page {
 		jobs = append(jobs, jobSummary(&page[i]))
 	}
-	var lim any
-	if limit >= 0 {
-		lim = limit
-	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"jobs": jobs,
-		"pagination": map[string]any{
-			"offset": offset, "limit": lim, "total": total, "has_more": offset+len(page) < total,
-		},
-	})
+	writeJSON(w, http.StatusOK, map[string]any{"jobs": jobs, "pagination": pagination})
 }
 
 func compareInt64(a, b int64) int {

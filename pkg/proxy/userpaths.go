@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -41,7 +42,7 @@ func withoutUserPaths(rec *wire.JobRecord) {
 			continue
 		}
 		var typ string
-		if json.Unmarshal(pair[0], &typ) != nil || typ != "execution_error" {
+		if json.Unmarshal(pair[0], &typ) != nil || typ != comfyapi.MsgExecutionError {
 			continue
 		}
 		if b, err := marshalJSON([]json.RawMessage{pair[0], clean(pair[1])}); err == nil {

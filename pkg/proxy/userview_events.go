@@ -5,6 +5,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -46,7 +47,7 @@ func (v *userView) decodeEvent(m *nats.Msg) (agent, jobID string, ev wire.Event,
 		return "", "", ev, false
 	}
 	switch ev.Type {
-	case "status", "feature_flags", "logs":
+	case comfyapi.MsgStatus, comfyapi.MsgFeatureFlags, comfyapi.MsgLogs:
 		// The agent's ComfyUI queue is not the participant's.
 		return "", "", ev, false
 	}
@@ -86,7 +87,7 @@ func eventClient(entry *jobEntry, agent string, ev *wire.Event) (string, bool) {
 // (entry nil: until its record comes); false when the event must be
 // dropped.
 func (v *userView) noteNodeLocked(entry *jobEntry, jobID string, ev *wire.Event) (*string, bool) {
-	if ev.Type != "executing" && ev.Type != "executed" {
+	if ev.Type != comfyapi.MsgExecuting && ev.Type != comfyapi.MsgExecuted {
 		return nil, true
 	}
 	var d struct {
@@ -96,7 +97,7 @@ func (v *userView) noteNodeLocked(entry *jobEntry, jobID string, ev *wire.Event)
 	if json.Unmarshal(ev.Data, &d) != nil {
 		return nil, false
 	}
-	if ev.Type == "executed" {
+	if ev.Type == comfyapi.MsgExecuted {
 		return d.Node, true
 	}
 	if d.Node == nil {
@@ -129,7 +130,7 @@ func (v *userView) routeEventLocked(clientID, jobID string, ev *wire.Event, node
 		// ComfyUI broadcasts these when a prompt has no client; the rest
 		// goes nowhere (comfyui-api.md §3.2).
 		switch ev.Type {
-		case "progress", "progress_state", "execution_interrupted", "":
+		case comfyapi.MsgProgress, comfyapi.MsgProgressState, comfyapi.MsgExecutionInterrupted, "":
 			for s := range v.sockets {
 				v.sendEventLocked(s, jobID, ev, node)
 			}
@@ -155,17 +156,17 @@ func (v *userView) sendEventLocked(s *socket, jobID string, ev *wire.Event, node
 	}
 	st := s.track(jobID)
 	switch ev.Type {
-	case "execution_start":
+	case comfyapi.MsgExecutionStart:
 		if st.start {
 			return
 		}
 		st.start = true
-	case "execution_success", "execution_error", "execution_interrupted":
+	case comfyapi.MsgExecutionSuccess, comfyapi.MsgExecutionError, comfyapi.MsgExecutionInterrupted:
 		if st.terminal {
 			return
 		}
 		st.terminal = true
-	case "executed":
+	case comfyapi.MsgExecuted:
 		if node != nil {
 			if _, done := st.executed[*node]; done {
 				return

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -33,7 +34,7 @@ func (v *userView) emitTransitionLocked(old, rec *wire.JobRecord) {
 		st := s.track(rec.ID)
 		if !st.start {
 			st.start = true
-			v.sendLocked(s, textFrame("execution_start", map[string]any{
+			v.sendLocked(s, textFrame(comfyapi.MsgExecutionStart, map[string]any{
 				"prompt_id": rec.ID, "timestamp": millis(rec.StartedAt)}))
 		}
 	}
@@ -54,7 +55,7 @@ func (v *userView) emitTransitionLocked(old, rec *wire.JobRecord) {
 		}
 		v.broadcastStatusLocked(true)
 		if s != nil && !cancelledEarly {
-			v.sendLocked(s, textFrame("executing", map[string]any{"node": nil, "prompt_id": rec.ID}))
+			v.sendLocked(s, textFrame(comfyapi.MsgExecuting, map[string]any{"node": nil, "prompt_id": rec.ID}))
 		}
 		if m := v.sent[rec.ClientID]; m != nil {
 			delete(m, rec.ID)
@@ -83,7 +84,7 @@ func (v *userView) sendExecutedLocked(s *socket, rec *wire.JobRecord) {
 			continue
 		}
 		st.executed[n] = struct{}{}
-		v.sendLocked(s, textFrame("executed", map[string]any{
+		v.sendLocked(s, textFrame(comfyapi.MsgExecuted, map[string]any{
 			"node": n, "display_node": displayNode(rec, n), "output": rec.Outputs[n], "prompt_id": rec.ID}))
 	}
 }
@@ -105,20 +106,20 @@ func terminalMessage(rec *wire.JobRecord) (string, any) {
 	ts := millis(rec.FinishedAt)
 	switch rec.State {
 	case wire.StateSucceeded:
-		return "execution_success", map[string]any{"prompt_id": rec.ID, "timestamp": ts}
+		return comfyapi.MsgExecutionSuccess, map[string]any{"prompt_id": rec.ID, "timestamp": ts}
 	case wire.StateFailed:
 		if len(rec.Error) > 0 && !isNull(rec.Error) {
-			return "execution_error", rec.Error
+			return comfyapi.MsgExecutionError, rec.Error
 		}
-		if m := findMessage(rec.Messages, "execution_error"); m != nil {
-			return "execution_error", m
+		if m := findMessage(rec.Messages, comfyapi.MsgExecutionError); m != nil {
+			return comfyapi.MsgExecutionError, m
 		}
-		return "execution_error", synthesizedError(rec)
+		return comfyapi.MsgExecutionError, synthesizedError(rec)
 	default: // interrupted, cancelled
-		if m := findMessage(rec.Messages, "execution_interrupted"); m != nil {
-			return "execution_interrupted", m
+		if m := findMessage(rec.Messages, comfyapi.MsgExecutionInterrupted); m != nil {
+			return comfyapi.MsgExecutionInterrupted, m
 		}
-		return "execution_interrupted", map[string]any{
+		return comfyapi.MsgExecutionInterrupted, map[string]any{
 			"prompt_id": rec.ID, "node_id": nil, "node_type": nil, "executed": []string{}, "timestamp": ts}
 	}
 }

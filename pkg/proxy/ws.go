@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
 
+	"github.com/atelier-run/atelier/pkg/comfyapi"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -45,7 +46,7 @@ func statusFrame(remaining int, sid string) frame {
 	if sid != "" {
 		data["sid"] = sid
 	}
-	return textFrame("status", data)
+	return textFrame(comfyapi.MsgStatus, data)
 }
 
 // socket is one open WebSocket of a participant.
@@ -187,7 +188,7 @@ func (v *userView) addSocket(s *socket) bool {
 		s.track(e.rec.ID).start = true
 		if e.execNode != "" && !sentExecuting {
 			sentExecuting = true
-			s.out <- textFrame("executing", map[string]any{"node": e.execNode})
+			s.out <- textFrame(comfyapi.MsgExecuting, map[string]any{"node": e.execNode})
 		}
 	}
 	v.bySID[s.sid] = s
@@ -279,7 +280,7 @@ func (p *Proxy) readLoop(v *userView, s *socket) {
 			Type string          `json:"type"`
 			Data json.RawMessage `json:"data"`
 		}
-		if json.Unmarshal(data, &msg) != nil || msg.Type != "feature_flags" {
+		if json.Unmarshal(data, &msg) != nil || msg.Type != comfyapi.MsgFeatureFlags {
 			continue
 		}
 		var flags struct {
@@ -288,7 +289,7 @@ func (p *Proxy) readLoop(v *userView, s *socket) {
 		_ = json.Unmarshal(msg.Data, &flags)
 		s.previewMetadata.Store(flags.SupportsPreviewMetadata)
 		v.mu.Lock()
-		v.sendLocked(s, textFrame("feature_flags", p.features()))
+		v.sendLocked(s, textFrame(comfyapi.MsgFeatureFlags, p.features()))
 		v.mu.Unlock()
 	}
 }
@@ -342,14 +343,6 @@ func newSID() string {
 	return string(b)
 }
 
-// Binary event types (comfyui-api.md §3.4).
-const (
-	binPreviewImage             = 1
-	binPreviewImageWithMetadata = 4
-	imageFormatJPEG             = 1
-	imageFormatPNG              = 2
-)
-
 // adaptBinary turns a preview-with-metadata frame (event 4) into a plain
 // preview frame (event 1) for a client that did not advertise
 // supports_preview_metadata, like ComfyUI does. Other frames pass as is. A
@@ -358,7 +351,7 @@ func adaptBinary(b []byte, clientHasMetadata bool) []byte {
 	if len(b) < 4 {
 		return nil
 	}
-	if clientHasMetadata || binary.BigEndian.Uint32(b) != binPreviewImageWithMetadata {
+	if clientHasMetadata || binary.BigEndian.Uint32(b) != comfyapi.BinPreviewImageWithMetadata {
 		return b
 	}
 	if len(b) < 8 {
@@ -372,13 +365,13 @@ func adaptBinary(b []byte, clientHasMetadata bool) []byte {
 		ImageType string `json:"image_type"`
 	}
 	_ = json.Unmarshal(b[8:8+n], &meta)
-	format := uint32(imageFormatJPEG)
+	format := uint32(comfyapi.ImageFormatJPEG)
 	if meta.ImageType == "image/png" {
-		format = imageFormatPNG
+		format = comfyapi.ImageFormatPNG
 	}
 	img := b[8+n:]
 	out := make([]byte, 8+len(img))
-	binary.BigEndian.PutUint32(out[0:4], binPreviewImage)
+	binary.BigEndian.PutUint32(out[0:4], comfyapi.BinPreviewImage)
 	binary.BigEndian.PutUint32(out[4:8], format)
 	copy(out[8:], img)
 	return out
