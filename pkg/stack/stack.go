@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/backoff"
 	"github.com/atelier-run/atelier/pkg/agent"
 	"github.com/atelier-run/atelier/pkg/agent/runtime/simulated"
 	"github.com/atelier-run/atelier/pkg/broker"
@@ -77,99 +78,109 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		cfg.Limits = wire.SmallLimits()
 	}
 	s := &Stack{Layout: datalayout.New(cfg.Dir + "/data")}
-	ok := false
-	defer func() {
-		if !ok {
-			s.Stop(context.Background())
+	for _, step := range []func(context.Context, Config) error{
+		s.startBroker, s.addUsers, s.startProxy, s.startAgent, s.awaitCatalog,
+	} {
+		if err := step(ctx, cfg); err != nil {
+			_ = s.Stop(context.Background())
+			return nil, err
 		}
-	}()
+	}
+	return s, nil
+}
 
-	var err error
-	s.Daemon, err = brokerd.New(brokerd.Config{Broker: broker.Config{
+func (s *Stack) startBroker(ctx context.Context, cfg Config) error {
+	d, err := brokerd.New(brokerd.Config{Broker: broker.Config{
 		DataDir: s.Layout.Root, NATSPort: -1, HTTPAddr: "127.0.0.1:0",
 		Limits: cfg.Limits, TickInterval: 200 * time.Millisecond, QuotaBytes: cfg.QuotaBytes, Logger: cfg.Logger,
 	}})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := s.Daemon.Start(ctx); err != nil {
-		s.Daemon = nil
-		return nil, err
+	if err := d.Start(ctx); err != nil {
+		return err
 	}
-	s.Broker = s.Daemon.Broker
+	s.Daemon, s.Broker = d, d.Broker
+	return nil
+}
 
+// addUsers creates the participants in the registry, each with an
+// instance folder.
+func (s *Stack) addUsers(ctx context.Context, cfg Config) error {
+	var err error
 	s.Registry, err = registry.Open(registry.Config{Path: s.Layout.RegistryPath(), BcryptCost: bcrypt.MinCost})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, u := range cfg.Users {
 		if _, err := s.Registry.Create(ctx, registry.User{ID: u, Role: registry.RoleParticipant}, cfg.Password); err != nil {
-			return nil, fmt.Errorf("stack: create user %s: %w", u, err)
+			return fmt.Errorf("stack: create user %s: %w", u, err)
 		}
 		if err := s.Layout.EnsureInstance(u); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	return nil
+}
 
+func (s *Stack) startProxy(ctx context.Context, cfg Config) error {
+	var err error
 	s.proxyConn, err = nats.Connect(s.Broker.ClientURL())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	store := diskstore.New(s.Layout)
 	quotas, err := retention.NewQuotas(retention.QuotaConfig{Store: store, DefaultLimit: cfg.QuotaBytes})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	s.Proxy, err = proxy.New(proxy.Config{
+	p, err := proxy.New(proxy.Config{
 		Addr: "127.0.0.1:0", Conn: s.proxyConn, Registry: s.Registry,
 		Store: store, Quotas: quotas, Fallback: cfg.UIFallback, NewerErrors: cfg.NewerErrors, Logger: cfg.Logger,
 		SpoolDir: s.Layout.Root + "/spool/uploads",
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := s.Proxy.Start(ctx); err != nil {
-		return nil, err
+	if err := p.Start(ctx); err != nil {
+		return err
 	}
+	s.Proxy = p
+	return nil
+}
 
+func (s *Stack) startAgent(ctx context.Context, cfg Config) error {
 	s.Runtime = &simulated.Runtime{
 		GPUs: cfg.GPUs, Dir: cfg.Dir + "/sim", StepDelay: cfg.StepDelay,
 		Configure: cfg.ConfigureSim, Logger: cfg.Logger,
 	}
-	s.Agent, err = agent.New(agent.Config{
+	a, err := agent.New(agent.Config{
 		ID: "stack-agent", NATSURL: s.Broker.ClientURL(), Runtime: s.Runtime,
 		HeartbeatInterval: 200 * time.Millisecond, RetryDelay: 500 * time.Millisecond, Logger: cfg.Logger,
 	})
 	if err != nil {
-		return nil, err
-	}
-	if err := s.Agent.Start(ctx); err != nil {
-		return nil, err
-	}
-	if err := s.awaitCatalog(ctx); err != nil {
-		return nil, err
-	}
-	ok = true
-	return s, nil
-}
-
-func (s *Stack) awaitCatalog(ctx context.Context) error {
-	nc, err := nats.Connect(s.Broker.ClientURL())
-	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	s.Agent = a
+	return nil
+}
+
+// CatalogTimeout bounds Start's wait for the agent's first catalog.
+const CatalogTimeout = 30 * time.Second
+
+func (s *Stack) awaitCatalog(ctx context.Context, _ Config) error {
+	ctx, cancel := context.WithTimeout(ctx, CatalogTimeout)
 	defer cancel()
 	for {
 		st, err := s.Broker.Status(ctx)
 		if err == nil && len(st.Agents) > 0 && st.Catalogs > 0 {
 			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return errors.New("stack: the agent did not report its catalog in 30s")
-		case <-time.After(20 * time.Millisecond):
+		if !backoff.Sleep(ctx, 20*time.Millisecond) {
+			return fmt.Errorf("stack: the agent did not report its catalog within %s", CatalogTimeout)
 		}
 	}
 }
@@ -177,18 +188,21 @@ func (s *Stack) awaitCatalog(ctx context.Context) error {
 // ProxyURL is the proxy's base URL.
 func (s *Stack) ProxyURL() string { return s.Proxy.URL() }
 
-// Stop stops the agent, the proxy and the broker.
-func (s *Stack) Stop(ctx context.Context) {
+// Stop stops the agent, the proxy and the broker (what Start started of
+// them) and returns what went wrong stopping them.
+func (s *Stack) Stop(ctx context.Context) error {
+	var errs []error
 	if s.Agent != nil {
-		_ = s.Agent.Stop(ctx)
+		errs = append(errs, s.Agent.Stop(ctx))
 	}
 	if s.Proxy != nil {
-		_ = s.Proxy.Stop(ctx)
+		errs = append(errs, s.Proxy.Stop(ctx))
 	}
 	if s.proxyConn != nil {
 		s.proxyConn.Close()
 	}
 	if s.Daemon != nil {
-		_ = s.Daemon.Stop(ctx)
+		errs = append(errs, s.Daemon.Stop(ctx))
 	}
+	return errors.Join(errs...)
 }
