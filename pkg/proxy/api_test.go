@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -148,7 +149,8 @@ func TestQueueInterruptHistoryBrokerAPI(t *testing.T) {
 
 func TestBrokerAPIUnavailable(t *testing.T) {
 	t.Parallel()
-	b := setup(t, withConfig(func(c *Config) { c.RequestTimeout = 2 * time.Second }))
+	// Nobody serves the broker API: NATS says so at once (no responders).
+	b := setup(t)
 	r := b.do(http.MethodPost, "/"+alice+"/interrupt", alice, `{}`)
 	require.Equal(t, http.StatusServiceUnavailable, r.status)
 }
@@ -178,16 +180,13 @@ func TestJobsAPI(t *testing.T) {
 	for _, rec := range []wire.JobRecord{done, failed, cancelled, dequeued, pending, running, bobs} {
 		b.putRecord(rec)
 	}
+	// The first request builds alice's view, which loads every record put
+	// so far before it answers.
 	list := func(q string) map[string]any {
 		t.Helper()
-		var m map[string]any
-		require.Eventually(t, func() bool {
-			r := b.do(http.MethodGet, "/"+alice+"/api/jobs"+q, alice, "")
-			require.Equal(t, http.StatusOK, r.status, string(r.body))
-			m = r.json(t)
-			return m["pagination"].(map[string]any)["total"].(float64) > 0
-		}, 5*time.Second, 10*time.Millisecond)
-		return m
+		r := b.do(http.MethodGet, "/"+alice+"/api/jobs"+q, alice, "")
+		require.Equal(t, http.StatusOK, r.status, string(r.body))
+		return r.json(t)
 	}
 	all := list("")
 	require.Len(t, all["jobs"], 5, "bob's job is not alice's")
@@ -339,10 +338,7 @@ func (b *bundle) simCatalog() *comfysim.Server {
 	require.NoError(b.t, err)
 	_, err = b.res.Catalog.Put(b.ctx, wire.PoolCatalogKey(carolsPool), cat)
 	require.NoError(b.t, err)
-	require.Eventually(b.t, func() bool {
-		r := b.do(http.MethodGet, "/"+carol+"/object_info/LoadImage", carol, "")
-		return len(r.body) > 2
-	}, 5*time.Second, 10*time.Millisecond)
+	b.awaitCatalog(carolsPool, false)
 	return sim
 }
 
@@ -353,9 +349,8 @@ func TestValidationLikeComfyUI(t *testing.T) {
 	// Carol's pool is the only one: with a second pool, a prompt her pool
 	// refuses would go there if that pool can run it.
 	require.NoError(t, b.res.Catalog.Delete(b.ctx, wire.PoolCatalogKey(wire.DefaultPool)))
-	require.Eventually(t, func() bool {
-		return string(b.do(http.MethodGet, "/user001/object_info", alice, "").body) == "{}"
-	}, 5*time.Second, 10*time.Millisecond)
+	b.awaitCatalog(wire.DefaultPool, true)
+	require.Equal(t, "{}", string(b.do(http.MethodGet, "/user001/object_info", alice, "").body))
 	simPost := func(body string) (int, map[string]any) {
 		rec := httptest.NewRecorder()
 		sim.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/prompt", strings.NewReader(body)))
@@ -453,8 +448,9 @@ func TestUploadSpoolDir(t *testing.T) {
 	require.NoError(t, err)
 	_, err = fw.Write(bytes.Repeat([]byte{7}, 1<<20))
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return len(entries()) == 1 }, 5*time.Second, 5*time.Millisecond,
-		"the upload in flight is spooled there")
+	// The spool file is the proxy's state mid-request: no event says
+	// it is there.
+	testutil.Eventually(t, func() bool { return len(entries()) == 1 }, "the upload in flight is spooled there")
 	_, err = fw.Write(bytes.Repeat([]byte{8}, 1<<20))
 	require.NoError(t, err)
 	require.NoError(t, mw.Close())

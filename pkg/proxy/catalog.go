@@ -180,6 +180,7 @@ func (c *catalogCache) run(w jetstream.KeyWatcher, ready chan struct{}) {
 				c.mu.Lock()
 				delete(c.pools, pool)
 				c.mu.Unlock()
+				c.p.testSignals.catalogApplied.Signal(catalogChange{pool: pool, deleted: true})
 				continue
 			}
 			pc, err := decodePoolCatalog(e.Value())
@@ -192,6 +193,7 @@ func (c *catalogCache) run(w jetstream.KeyWatcher, ready chan struct{}) {
 			c.mu.Lock()
 			c.pools[pool] = pc
 			c.mu.Unlock()
+			c.p.testSignals.catalogApplied.Signal(catalogChange{pool: pool})
 		}
 	}
 }

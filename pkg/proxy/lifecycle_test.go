@@ -3,32 +3,47 @@ package proxy
 import (
 	"context"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
+// evicts reports whether a janitor pass evicted user's view.
+func (jp janitorPass) evicts(user string) bool { return slices.Contains(jp.evicted, user) }
+
 func TestViewEviction(t *testing.T) {
 	t.Parallel()
-	b := setup(t, withConfig(func(c *Config) { c.ViewIdleTimeout = 50 * time.Millisecond }))
+	const idle = 200 * time.Millisecond // a config value: the janitor ticks every idle/4
+	b := setup(t, withConfig(func(c *Config) { c.ViewIdleTimeout = idle }),
+		withSignals(func(s *testSignals) { s.janitorPassed.Init() }))
 	views := func() int {
 		b.proxy.views.mu.Lock()
 		defer b.proxy.views.mu.Unlock()
 		return len(b.proxy.views.views)
 	}
 	require.Equal(t, http.StatusOK, b.do(http.MethodGet, "/user001/queue", alice, "").status)
-	require.Eventually(t, func() bool { return views() == 0 }, 5*time.Second, 10*time.Millisecond)
+	b.signals.janitorPassed.WaitFor(t, "alice's idle view evicted", func(jp janitorPass) bool { return jp.evicts(alice) })
+	require.Zero(t, views())
 
 	// A view with a socket stays; a new request after eviction rebuilds it.
 	b.putRecord(record(alice, 1, wire.StateQueued))
 	ws := b.dial(alice, "?clientId=x")
 	require.JSONEq(t, `{"status": {"exec_info": {"queue_remaining": 1}}, "sid": "x"}`, string(ws.expect("status").Data))
 	require.JSONEq(t, `{"exec_info": {"queue_remaining": 1}}`, string(b.do(http.MethodGet, "/user001/prompt", alice, "").body))
-	require.Never(t, func() bool { return views() == 0 }, 200*time.Millisecond, 10*time.Millisecond)
+	// Without its socket the view would be idle for longer than idle at
+	// the first pass after this deadline, which proves it stays.
+	deadline := time.Now().Add(idle)
+	b.signals.janitorPassed.WaitFor(t, "a janitor pass after the view would be idle", func(jp janitorPass) bool {
+		require.False(t, jp.evicts(alice), "the view with a socket was evicted")
+		return jp.at.After(deadline)
+	})
+	require.Equal(t, 1, views())
 }
 
 // A view still loading its initial state is in use by the requests that
@@ -37,7 +52,11 @@ func TestViewEviction(t *testing.T) {
 // janitor cancelled it, and the requests waiting for it got 503.)
 func TestLoadingViewIsNotEvicted(t *testing.T) {
 	t.Parallel()
-	b := setup(t, withConfig(func(c *Config) { c.ViewIdleTimeout = 20 * time.Millisecond }))
+	b := setup(t, withConfig(func(c *Config) { c.ViewIdleTimeout = 200 * time.Millisecond }),
+		withSignals(func(s *testSignals) {
+			s.janitorPassed.Init()
+			s.viewAwaited.Init()
+		}))
 	r := b.proxy.views
 	registered := func(v *userView) bool {
 		r.mu.Lock()
@@ -65,11 +84,7 @@ func TestLoadingViewIsNotEvicted(t *testing.T) {
 		v, err := r.get(b.ctx, alice)
 		got <- result{v, err}
 	}()
-	require.Eventually(t, func() bool {
-		loading.mu.Lock()
-		defer loading.mu.Unlock()
-		return loading.waiting == 1
-	}, 10*time.Second, time.Millisecond)
+	require.Equal(t, alice, b.signals.viewAwaited.WaitOrTimeout(t))
 
 	// Both views were last used an hour ago; Bob's is loaded, and nobody
 	// waits for it. The janitor's pass that evicts Bob's looks at Alice's
@@ -81,16 +96,18 @@ func TestLoadingViewIsNotEvicted(t *testing.T) {
 	r.mu.Lock()
 	r.views[bob] = idle
 	r.mu.Unlock()
-	require.Eventually(t, func() bool { return !registered(idle) }, 10*time.Second, time.Millisecond)
-	require.True(t, registered(loading), "the view was evicted while a request waited for it")
+	pass := b.signals.janitorPassed.WaitFor(t, "bob's idle view evicted", func(jp janitorPass) bool { return jp.evicts(bob) })
+	require.False(t, pass.evicts(alice), "the view was evicted while a request waited for it")
+	require.True(t, registered(loading))
 	require.NoError(t, loading.ctx.Err())
 
 	// Loaded: the request has it, and it is evicted once idle.
 	close(loading.ready)
-	res := <-got
+	res := testutil.WaitOrTimeout(t, got)
 	require.NoError(t, res.err)
 	require.Same(t, loading, res.v)
-	require.Eventually(t, func() bool { return !registered(loading) }, 10*time.Second, time.Millisecond)
+	b.signals.janitorPassed.WaitFor(t, "alice's view evicted once idle", func(jp janitorPass) bool { return jp.evicts(alice) })
+	require.False(t, registered(loading))
 }
 
 func TestStopClosesSockets(t *testing.T) {
@@ -99,7 +116,7 @@ func TestStopClosesSockets(t *testing.T) {
 	ws := b.dial(alice, "?clientId=x")
 	ws.expect("status")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitTimeout())
 	defer cancel()
 	require.NoError(t, b.proxy.Stop(ctx))
 	_, _, err := ws.c.Read(ctx)

@@ -111,6 +111,10 @@ type Config struct {
 	NewerErrors bool
 	// Logger receives the proxy's logs.
 	Logger zerolog.Logger
+
+	// testSignals, set by the package's tests, are the signals they wait
+	// on; nil: all off.
+	testSignals *testSignals
 }
 
 func (c *Config) setDefaults() {
@@ -193,6 +197,8 @@ type Proxy struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	testSignals *testSignals // never nil; zero: all off
+
 	auth     *authCache
 	catalogs *catalogCache
 	views    *viewRegistry
@@ -226,6 +232,10 @@ func New(cfg Config) (*Proxy, error) {
 		log:     cfg.Logger.With().Str("component", "proxy").Logger(),
 		js:      js,
 		buckets: map[string]jetstream.KeyValue{},
+	}
+	p.testSignals = cfg.testSignals
+	if p.testSignals == nil {
+		p.testSignals = &testSignals{}
 	}
 	p.bg, p.cancel = context.WithCancel(context.Background())
 	p.auth = newAuthCache(cfg.Registry, cfg.AuthCacheTTL)

@@ -172,10 +172,9 @@ func TestPostPromptWithoutCatalog(t *testing.T) {
 
 	// No catalog anywhere (the agents are gone): nothing is queued.
 	require.NoError(t, b.res.Catalog.Delete(b.ctx, wire.PoolCatalogKey(wire.DefaultPool)))
-	require.Eventually(t, func() bool {
-		return b.postPrompt(alice, `{"prompt": `+testPrompt+`}`).status == http.StatusServiceUnavailable
-	}, 5*time.Second, 10*time.Millisecond)
+	b.awaitCatalog(wire.DefaultPool, true)
 	r = b.postPrompt(alice, `{"prompt": `+testPrompt+`}`)
+	require.Equal(t, http.StatusServiceUnavailable, r.status, string(r.body))
 	require.Equal(t, "no_gpu_available", r.json(t)["error"].(map[string]any)["type"])
 	require.Equal(t, map[string]any{}, r.json(t)["node_errors"])
 	// A request that is wrong in itself still says so.
@@ -547,9 +546,8 @@ func TestInfoRoutes(t *testing.T) {
 	require.NoError(t, err)
 	_, err = b.res.Catalog.Put(context.Background(), wire.PoolCatalogKey(carolsPool), cat)
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		return b.do(http.MethodGet, "/user003/object_info/EmptyImage", carol, "").json(t)["EmptyImage"] != nil
-	}, 5*time.Second, 10*time.Millisecond)
+	b.awaitCatalog(carolsPool, false)
+	require.NotNil(t, b.do(http.MethodGet, "/user003/object_info/EmptyImage", carol, "").json(t)["EmptyImage"])
 }
 
 // A prompt the participant's pool cannot run goes to a pool whose catalog
@@ -564,9 +562,8 @@ func TestPromptGoesToAPoolThatCanRunIt(t *testing.T) {
 	_, err = b.res.Catalog.Put(b.ctx, wire.PoolCatalogKey(carolsPool), cat)
 	require.NoError(t, err)
 
-	require.Eventually(t, func() bool {
-		return b.do(http.MethodGet, "/user003/object_info/SaveImage", carol, "").json(t)["SaveImage"] != nil
-	}, 5*time.Second, 10*time.Millisecond)
+	b.awaitCatalog(carolsPool, false)
+	require.NotNil(t, b.do(http.MethodGet, "/user003/object_info/SaveImage", carol, "").json(t)["SaveImage"])
 	r := b.postPrompt(carol, `{"prompt": `+testPrompt+`}`)
 	require.Equal(t, http.StatusOK, r.status, string(r.body))
 	msg, err := b.res.Submit.GetLastMsgForSubject(b.ctx, wire.SubmitSubject(carol))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
@@ -66,11 +68,15 @@ type bundle struct {
 	store  *diskstore.Store
 	proxy  *Proxy
 	url    string
+	// signals are the proxy's test signals; those the test asked for
+	// (withSignals) are on.
+	signals *testSignals
 }
 
 type setupOpts struct {
 	backlog   int64
 	configure func(*Config)
+	signals   func(*testSignals)
 }
 
 func setup(t *testing.T, opts ...func(*setupOpts)) *bundle {
@@ -79,7 +85,9 @@ func setup(t *testing.T, opts ...func(*setupOpts)) *bundle {
 	for _, f := range opts {
 		f(&o)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	// Lives until the proxy has stopped; each wait is bounded by its own
+	// timeout (testutil.WaitTimeout), the test by go test's.
+	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	dir := t.TempDir()
 
@@ -141,21 +149,46 @@ func setup(t *testing.T, opts ...func(*setupOpts)) *bundle {
 	if o.configure != nil {
 		o.configure(&cfg)
 	}
+	signals := &testSignals{}
+	signals.catalogApplied.Init() // a few changes a test: always on
+	if o.signals != nil {
+		o.signals(signals)
+	}
+	cfg.testSignals = signals
 	p, err := New(cfg)
 	require.NoError(t, err)
 	require.NoError(t, p.Start(ctx))
 	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		sctx, scancel := context.WithTimeout(context.Background(), testutil.WaitTimeout())
 		defer scancel()
 		require.NoError(t, p.Stop(sctx))
 	})
 	return &bundle{t: t, ctx: ctx, server: srv, nc: nc, agent: agent, js: js, res: res, reg: reg,
-		store: store, proxy: p, url: p.URL()}
+		store: store, proxy: p, url: p.URL(), signals: signals}
 }
 
 func withBacklog(n int64) func(*setupOpts) { return func(o *setupOpts) { o.backlog = n } }
 
 func withConfig(f func(*Config)) func(*setupOpts) { return func(o *setupOpts) { o.configure = f } }
+
+// awaitCatalog waits until the proxy has applied the put (or the delete)
+// of pool's catalog that the test just made. It starts the proxy's
+// catalog watch first if no request has: a watch that starts now reads
+// the change among its initial values.
+func (b *bundle) awaitCatalog(pool string, deleted bool) {
+	b.t.Helper()
+	_, err := b.proxy.catalogs.get(b.ctx, pool)
+	require.NoError(b.t, err)
+	want := catalogChange{pool: pool, deleted: deleted}
+	b.signals.catalogApplied.WaitFor(b.t, fmt.Sprintf("catalog change %+v applied", want),
+		func(c catalogChange) bool { return c == want })
+}
+
+// withSignals turns on the test signals init chooses, before the proxy
+// starts.
+func withSignals(init func(*testSignals)) func(*setupOpts) {
+	return func(o *setupOpts) { o.signals = init }
+}
 
 func basic(user string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+password))
@@ -272,10 +305,11 @@ func (b *bundle) tryDial(user, query string, hdr ...string) (*websocket.Conn, *h
 	return c, resp, err
 }
 
-// read returns the next message (failing the test after 10 s).
+// read returns the next message (failing the test after
+// testutil.WaitTimeout).
 func (w *wsConn) read() wsMsg {
 	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitTimeout())
 	defer cancel()
 	typ, data, err := w.c.Read(ctx)
 	require.NoError(w.t, err)

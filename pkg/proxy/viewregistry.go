@@ -54,6 +54,7 @@ func (r *viewRegistry) getThen(ctx context.Context, user string, then func(v *us
 	v.waiting++
 	v.mu.Unlock()
 	r.mu.Unlock()
+	r.p.testSignals.viewAwaited.Signal(user)
 
 	var err error
 	select {
@@ -96,14 +97,17 @@ func (r *viewRegistry) janitor() {
 		case <-r.p.bg.Done():
 			return
 		case now := <-tick.C:
+			var evicted []string
 			r.mu.Lock()
 			for user, v := range r.views {
 				if v.idleSince(now) > idle {
 					delete(r.views, user)
 					v.cancel()
+					evicted = append(evicted, user)
 				}
 			}
 			r.mu.Unlock()
+			r.p.testSignals.janitorPassed.Signal(janitorPass{at: now, evicted: evicted})
 		}
 	}
 }

@@ -120,6 +120,7 @@ func (v *userView) removeSocketLocked(s *socket, code websocket.StatusCode, reas
 		close(s.gone)
 	})
 	v.lastUsed = time.Now()
+	v.p.testSignals.socketRemoved.Signal(s.sid)
 }
 
 func (v *userView) removeSocket(s *socket, code websocket.StatusCode, reason string) {

@@ -47,7 +47,8 @@ func TestWSConnect(t *testing.T) {
 
 func TestWSSocketLimit(t *testing.T) {
 	t.Parallel()
-	b := setup(t, withConfig(func(c *Config) { c.MaxSocketsPerUser = 2 }))
+	b := setup(t, withConfig(func(c *Config) { c.MaxSocketsPerUser = 2 }),
+		withSignals(func(s *testSignals) { s.socketRemoved.Init() }))
 	ws1 := b.dial(alice, "?clientId=1")
 	ws1.expect("status")
 	ws2 := b.dial(alice, "?clientId=2")
@@ -60,13 +61,10 @@ func TestWSSocketLimit(t *testing.T) {
 
 	// A closed socket frees its place.
 	require.NoError(t, ws1.c.Close(websocket.StatusNormalClosure, ""))
-	require.Eventually(t, func() bool {
-		c, _, err := b.tryDial(alice, "?clientId=3")
-		if err == nil {
-			_ = c.CloseNow()
-		}
-		return err == nil
-	}, 5*time.Second, 10*time.Millisecond)
+	b.signals.socketRemoved.WaitFor(t, "socket 1 removed", func(sid string) bool { return sid == "1" })
+	c, _, err := b.tryDial(alice, "?clientId=3")
+	require.NoError(t, err)
+	_ = c.CloseNow()
 }
 
 // sentinel sends an event for sid and waits for it: everything sent to the
