@@ -131,8 +131,20 @@ func (p *Proxy) handleJobs(w http.ResponseWriter, r *http.Request) {
 		p.unavailable(w, r, err)
 		return
 	}
+	recs := listedJobs(v, q)
+	sortJobs(recs, q)
+	page, pagination := comfyapi.Page(q, recs)
+	jobs := make([]any, 0, len(page))
+	for i := range page {
+		jobs = append(jobs, jobSummary(&page[i]))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"jobs": jobs, "pagination": pagination})
+}
+
+// listedJobs are the participant's jobs that GET /api/jobs lists for q.
+func listedJobs(v *userView, q comfyapi.JobsQuery) []wire.JobRecord {
 	recs := v.records(func(wire.JobState) bool { return true })
-	recs = slices.DeleteFunc(recs, func(rec wire.JobRecord) bool {
+	return slices.DeleteFunc(recs, func(rec wire.JobRecord) bool {
 		if rec.State.Final() && !inHistory(&rec) {
 			return true // dequeued before it ran: gone, as in ComfyUI
 		}
@@ -141,6 +153,10 @@ func (p *Proxy) handleJobs(w http.ResponseWriter, r *http.Request) {
 		}
 		return q.WorkflowID != "" && workflowID(rec.ExtraData) != q.WorkflowID
 	})
+}
+
+// sortJobs orders recs by q's sort key, ties by queue number.
+func sortJobs(recs []wire.JobRecord, q comfyapi.JobsQuery) {
 	key := func(rec *wire.JobRecord) int64 {
 		if q.ByDuration() {
 			if rec.StartedAt.IsZero() || rec.FinishedAt.IsZero() {
@@ -160,12 +176,6 @@ func (p *Proxy) handleJobs(w http.ResponseWriter, r *http.Request) {
 		}
 		return c
 	})
-	page, pagination := comfyapi.Page(q, recs)
-	jobs := make([]any, 0, len(page))
-	for i := range page {
-		jobs = append(jobs, jobSummary(&page[i]))
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"jobs": jobs, "pagination": pagination})
 }
 
 func compareInt64(a, b int64) int {
