@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"errors"
+	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"path"
 	"strconv"
 	"strings"
@@ -18,36 +20,11 @@ import (
 func (p *Proxy) handleView(w http.ResponseWriter, r *http.Request) {
 	// aiohttp's query parsing: "preview=webp;90" keeps its ';'.
 	q := comfyview.Query(r.URL.RawQuery)
-	if !q.Has("filename") {
-		writePlain(w, http.StatusNotFound, "filename is required")
+	ref, rerr := viewRef(q, sessionFrom(r.Context()).User)
+	if rerr != nil {
+		rerr.write(w)
 		return
 	}
-	kind := q.Get("type")
-	if kind == "" {
-		kind = string(filestore.KindOutput)
-	}
-	name, annotated := annotatedName(q.Get("filename"))
-	if annotated != "" {
-		kind = annotated
-	}
-	if name == "" || name[0] == '/' || strings.Contains(name, "..") {
-		writePlain(w, http.StatusBadRequest, "invalid filename")
-		return
-	}
-	k, err := filestore.ParseKind(kind)
-	if err != nil {
-		writePlain(w, http.StatusBadRequest, "invalid type: want output, input or temp")
-		return
-	}
-	sub := q.Get("subfolder")
-	if strings.Contains(sub, "..") || strings.HasPrefix(sub, "/") {
-		writePlain(w, http.StatusForbidden, "subfolder outside the participant's folder")
-		return
-	}
-	// ComfyUI uses only the last component of filename.
-	name = path.Base(strings.ReplaceAll(name, "\\", "/"))
-	ref := filestore.Ref{User: sessionFrom(r.Context()).User, Kind: k, Subfolder: sub, Name: name}
-
 	f, err := p.cfg.Store.Open(r.Context(), ref)
 	if err != nil {
 		switch {
@@ -62,36 +39,68 @@ func (p *Proxy) handleView(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer func() { _ = f.Close() }()
-	info := f.Info()
 
 	if t := comfyview.TransformOf(q); t.Needed() {
-		// ComfyUI's preview re-encoding and channel extraction, as the
-		// simulator does them.
-		body, ct, err := t.Apply(f)
-		if err != nil {
-			p.log.Warn().Err(err).Str("ref", ref.String()).Msg("re-encode for /view")
-			writePlain(w, http.StatusInternalServerError, "cannot re-encode the file: "+err.Error())
-			return
-		}
-		h := w.Header()
-		h.Set("Content-Type", ct)
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Content-Disposition", contentDisposition(name))
-		_, _ = w.Write(body)
+		p.serveTransformed(w, t, f, ref)
 		return
 	}
-
+	info := f.Info()
 	h := w.Header()
-	h.Set("Content-Type", viewContentType(name))
+	h.Set("Content-Type", viewContentType(ref.Name))
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Disposition", contentDisposition(name))
+	h.Set("Content-Disposition", contentDisposition(ref.Name))
 	h.Set("ETag", info.ETag())
 	// A Range in a unit other than bytes is ignored (RFC 9110 §14.2), not
 	// refused as ServeContent would.
 	if rg := r.Header.Get("Range"); rg != "" && !strings.HasPrefix(rg, "bytes=") {
 		r.Header.Del("Range")
 	}
-	http.ServeContent(w, r, name, info.ModTime, f)
+	http.ServeContent(w, r, ref.Name, info.ModTime, f)
+}
+
+// viewRef is the user's file a /view query names, or ComfyUI's refusal.
+func viewRef(q url.Values, user string) (filestore.Ref, *requestError) {
+	if !q.Has("filename") {
+		return filestore.Ref{}, plainError(http.StatusNotFound, "filename is required")
+	}
+	kind := q.Get("type")
+	if kind == "" {
+		kind = string(filestore.KindOutput)
+	}
+	name, annotated := annotatedName(q.Get("filename"))
+	if annotated != "" {
+		kind = annotated
+	}
+	if name == "" || name[0] == '/' || strings.Contains(name, "..") {
+		return filestore.Ref{}, plainError(http.StatusBadRequest, "invalid filename")
+	}
+	k, err := filestore.ParseKind(kind)
+	if err != nil {
+		return filestore.Ref{}, plainError(http.StatusBadRequest, "invalid type: want output, input or temp")
+	}
+	sub := q.Get("subfolder")
+	if strings.Contains(sub, "..") || strings.HasPrefix(sub, "/") {
+		return filestore.Ref{}, plainError(http.StatusForbidden, "subfolder outside the participant's folder")
+	}
+	// ComfyUI uses only the last component of filename.
+	name = path.Base(strings.ReplaceAll(name, "\\", "/"))
+	return filestore.Ref{User: user, Kind: k, Subfolder: sub, Name: name}, nil
+}
+
+// serveTransformed answers /view with ComfyUI's preview re-encoding or
+// channel extraction of f, as the simulator does them.
+func (p *Proxy) serveTransformed(w http.ResponseWriter, t comfyview.Transform, f io.Reader, ref filestore.Ref) {
+	body, ct, err := t.Apply(f)
+	if err != nil {
+		p.log.Warn().Err(err).Str("ref", ref.String()).Msg("re-encode for /view")
+		writePlain(w, http.StatusInternalServerError, "cannot re-encode the file: "+err.Error())
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", ct)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Disposition", contentDisposition(ref.Name))
+	_, _ = w.Write(body)
 }
 
 // annotatedName splits ComfyUI's "name [output]" annotation off a file name.
