@@ -68,6 +68,10 @@ type Agent struct {
 	// hbKick asks the heartbeat loop for a heartbeat now: a slot changed
 	// state (the dashboard shows it within hbMinGap, not at the next tick).
 	hbKick chan struct{}
+
+	// signals tell tests what happened (testsignals.go); off in
+	// production.
+	signals testSignals
 }
 
 // Timeouts of the agent's lifecycle beyond its Config.

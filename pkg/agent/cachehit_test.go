@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -28,7 +27,7 @@ func TestCachedOutputAfterEmptied(t *testing.T) {
 	var got []image
 	for range 2 {
 		id := b.submitPrompt(t, uuid.NewString(), "user001", prompt, []string{"5"})
-		recs := b.rec.await(t, []string{id}, 30*time.Second)
+		recs := b.rec.await(t, []string{id})
 		b.requireOnce(t, recs, wire.StateSucceeded)
 		b.awaitQuiet(t)
 		var out struct {

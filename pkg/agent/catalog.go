@@ -27,6 +27,7 @@ func (a *Agent) catalogLoop(ctx context.Context) {
 				a.log.Warn().Err(err).Msg("report catalog; retrying")
 			} else {
 				reported = gen
+				a.signals.Catalog.Signal(struct{}{})
 			}
 		}
 		select {

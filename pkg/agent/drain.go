@@ -55,14 +55,18 @@ func (a *Agent) Drain(deadline time.Duration) bool {
 		select {
 		case <-t.C:
 		case <-a.stopped:
+			a.signals.DrainDeadline.Signal(-1)
 			return
 		}
 		a.dmu.Lock()
 		still := a.draining && a.drainEpoch == epoch
 		a.dmu.Unlock()
 		if !still {
+			a.signals.DrainDeadline.Signal(-1)
 			return
 		}
+		released := 0
+		defer func() { a.signals.DrainDeadline.Signal(released) }()
 		for _, s := range a.slots {
 			s.mu.Lock()
 			r := s.cur
@@ -74,6 +78,7 @@ func (a *Agent) Drain(deadline time.Duration) bool {
 				if cancel != nil {
 					r.log.Warn().Msg("drain deadline passed; releasing the running job")
 					cancel(errDrainDeadline)
+					released++
 				}
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/pkg/agent"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/stretchr/testify/require"
 )
@@ -13,35 +14,32 @@ import (
 // exactly once.
 func TestControlDrainReleasesAndUndrainResumes(t *testing.T) {
 	t.Parallel()
-	b := setup(t, opts{gpus: 2, stepDelay: 20 * time.Millisecond})
+	b := setup(t, opts{gpus: 2, stepDelay: slowSteps})
 	var ids []string
 	for range 4 {
 		ids = append(ids, b.submit(t, "user001", 40)) // ~1 s each
 	}
-	require.Eventually(t, func() bool {
-		n := 0
-		for _, id := range ids {
-			b.rec.mu.Lock()
-			if r := b.rec.records[id]; r.State == wire.StateRunning {
-				n++
-			}
-			b.rec.mu.Unlock()
+	// Both slots run a job.
+	started := map[string]bool{}
+	b.signals.Attempt.WaitFor(t, "two jobs started", func(s agent.AttemptSignal) bool {
+		if s.Step == agent.StepStarted {
+			started[s.JobID] = true
 		}
-		return n >= 2
-	}, 10*time.Second, 10*time.Millisecond)
+		return len(started) == 2
+	})
 
 	reply := b.control(t, wire.ControlRequest{Op: wire.CtlDrain, Deadline: 200 * time.Millisecond})
 	require.True(t, reply.Done)
 	require.True(t, b.agent.Draining())
 	require.False(t, b.control(t, wire.ControlRequest{Op: wire.CtlDrain}).Done, "already draining")
-	ctx := t.Context()
-	require.NoError(t, b.agent.WaitIdle(ctx))
+	require.Equal(t, 2, b.signals.DrainDeadline.WaitOrTimeout(t), "the deadline released both running jobs")
+	require.NoError(t, b.agent.WaitIdle(t.Context()))
 	for _, id := range ids {
 		n, rec := b.rec.finals(id)
 		require.Zero(t, n, "job %s ended while draining (%s)", id, rec.State)
 	}
 	require.True(t, b.control(t, wire.ControlRequest{Op: wire.CtlUndrain}).Done)
-	recs := b.rec.await(t, ids, 30*time.Second)
+	recs := b.rec.await(t, ids)
 	b.awaitQuiet(t)
 	b.requireOnce(t, recs, wire.StateSucceeded)
 	released := 0
@@ -57,28 +55,19 @@ func TestControlDrainReleasesAndUndrainResumes(t *testing.T) {
 // one drops it without running.
 func TestControlInterrupt(t *testing.T) {
 	t.Parallel()
-	b := setup(t, opts{gpus: 1, stepDelay: 20 * time.Millisecond})
+	b := setup(t, opts{gpus: 1, stepDelay: slowSteps})
 	running := b.submit(t, "user001", 100) // ~2 s
-	require.Eventually(t, func() bool {
-		b.rec.mu.Lock()
-		defer b.rec.mu.Unlock()
-		return b.rec.records[running].State == wire.StateRunning
-	}, 10*time.Second, 10*time.Millisecond)
+	b.awaitStep(t, running, agent.StepStarted)
 	next := b.submit(t, "user002", 100)
 	// Wait until the slot holds the next job prefetched.
-	require.Eventually(t, func() bool {
-		b.rec.mu.Lock()
-		defer b.rec.mu.Unlock()
-		st := b.rec.records[next].State
-		return st == wire.StateDispatched && b.rec.records[next].Attempt > 0 || st == wire.StateRunning
-	}, 10*time.Second, 10*time.Millisecond)
+	require.True(t, b.awaitStep(t, next, agent.StepClaimed).Prefetched)
 	// Through the broker, which sends ctl.agent.<agent> interrupt: the
 	// prefetched job is cancelled and dropped, the running one
 	// interrupted in ComfyUI.
 	admin := wire.Caller{User: "admin", Role: wire.RoleAdmin}
 	b.api(t, wire.OpCancel, wire.CancelRequest{Caller: admin, User: "user002", JobIDs: []string{next}})
 	b.api(t, wire.OpInterrupt, wire.InterruptRequest{Caller: admin, User: "user001", JobID: running})
-	recs := b.rec.await(t, []string{running, next}, 20*time.Second)
+	recs := b.rec.await(t, []string{running, next})
 	b.awaitQuiet(t)
 	b.requireOnce(t, map[string]wire.JobRecord{running: recs[running]}, wire.StateInterrupted)
 	b.requireOnce(t, map[string]wire.JobRecord{next: recs[next]}, wire.StateCancelled)

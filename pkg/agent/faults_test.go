@@ -37,7 +37,7 @@ func TestFaultsRecover(t *testing.T) {
 			for range 6 {
 				ids = append(ids, b.submit(t, "user001", 5))
 			}
-			recs := b.rec.await(t, ids, 30*time.Second)
+			recs := b.rec.await(t, ids)
 			// Exactly once also once nothing is in flight any more: a
 			// late duplicate (a ticket redelivered after the first end)
 			// would show only then.
@@ -64,7 +64,7 @@ func TestOOMExhaustsAttempts(t *testing.T) {
 		sim.SetFault(comfysim.Fault{Kind: comfysim.FaultOOM, Node: "KSampler"})
 	}
 	id := b.submit(t, "user001", 3)
-	recs := b.rec.await(t, []string{id}, 30*time.Second)
+	recs := b.rec.await(t, []string{id})
 	b.awaitQuiet(t)
 	b.requireOnce(t, recs, wire.StateFailed)
 	rec := recs[id]
@@ -78,7 +78,7 @@ func TestOOMExhaustsAttempts(t *testing.T) {
 		sim.SetFault(comfysim.Fault{Kind: comfysim.FaultNone})
 	}
 	next := b.submit(t, "user001", 0)
-	b.requireOnce(t, b.rec.await(t, []string{next}, 20*time.Second), wire.StateSucceeded)
+	b.requireOnce(t, b.rec.await(t, []string{next}), wire.StateSucceeded)
 }
 
 // A ComfyUI that answers 503 while it starts holds its slot back, not the
@@ -91,7 +91,7 @@ func TestSlowStart(t *testing.T) {
 	b.runtime.Simulators()[0].SetFault(comfysim.Fault{Kind: comfysim.FaultSlowStart, Delay: 1500 * time.Millisecond})
 	start := time.Now()
 	id := b.submit(t, "user001", 0)
-	recs := b.rec.await(t, []string{id}, 20*time.Second)
+	recs := b.rec.await(t, []string{id})
 	b.awaitQuiet(t)
 	b.requireOnce(t, recs, wire.StateSucceeded)
 	require.Greater(t, time.Since(start), time.Second, "the job waited for ComfyUI")

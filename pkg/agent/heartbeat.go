@@ -69,7 +69,9 @@ func (a *Agent) sendHeartbeat() {
 	data, _ := json.Marshal(hb)
 	if err := a.nc.Publish(wire.HeartbeatSubject(a.cfg.ID), data); err != nil {
 		a.log.Warn().Err(err).Msg("heartbeat")
+		return
 	}
+	a.signals.Heartbeat.Signal(hb)
 }
 
 // gpuStatsLoop refreshes the slots' GPU memory and utilisation.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/agent"
 	"github.com/atelier-run/atelier/pkg/agent/runtime/simulated"
 	"github.com/atelier-run/atelier/pkg/broker"
@@ -22,43 +23,59 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// recorder remembers every job's state changes, as the broker applies
-// them.
+// recorder remembers every job's state changes and every heartbeat, as
+// the broker applies them.
 type recorder struct {
 	mu      sync.Mutex
 	states  map[string][]wire.JobState
 	records map[string]wire.JobRecord
+	updates map[string]int // changes of each job's record
 	hbs     []wire.Heartbeat
-	changed chan struct{}
+	// news is closed, and replaced, at every change.
+	news chan struct{}
 }
 
 func newRecorder() *recorder {
-	return &recorder{states: map[string][]wire.JobState{}, records: map[string]wire.JobRecord{}, changed: make(chan struct{}, 1)}
+	return &recorder{
+		states: map[string][]wire.JobState{}, records: map[string]wire.JobRecord{}, updates: map[string]int{},
+		news: make(chan struct{}),
+	}
+}
+
+// changed wakes the waits; under r.mu.
+func (r *recorder) changed() {
+	close(r.news)
+	r.news = make(chan struct{})
 }
 
 func (r *recorder) JobChanged(_ wire.JobState, rec wire.JobRecord) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if l := r.states[rec.ID]; len(l) == 0 || l[len(l)-1] != rec.State {
 		r.states[rec.ID] = append(l, rec.State)
 	}
 	r.records[rec.ID] = rec
-	r.mu.Unlock()
-	select {
-	case r.changed <- struct{}{}:
-	default:
-	}
+	r.updates[rec.ID]++
+	r.changed()
 }
+
 func (r *recorder) AgentSeen(hb wire.Heartbeat) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.hbs = append(r.hbs, hb)
-	r.mu.Unlock()
+	r.changed()
 }
+
 func (r *recorder) AgentLost(string) {}
 
 // finals returns how often each job reached a final state.
 func (r *recorder) finals(id string) (n int, last wire.JobRecord) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.finalsLocked(id)
+}
+
+func (r *recorder) finalsLocked(id string) (n int, last wire.JobRecord) {
 	for _, st := range r.states[id] {
 		if st.Final() {
 			n++
@@ -67,27 +84,69 @@ func (r *recorder) finals(id string) (n int, last wire.JobRecord) {
 	return n, r.records[id]
 }
 
-// await waits until every job is final, and returns their records.
-func (r *recorder) await(t *testing.T, ids []string, within time.Duration) map[string]wire.JobRecord {
+// lastHeartbeat returns the latest heartbeat the broker applied; under
+// r.mu.
+func (r *recorder) lastHeartbeat() (wire.Heartbeat, bool) {
+	if len(r.hbs) == 0 {
+		return wire.Heartbeat{}, false
+	}
+	return r.hbs[len(r.hbs)-1], true
+}
+
+// waitFor waits until cond (called under r.mu) holds, looking again at
+// every change the broker applies; it fails after testutil.WaitTimeout.
+func (r *recorder) waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.After(within)
+	timer := time.NewTimer(testutil.WaitTimeout())
+	defer timer.Stop()
 	for {
+		r.mu.Lock()
+		ok, news := cond(), r.news
+		r.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-news:
+		case <-timer.C:
+			t.Fatalf("waited %s for %s", testutil.WaitTimeout(), what)
+		}
+	}
+}
+
+// await waits until every job is final, and returns their records. It
+// fails when none of the jobs' records changed for testutil.WaitTimeout:
+// a long job is waited for as long as it makes progress.
+func (r *recorder) await(t *testing.T, ids []string) map[string]wire.JobRecord {
+	t.Helper()
+	timer := time.NewTimer(testutil.WaitTimeout())
+	defer timer.Stop()
+	progress := -1
+	for {
+		r.mu.Lock()
 		done := map[string]wire.JobRecord{}
+		n := 0
 		for _, id := range ids {
-			if n, rec := r.finals(id); n > 0 {
+			if finals, rec := r.finalsLocked(id); finals > 0 {
 				done[id] = rec
 			}
+			n += r.updates[id]
 		}
+		news := r.news
+		r.mu.Unlock()
 		if len(done) == len(ids) {
 			return done
 		}
+		if n != progress {
+			progress = n
+			timer.Reset(testutil.WaitTimeout())
+		}
 		select {
-		case <-r.changed:
-		case <-time.After(50 * time.Millisecond):
-		case <-deadline:
+		case <-news:
+		case <-timer.C:
 			r.mu.Lock()
 			defer r.mu.Unlock()
-			t.Fatalf("jobs not final within %s: %v", within, r.states)
+			t.Fatalf("jobs not final, no progress for %s: %v", testutil.WaitTimeout(), r.states)
 		}
 	}
 }
@@ -97,6 +156,9 @@ type bundle struct {
 	agent   *agent.Agent
 	runtime *simulated.Runtime
 	rec     *recorder
+	// signals are the agent's test signals: Attempt, DrainDeadline and
+	// Catalog always on, Heartbeat and Fetch when opts asks.
+	signals *agent.TestSignals
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	cfg     agent.Config
@@ -108,7 +170,25 @@ type opts struct {
 	maxDeliver int
 	configure  func(agent.Config) agent.Config
 	simConfig  func(int, *comfysim.Config)
+	// heartbeats turns the agent's Heartbeat signal on (a test that
+	// turns it on reads it: heartbeats keep coming).
+	heartbeats bool
+	// fetches turns the agent's Fetch signal on (read it: idle slots
+	// keep pulling).
+	fetches bool
 }
+
+// Durations of the simulated ComfyUI and the agent in these tests.
+const (
+	// fastSteps is a sampler step by default: jobs take milliseconds.
+	fastSteps = 2 * time.Millisecond
+	// slowSteps is a sampler step of a job that must still run when the
+	// test acts on it: 50 steps are about a second.
+	slowSteps = 20 * time.Millisecond
+	// tick paces the broker's housekeeping, the agent's heartbeats, its
+	// scratch measure and its retry delay.
+	tick = 100 * time.Millisecond
+)
 
 // setup runs a broker with embedded NATS and one agent with simulated
 // GPUs.
@@ -118,7 +198,7 @@ func setup(t *testing.T, o opts) *bundle {
 		o.gpus = 1
 	}
 	if o.stepDelay == 0 {
-		o.stepDelay = 2 * time.Millisecond
+		o.stepDelay = fastSteps
 	}
 	dir := t.TempDir()
 	lim := wire.SmallLimits()
@@ -129,7 +209,7 @@ func setup(t *testing.T, o opts) *bundle {
 	rec := newRecorder()
 	b, err := broker.New(broker.Config{
 		DataDir: filepath.Join(dir, "data"), NATSPort: -1, HTTPAddr: "127.0.0.1:0",
-		Limits: lim, TickInterval: 100 * time.Millisecond, Prefetch: o.gpus, Observer: rec, Logger: zerolog.Nop(),
+		Limits: lim, TickInterval: tick, Prefetch: o.gpus, Observer: rec, Logger: zerolog.Nop(),
 	})
 	require.NoError(t, err)
 	ctx := context.Background()
@@ -139,9 +219,9 @@ func setup(t *testing.T, o opts) *bundle {
 	rt := &simulated.Runtime{GPUs: o.gpus, Dir: filepath.Join(dir, "sim"), StepDelay: o.stepDelay, Configure: o.simConfig, Logger: zerolog.Nop()}
 	cfg := agent.Config{
 		ID: "test-agent", NATSURL: b.ClientURL(), Runtime: rt,
-		HeartbeatInterval: 100 * time.Millisecond, RetryDelay: 100 * time.Millisecond,
+		HeartbeatInterval: tick, RetryDelay: tick,
 		FetchWait: 2 * time.Second, EventTimeout: 5 * time.Second, DrainTimeout: 5 * time.Second,
-		ScratchDir: filepath.Join(dir, "sim"), ScratchInterval: 100 * time.Millisecond,
+		ScratchDir: filepath.Join(dir, "sim"), ScratchInterval: tick,
 		Logger: testLogger(t),
 	}
 	if o.configure != nil {
@@ -149,6 +229,16 @@ func setup(t *testing.T, o opts) *bundle {
 	}
 	a, err := agent.New(cfg)
 	require.NoError(t, err)
+	sig := agent.SignalsOf(a)
+	sig.Attempt.Init()
+	sig.DrainDeadline.Init()
+	sig.Catalog.Init()
+	if o.heartbeats {
+		sig.Heartbeat.Init()
+	}
+	if o.fetches {
+		sig.Fetch.Init()
+	}
 	require.NoError(t, a.Start(ctx))
 	t.Cleanup(func() { _ = a.Stop(context.Background()) })
 
@@ -157,12 +247,11 @@ func setup(t *testing.T, o opts) *bundle {
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	bd := &bundle{broker: b, agent: a, runtime: rt, rec: rec, nc: nc, js: js, cfg: cfg}
-	// Ready once the agent's catalog reached the broker.
-	require.Eventually(t, func() bool {
-		st, err := b.Status(ctx)
-		return err == nil && len(st.Agents) > 0 && st.Catalogs > 0
-	}, 20*time.Second, 20*time.Millisecond)
+	bd := &bundle{broker: b, agent: a, runtime: rt, rec: rec, signals: sig, nc: nc, js: js, cfg: cfg}
+	// Ready once the broker has the agent's catalog (it answers the
+	// report once it stored it) and a heartbeat.
+	sig.Catalog.WaitOrTimeout(t)
+	rec.waitFor(t, "the broker to see the agent", func() bool { return len(rec.hbs) > 0 })
 	return bd
 }
 
@@ -229,29 +318,34 @@ func (b *bundle) requireOnce(t *testing.T, recs map[string]wire.JobRecord, want 
 // answers and its last heartbeat says idle or busy.
 func (b *bundle) requireSlotsUp(t *testing.T) {
 	t.Helper()
-	var last wire.Heartbeat
-	require.Eventually(t, func() bool {
-		b.rec.mu.Lock()
-		defer b.rec.mu.Unlock()
-		if len(b.rec.hbs) == 0 {
+	b.rec.waitFor(t, "every slot idle in the heartbeat", func() bool {
+		hb, ok := b.rec.lastHeartbeat()
+		if !ok {
 			return false
 		}
-		hb := b.rec.hbs[len(b.rec.hbs)-1]
-		last = hb
 		for _, s := range hb.Slots {
 			if s.State != wire.SlotIdle {
 				return false
 			}
 		}
 		return true
-	}, 10*time.Second, 20*time.Millisecond, "a slot did not come back idle: %+v", &last)
+	})
+}
+
+// awaitStep waits for the agent's signal of step for the job (any
+// attempt) and returns it.
+func (b *bundle) awaitStep(t *testing.T, id string, step agent.AttemptStep) agent.AttemptSignal {
+	t.Helper()
+	return b.signals.Attempt.WaitFor(t, fmt.Sprintf("job %s %s", id, step), func(s agent.AttemptSignal) bool {
+		return s.JobID == id && s.Step == step
+	})
 }
 
 // control sends a command on ctl.agent.<agent>, as the broker does.
 func (b *bundle) control(t *testing.T, req wire.ControlRequest) wire.ControlReply {
 	t.Helper()
 	data, _ := json.Marshal(req)
-	m, err := b.nc.Request(wire.ControlSubject(b.cfg.ID), data, 5*time.Second)
+	m, err := b.nc.Request(wire.ControlSubject(b.cfg.ID), data, testutil.WaitTimeout())
 	require.NoError(t, err)
 	var reply wire.ControlReply
 	require.NoError(t, json.Unmarshal(m.Data, &reply))
@@ -262,7 +356,7 @@ func (b *bundle) control(t *testing.T, req wire.ControlRequest) wire.ControlRepl
 func (b *bundle) api(t *testing.T, op string, req any) {
 	t.Helper()
 	data, _ := json.Marshal(req)
-	m, err := b.nc.Request(wire.BrokerAPISubject(op), data, 10*time.Second)
+	m, err := b.nc.Request(wire.BrokerAPISubject(op), data, testutil.WaitTimeout())
 	require.NoError(t, err)
 	var reply wire.APIReply
 	require.NoError(t, json.Unmarshal(m.Data, &reply))
@@ -275,7 +369,7 @@ func (b *bundle) api(t *testing.T, op string, req any) {
 // of "exactly once" made after it would see a late duplicate.
 func (b *bundle) awaitQuiet(t *testing.T) {
 	t.Helper()
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		if b.agent.Held() > 0 {
 			return false
 		}
@@ -285,5 +379,5 @@ func (b *bundle) awaitQuiet(t *testing.T) {
 		}
 		info, err := c.Info(t.Context())
 		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && b.agent.Held() == 0
-	}, 30*time.Second, 20*time.Millisecond, "the system never went quiet")
+	}, "the system never went quiet")
 }

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/atelier-run/atelier/pkg/agent"
 	"github.com/atelier-run/atelier/pkg/comfysim"
@@ -70,7 +69,7 @@ func TestInputsPlacedInComfyUIsFolder(t *testing.T) {
 	            "2": {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": "nearest-exact", "scale_by": 0.25}},
 	            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "placed/p"}}}`
 	b.submitJob(t, wire.Job{ID: id, User: "user001", Prompt: []byte(prompt), OutputsToExecute: []string{"3"}, Inputs: []wire.InputFile{in}})
-	recs := b.rec.await(t, []string{id}, 30*time.Second)
+	recs := b.rec.await(t, []string{id})
 	b.requireOnce(t, recs, wire.StateSucceeded)
 
 	sim := b.runtime.Simulators()[0]
@@ -88,16 +87,10 @@ func TestInputsPlacedInComfyUIsFolder(t *testing.T) {
 	require.NoError(t, err)
 	require.Positive(t, st.Size, "mello has the output")
 
-	require.Eventually(t, func() bool {
-		b.rec.mu.Lock()
-		defer b.rec.mu.Unlock()
-		n := len(b.rec.hbs)
-		if n == 0 {
-			return false
-		}
-		used := b.rec.hbs[n-1].ScratchBytes
-		return used >= in.Size && used < 2*in.Size
-	}, 10*time.Second, 20*time.Millisecond, "the heartbeat counts the cached input, once")
+	b.rec.waitFor(t, "the heartbeat to count the cached input, once", func() bool {
+		hb, ok := b.rec.lastHeartbeat()
+		return ok && hb.ScratchBytes >= in.Size && hb.ScratchBytes < 2*in.Size
+	})
 }
 
 // With KeepOutputs the box keeps its outputs.
@@ -105,7 +98,7 @@ func TestKeepOutputs(t *testing.T) {
 	t.Parallel()
 	b := setup(t, opts{gpus: 1, configure: func(c agent.Config) agent.Config { c.KeepOutputs = true; return c }})
 	id := b.submit(t, "user001", 0)
-	b.requireOnce(t, b.rec.await(t, []string{id}, 30*time.Second), wire.StateSucceeded)
+	b.requireOnce(t, b.rec.await(t, []string{id}), wire.StateSucceeded)
 	b.awaitQuiet(t)
 	out, err := os.Stat(filepath.Join(b.runtime.Simulators()[0].OutputDir(), "user001", "sim", "t_00001_.png"))
 	require.NoError(t, err)

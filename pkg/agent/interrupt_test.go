@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
+	"github.com/atelier-run/atelier/pkg/agent"
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -26,7 +28,7 @@ func TestInterruptWhileStaging(t *testing.T) {
 	reply := b.control(t, wire.ControlRequest{Op: wire.CtlInterrupt, JobID: id, User: "user001"})
 	require.True(t, reply.Done, "the agent holds the claimed job while it stages it")
 	// Well before the minute is up: the interrupt cut the staging short.
-	recs := b.rec.await(t, []string{id}, 20*time.Second)
+	recs := b.rec.await(t, []string{id})
 	b.requireOnce(t, recs, wire.StateInterrupted)
 
 	// Still once, and never run, when everything has settled (the ticket
@@ -48,11 +50,8 @@ func claimedWhileStaging(t *testing.T) (b *bundle, id string, executed *atomic.I
 		c.OnExecute = func(string) { executed.Add(1) }
 	}})
 	id = b.submit(t, "user001", 0)
-	require.Eventually(t, func() bool {
-		b.rec.mu.Lock()
-		defer b.rec.mu.Unlock()
-		return b.rec.records[id].State == wire.StateRunning
-	}, 10*time.Second, 5*time.Millisecond)
+	// The broker answers the claim once it recorded the job running.
+	b.awaitStep(t, id, agent.StepClaimed)
 	return b, id, executed
 }
 
@@ -63,7 +62,7 @@ func TestCancelWhileStaging(t *testing.T) {
 	b, id, executed := claimedWhileStaging(t)
 	admin := wire.Caller{User: "admin", Role: wire.RoleAdmin}
 	b.api(t, wire.OpCancel, wire.CancelRequest{Caller: admin, User: "user001", JobIDs: []string{id}})
-	b.rec.await(t, []string{id}, 20*time.Second)
+	b.rec.await(t, []string{id})
 	b.awaitQuiet(t)
 	n, rec := b.rec.finals(id)
 	require.Equal(t, 1, n, "ended once")
@@ -97,7 +96,7 @@ func (h *interruptHook) fire() {
 	if h.cancel {
 		admin := wire.Caller{User: "admin", Role: wire.RoleAdmin}
 		data, _ := json.Marshal(wire.CancelRequest{Caller: admin, User: "user001", JobIDs: []string{*id}})
-		m, err := h.b.nc.Request(wire.BrokerAPISubject(wire.OpCancel), data, 10*time.Second)
+		m, err := h.b.nc.Request(wire.BrokerAPISubject(wire.OpCancel), data, testutil.WaitTimeout())
 		if err == nil {
 			var reply wire.CancelReply
 			if err = json.Unmarshal(m.Data, &reply); err == nil && (reply.Error != "" || len(reply.Affected) != 1) {
@@ -108,7 +107,7 @@ func (h *interruptHook) fire() {
 		return
 	}
 	data, _ := json.Marshal(wire.ControlRequest{Op: wire.CtlInterrupt, JobID: *id, User: "user001"})
-	m, err := h.b.nc.Request(wire.ControlSubject(h.b.cfg.ID), data, 5*time.Second)
+	m, err := h.b.nc.Request(wire.ControlSubject(h.b.cfg.ID), data, testutil.WaitTimeout())
 	if err == nil {
 		var reply wire.ControlReply
 		if err = json.Unmarshal(m.Data, &reply); err == nil && !reply.Done {
@@ -148,7 +147,7 @@ func TestInterruptRightAfterQueueing(t *testing.T) {
 			hook := newInterruptHook()
 			hook.cancel = tc.prefetched
 			var executed sync.Map // prompt id → true
-			b := setup(t, opts{gpus: 1, stepDelay: 20 * time.Millisecond, simConfig: func(_ int, c *comfysim.Config) {
+			b := setup(t, opts{gpus: 1, stepDelay: slowSteps, simConfig: func(_ int, c *comfysim.Config) {
 				c.OnExecute = func(id string) { executed.Store(id, true) }
 				if tc.behind {
 					c.OnPrompt = func(string) { hook.fire() }
@@ -173,29 +172,23 @@ func TestInterruptRightAfterQueueing(t *testing.T) {
  "5": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "other"}}}`)})
 				require.NoError(t, err)
 				first = resp.PromptID
-				require.Eventually(t, func() bool {
+				testutil.Eventually(t, func() bool {
 					running, _, err := comfy.Queue(t.Context())
 					return err == nil && len(running) == 1 && running[0].PromptID == first
-				}, 10*time.Second, 5*time.Millisecond)
+				}, "ComfyUI to run the other prompt")
 			} else if tc.prefetched {
 				// Dequeued without an interrupt (the hook is not armed).
 				before = b.submit(t, "user002", 25) // ~0.5 s
-				require.Eventually(t, func() bool {
-					executed.Range(func(k, _ any) bool { first = k.(string); return false })
-					return first != ""
-				}, 10*time.Second, 5*time.Millisecond)
+				b.awaitStep(t, before, agent.StepExecuting)
+				executed.Range(func(k, _ any) bool { first = k.(string); return false })
+				require.NotEmpty(t, first)
 			}
 
 			id := uuid.NewString()
 			hook.job.Store(&id)
 			b.submitPrompt(t, id, "user001", txt2img(50), []string{"16"}) // ~1 s if it ran
-			select {
-			case err := <-hook.replies:
-				require.NoError(t, err)
-			case <-time.After(20 * time.Second):
-				t.Fatal("the job's prompt never reached ComfyUI")
-			}
-			recs := b.rec.await(t, []string{id}, 20*time.Second)
+			require.NoError(t, testutil.WaitOrTimeout(t, hook.replies), "the job's prompt reached ComfyUI")
+			recs := b.rec.await(t, []string{id})
 			b.awaitQuiet(t)
 			if tc.prefetched {
 				n, rec := b.rec.finals(id)

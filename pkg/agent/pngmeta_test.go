@@ -5,13 +5,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"image/png"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -36,7 +37,7 @@ func TestPNGCarriesTheParticipantsPrompt(t *testing.T) {
 	extra := `{"extra_pnginfo": {"workflow": {"nodes": [{"id": 5, "widgets_values": ["own/t"]}], "version": 0.4}}}`
 	id := b.submitJob(t, wire.Job{ID: uuid.NewString(), User: "user001", Prompt: json.RawMessage(prompt),
 		ExtraData: json.RawMessage(extra), OutputsToExecute: []string{"5"}})
-	recs := b.rec.await(t, []string{id}, 30*time.Second)
+	recs := b.rec.await(t, []string{id})
 	b.requireOnce(t, recs, wire.StateSucceeded)
 	var out struct {
 		Images []struct{ Filename, Subfolder string } `json:"images"`
@@ -66,10 +67,14 @@ func TestPNGCarriesTheParticipantsPrompt(t *testing.T) {
 	direct, err := comfy.QueuePrompt(t.Context(), comfyclient.PromptRequest{
 		Prompt: json.RawMessage(prompt), ExtraData: json.RawMessage(extra)})
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
+	// ComfyUI's history, which no event of ours announces.
+	testutil.EventuallyNoError(t, func() error {
 		_, found, err := comfy.History(t.Context(), direct.PromptID)
-		return err == nil && found
-	}, 10*time.Second, 10*time.Millisecond)
+		if err == nil && !found {
+			err = errors.New("not in the history yet")
+		}
+		return err
+	}, "the direct prompt to finish")
 	want, err := os.ReadFile(filepath.Join(sim.OutputDir(), "own", "t_00001_.png"))
 	require.NoError(t, err)
 	require.Equal(t, textChunks(t, want), textChunks(t, stored))

@@ -19,7 +19,7 @@ import (
 func TestPrefetchedJobQueuedAheadAndCancelled(t *testing.T) {
 	t.Parallel()
 	var executed atomic.Int32
-	b := setup(t, opts{gpus: 1, stepDelay: 20 * time.Millisecond, simConfig: func(_ int, c *comfysim.Config) {
+	b := setup(t, opts{gpus: 1, stepDelay: slowSteps, simConfig: func(_ int, c *comfysim.Config) {
 		c.OnExecute = func(string) { executed.Add(1) }
 	}})
 	comfy := comfyclient.New(b.runtime.Simulators()[0].URL(), nil)
@@ -30,21 +30,18 @@ func TestPrefetchedJobQueuedAheadAndCancelled(t *testing.T) {
 	}
 
 	running := b.submit(t, "user001", 100) // ~2 s
-	require.Eventually(t, func() bool {
-		b.rec.mu.Lock()
-		defer b.rec.mu.Unlock()
-		return b.rec.records[running].State == wire.StateRunning
-	}, 10*time.Second, 10*time.Millisecond)
+	b.awaitStep(t, running, agent.StepStarted)
 	next := b.submit(t, "user002", 100)
-	require.Eventually(t, func() bool { return pending() == 1 }, 5*time.Second, 10*time.Millisecond,
+	// ComfyUI's queue, which no event of the agent's announces.
+	testutil.Eventually(t, func() bool { return pending() == 1 },
 		"the prefetched job is queued in ComfyUI behind the running one")
 
 	admin := wire.Caller{User: "admin", Role: wire.RoleAdmin}
 	b.api(t, wire.OpCancel, wire.CancelRequest{Caller: admin, User: "user002", JobIDs: []string{next}})
-	require.Eventually(t, func() bool { return pending() == 0 }, 5*time.Second, 10*time.Millisecond,
+	testutil.Eventually(t, func() bool { return pending() == 0 },
 		"cancelling the prefetched job takes it out of ComfyUI's queue")
 
-	recs := b.rec.await(t, []string{running, next}, 20*time.Second)
+	recs := b.rec.await(t, []string{running, next})
 	b.awaitQuiet(t)
 	b.requireOnce(t, map[string]wire.JobRecord{running: recs[running]}, wire.StateSucceeded)
 	b.requireOnce(t, map[string]wire.JobRecord{next: recs[next]}, wire.StateCancelled)
@@ -58,7 +55,7 @@ func TestPrefetchedJobQueuedAheadAndCancelled(t *testing.T) {
 func TestPrefetchPullsAgainWhileTheGPUIsBusy(t *testing.T) {
 	t.Parallel()
 	const fetchWait = 100 * time.Millisecond
-	b := setup(t, opts{gpus: 1, stepDelay: 20 * time.Millisecond, configure: func(c agent.Config) agent.Config {
+	b := setup(t, opts{gpus: 1, stepDelay: slowSteps, fetches: true, configure: func(c agent.Config) agent.Config {
 		c.FetchWait = fetchWait
 		return c
 	}})
@@ -70,15 +67,14 @@ func TestPrefetchPullsAgainWhileTheGPUIsBusy(t *testing.T) {
 	}
 
 	running := b.submit(t, "user001", 1000) // ~20 s: it is cancelled below
-	require.Eventually(t, func() bool {
-		b.rec.mu.Lock()
-		defer b.rec.mu.Unlock()
-		return b.rec.records[running].State == wire.StateRunning
-	}, testutil.WaitTimeout(), 10*time.Millisecond)
-	// The pull that began as the job started has run out empty by now.
-	time.Sleep(5 * fetchWait)
+	b.awaitStep(t, running, agent.StepStarted)
+	// The pull that began as the job started ran out empty.
+	b.signals.Fetch.WaitFor(t, "a prefetch pull that ran out empty", func(f agent.FetchSignal) bool {
+		return f.Prefetch && !f.Got
+	})
 	next := b.submit(t, "user002", 5)
-	require.Eventually(t, func() bool { return pending() == 1 }, testutil.WaitTimeout(), 10*time.Millisecond,
+	require.True(t, b.awaitStep(t, next, agent.StepClaimed).Prefetched, "prefetched while the first one runs")
+	testutil.Eventually(t, func() bool { return pending() == 1 },
 		"the job queued later is prefetched into ComfyUI's queue behind the running one")
 	b.rec.mu.Lock()
 	require.Equal(t, wire.StateRunning, b.rec.records[running].State, "prefetched while the first one runs")
@@ -86,7 +82,7 @@ func TestPrefetchPullsAgainWhileTheGPUIsBusy(t *testing.T) {
 
 	admin := wire.Caller{User: "admin", Role: wire.RoleAdmin}
 	b.api(t, wire.OpCancel, wire.CancelRequest{Caller: admin, User: "user001", JobIDs: []string{running}})
-	recs := b.rec.await(t, []string{running, next}, testutil.WaitTimeout())
+	recs := b.rec.await(t, []string{running, next})
 	b.awaitQuiet(t)
 	b.requireOnce(t, map[string]wire.JobRecord{next: recs[next]}, wire.StateSucceeded)
 	b.requireSlotsUp(t)

@@ -178,6 +178,7 @@ func (r *run) end() {
 		if r.onEnd != nil {
 			r.onEnd()
 		}
+		r.signal(stepEnded)
 	})
 	r.stopLease()
 	r.freeGPU()
@@ -311,6 +312,7 @@ func (r *run) dropBeforeStart(ctx context.Context, reason string, delay bool) bo
 	} else {
 		_ = r.ticket.Nak()
 	}
+	r.signal(stepReleased)
 	return true
 }
 
@@ -354,10 +356,13 @@ func (r *run) dropInterrupted(ctx context.Context) {
 	defer r.end()
 	r.cancelAhead()
 	r.log.Info().Msg("interrupted before it started: dropped")
-	r.report(ctx, wire.Report{Kind: wire.ReportInterrupted, Reason: "interrupted before it started"})
+	stored := r.report(ctx, wire.Report{Kind: wire.ReportInterrupted, Reason: "interrupted before it started"})
 	// The ticket comes back once the broker recorded the end, and its
 	// claim is then answered skip.
 	_ = r.ticket.NakWithDelay(r.s.a.cfg.RetryDelay)
+	if stored {
+		r.signalReported(wire.ReportInterrupted)
+	}
 }
 
 func (r *run) execute(parent context.Context) {
@@ -430,6 +435,7 @@ func (r *run) execute(parent context.Context) {
 	if r.prefetched {
 		r.reportStarted(ctx)
 	}
+	r.signal(stepStarted)
 
 	// An interrupt that came before (or while) the prompt went in is
 	// seen by follow at once, through interruptReq.
@@ -691,6 +697,9 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 			// interrupt it lost while about to start it is due now.
 			r.stopInComfy(ctx, r.comfyID)
 		}
+		if m.Type == "execution_start" && head.PromptID == r.comfyID {
+			r.signal(stepExecuting)
+		}
 		switch m.Type {
 		case comfyapi.MsgStatus, comfyapi.MsgFeatureFlags, comfyapi.MsgLogs:
 		case comfyapi.MsgExecuting:
@@ -750,6 +759,7 @@ func (r *run) handleExecuted(ctx context.Context, data json.RawMessage) (json.Ra
 	}
 	msg["output"] = output
 	r.report(ctx, wire.Report{Kind: wire.ReportOutput, Node: node, Output: output})
+	r.s.a.signals.Attempt.Signal(attemptSignal{JobID: r.job.ID, Attempt: r.attempt, Step: stepShipped, Node: node})
 	return json.Marshal(msg)
 }
 
@@ -906,6 +916,7 @@ func (r *run) finish(ctx context.Context, out outcome, h *historyEntry) {
 		r.log.Warn().Err(err).Msg("ack ticket")
 	}
 	r.log.Info().Str("result", string(out.kind)).Msg("job done")
+	r.signalReported(out.kind)
 }
 
 // abandon gives the job back when the agent stops or a drain deadline
@@ -939,6 +950,7 @@ func (r *run) retryOrFail(ctx context.Context, reason string, payload json.RawMe
 	} else {
 		_ = r.ticket.Nak()
 	}
+	r.signal(stepReleased)
 }
 
 // release gives the job back for another attempt.

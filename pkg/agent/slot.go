@@ -261,6 +261,7 @@ func (s *slot) startFetch(ctx context.Context, prefetch bool) {
 				}()
 			}
 		}
+		s.a.signals.Fetch.Signal(fetchSignal{Slot: s.ep.Slot, Prefetch: prefetch, Got: r != nil})
 		select {
 		case s.wake <- struct{}{}:
 		default:
@@ -454,6 +455,7 @@ func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *r
 		r.preparing, r.cancelPrep = true, cancelPrep
 		r.mu.Unlock()
 		h.resolve(r)
+		r.signal(stepClaimed)
 		err := r.prepare(prepCtx)
 		r.mu.Lock()
 		r.preparing = false

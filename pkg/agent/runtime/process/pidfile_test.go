@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/internal/testport"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/agent/gpu"
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/rs/zerolog"
@@ -73,10 +74,10 @@ func TestProcessStopsLeftoverComfyUI(t *testing.T) {
 	go func() { leftDone <- left.Wait() }()
 	t.Cleanup(func() { _ = left.Process.Kill() })
 	leftURL := "http://127.0.0.1:" + strconv.Itoa(port)
-	require.Eventually(t, func() bool {
+	testutil.EventuallyNoError(t, func() error {
 		_, err := comfyclient.New(leftURL, nil).SystemStats(t.Context())
-		return err == nil
-	}, 10*time.Second, 20*time.Millisecond, "the leftover answers")
+		return err
+	}, "the leftover to answer")
 	require.NoError(t, p.writePID("gpu0", left.Process.Pid))
 	// gpu1's pid file names a pid that now belongs to another process
 	// (this test), started at another time.
@@ -85,17 +86,13 @@ func TestProcessStopsLeftoverComfyUI(t *testing.T) {
 	eps, err := p.Start(t.Context())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.Stop(t.Context()) })
-	select {
-	case <-leftDone:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the leftover ComfyUI was not stopped")
-	}
+	testutil.WaitClosed(t, leftDone, "the leftover ComfyUI to be stopped")
 	require.Equal(t, leftURL, eps[0].URL, "same port as before")
 	for _, ep := range eps {
-		require.Eventually(t, func() bool {
+		testutil.EventuallyNoError(t, func() error {
 			_, err := comfyclient.New(ep.URL, nil).SystemStats(t.Context())
-			return err == nil
-		}, 10*time.Second, 20*time.Millisecond, "%s's new ComfyUI answers", ep.Slot)
+			return err
+		}, "%s's new ComfyUI to answer", ep.Slot)
 	}
 	pid, _, err := readPIDFile(p.pidFile("gpu0"))
 	require.NoError(t, err)
