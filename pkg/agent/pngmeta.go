@@ -9,7 +9,7 @@ import (
 	"io"
 	"sort"
 
-	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 )
 
 // The participant's own prompt in their PNGs. ComfyUI's SaveImage (and
@@ -58,9 +58,9 @@ func (r *run) ownMetadata(src io.ReaderAt, size int64, k fileKey) (io.ReaderAt, 
 // non-ASCII escaped), computed once per run.
 func (r *run) ownPromptJSON() ([]byte, error) {
 	r.ownPromptOnce.Do(func() {
-		v, err := comfyvalidate.DecodeJSON(r.job.Prompt)
+		v, err := pyjson.Decode(r.job.Prompt)
 		if err == nil {
-			r.ownPrompt, err = comfyvalidate.PyJSON(v)
+			r.ownPrompt, err = pyjson.Marshal(v)
 		}
 		r.ownPromptErr = err
 	})

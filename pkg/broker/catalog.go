@@ -6,7 +6,7 @@ import (
 	"maps"
 	"slices"
 
-	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
 )
@@ -107,25 +107,25 @@ func (b *Broker) mergePoolCatalog(pool string) wire.Catalog {
 // (the earlier's first, in their order, then the later's new ones). The
 // definitions keep ComfyUI's key order and number spelling.
 func mergeNodeDef(earlier, later json.RawMessage) json.RawMessage {
-	ev, err1 := comfyvalidate.DecodeJSON(earlier)
-	lv, err2 := comfyvalidate.DecodeJSON(later)
-	eo, ok1 := ev.(comfyvalidate.Object)
-	lo, ok2 := lv.(comfyvalidate.Object)
+	ev, err1 := pyjson.Decode(earlier)
+	lv, err2 := pyjson.Decode(later)
+	eo, ok1 := ev.(pyjson.Object)
+	lo, ok2 := lv.(pyjson.Object)
 	if err1 != nil || err2 != nil || !ok1 || !ok2 {
 		return later
 	}
 	eIn, _ := eo.Get("input")
 	lIn, _ := lo.Get("input")
-	eSecs, _ := eIn.(comfyvalidate.Object)
-	lSecs, ok := lIn.(comfyvalidate.Object)
+	eSecs, _ := eIn.(pyjson.Object)
+	lSecs, ok := lIn.(pyjson.Object)
 	if !ok {
 		return later
 	}
 	for _, sec := range []string{"required", "optional"} {
 		ls, _ := lSecs.Get(sec)
 		es, _ := eSecs.Get(sec)
-		lInputs, ok := ls.(comfyvalidate.Object)
-		eInputs, _ := es.(comfyvalidate.Object)
+		lInputs, ok := ls.(pyjson.Object)
+		eInputs, _ := es.(pyjson.Object)
 		if !ok {
 			continue
 		}
@@ -134,7 +134,7 @@ func mergeNodeDef(earlier, later json.RawMessage) json.RawMessage {
 			lInputs[i].Value = mergeCombo(ecfg, m.Value)
 		}
 	}
-	out, err := comfyvalidate.MarshalNoEscape(lo)
+	out, err := pyjson.MarshalNoEscape(lo)
 	if err != nil {
 		return later
 	}
@@ -161,8 +161,8 @@ func mergeCombo(earlier, later any) any {
 	if e[0] != "COMBO" || l[0] != "COMBO" || len(e) < 2 || len(l) < 2 {
 		return later
 	}
-	eOpts, _ := e[1].(comfyvalidate.Object)
-	lOpts, ok := l[1].(comfyvalidate.Object)
+	eOpts, _ := e[1].(pyjson.Object)
+	lOpts, ok := l[1].(pyjson.Object)
 	if !ok {
 		return later
 	}
@@ -186,7 +186,7 @@ func unionOptions(a, b []any) []any {
 	out := make([]any, 0, len(a)+len(b))
 	for _, list := range [][]any{a, b} {
 		for _, v := range list {
-			k := comfyvalidate.PyRepr(v)
+			k := pyjson.Repr(v)
 			if !seen[k] {
 				seen[k] = true
 				out = append(out, v)

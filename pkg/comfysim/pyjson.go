@@ -3,25 +3,25 @@ package comfysim
 import (
 	"encoding/json"
 
-	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 )
 
 // ComfyUI's Python-flavoured JSON (ordered dicts, literal number spelling,
-// json.dumps separators, Python reprs) lives in pkg/comfyvalidate, shared
-// with the proxy's validation; these names keep the simulator's code short.
+// json.dumps separators, Python reprs) lives in pkg/pyjson, shared with the
+// proxy and comfyvalidate; these names keep the simulator's code short.
 
 type (
-	object  = comfyvalidate.Object
-	member  = comfyvalidate.Member
-	pyFloat = comfyvalidate.PyFloat
+	object  = pyjson.Object
+	member  = pyjson.Member
+	pyFloat = pyjson.Float
 )
 
-func pyJSON(v any) ([]byte, error)        { return comfyvalidate.PyJSON(v) }
-func mustPyJSON(v any) []byte             { return comfyvalidate.MustPyJSON(v) }
-func decodeJSON(data []byte) (any, error) { return comfyvalidate.DecodeJSON(data) }
-func numberFloat(n json.Number) float64   { return comfyvalidate.NumberFloat(n) }
-func pyRepr(v any) string                 { return comfyvalidate.PyRepr(v) }
-func pyStr(v any) string                  { return comfyvalidate.PyStr(v) }
-func pyStrRepr(s string) string           { return comfyvalidate.PyStrRepr(s) }
-func pyTypeName(v any) string             { return comfyvalidate.PyTypeName(v) }
-func pyTruthy(v any) bool                 { return comfyvalidate.PyTruthy(v) }
+func pyJSON(v any) ([]byte, error)        { return pyjson.Marshal(v) }
+func mustPyJSON(v any) []byte             { return pyjson.MustMarshal(v) }
+func decodeJSON(data []byte) (any, error) { return pyjson.Decode(data) }
+func numberFloat(n json.Number) float64   { return pyjson.NumberFloat(n) }
+func pyRepr(v any) string                 { return pyjson.Repr(v) }
+func pyStr(v any) string                  { return pyjson.Str(v) }
+func pyStrRepr(s string) string           { return pyjson.StrRepr(s) }
+func pyTypeName(v any) string             { return pyjson.TypeName(v) }
+func pyTruthy(v any) bool                 { return pyjson.Truthy(v) }

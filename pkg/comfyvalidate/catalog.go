@@ -3,6 +3,8 @@ package comfyvalidate
 import (
 	"encoding/json"
 	"fmt"
+
+	"github.com/atelier-run/atelier/pkg/pyjson"
 )
 
 // Catalog resolves node classes for validation. The simulator implements it
@@ -24,7 +26,7 @@ type NodeDef struct {
 	ValidateInputs []string
 	// Validate is VALIDATE_INPUTS: it gets the constant inputs named in
 	// ValidateInputs and returns false with a message to refuse them.
-	Validate func(args Object) (ok bool, msg string)
+	Validate func(args pyjson.Object) (ok bool, msg string)
 }
 
 // input returns the spec of a required or optional input and its category.
@@ -54,16 +56,16 @@ type Input struct {
 	// errors echo as input_config.
 	Config []any
 	// Opts is the options dict (min, max, image_upload …), nil when absent.
-	Opts Object
+	Opts pyjson.Object
 }
 
 // IsCombo reports whether the input is a list-of-options input.
 func (in Input) IsCombo() bool { return in.Combo != nil }
 
 // extra is the options dict as validation sees it (empty when absent).
-func (in Input) extra() Object {
+func (in Input) extra() pyjson.Object {
 	if in.Opts == nil {
-		return Object{}
+		return pyjson.Object{}
 	}
 	return in.Opts
 }
@@ -73,7 +75,7 @@ func (in Input) extra() Object {
 // or v3's upload: "image"), else "".
 func (in Input) UploadKind() string {
 	for _, k := range []string{"image", "video", "audio"} {
-		if v, ok := in.Opts.Get(k + "_upload"); ok && PyTruthy(v) {
+		if v, ok := in.Opts.Get(k + "_upload"); ok && pyjson.Truthy(v) {
 			return k
 		}
 	}
@@ -101,23 +103,23 @@ func (o *ObjectInfo) Classes() []string { return o.order }
 // FromObjectInfo builds a Catalog from GET /object_info's body. An entry that
 // cannot be read is skipped, as ComfyUI omits a node whose definition fails.
 func FromObjectInfo(raw []byte) (*ObjectInfo, error) {
-	v, err := DecodeJSON(raw)
+	v, err := pyjson.Decode(raw)
 	if err != nil {
 		return nil, fmt.Errorf("comfyvalidate: decode object_info: %w", err)
 	}
-	top, ok := v.(Object)
+	top, ok := v.(pyjson.Object)
 	if !ok {
-		return nil, fmt.Errorf("comfyvalidate: object_info is a %s, not an object", PyTypeName(v))
+		return nil, fmt.Errorf("comfyvalidate: object_info is a %s, not an object", pyjson.TypeName(v))
 	}
 	oi := &ObjectInfo{defs: make(map[string]*NodeDef, len(top))}
 	for _, m := range top {
-		entry, ok := m.Value.(Object)
+		entry, ok := m.Value.(pyjson.Object)
 		if !ok {
 			continue
 		}
 		d := &NodeDef{Name: m.Key}
 		if v, ok := entry.Get("output_node"); ok {
-			d.OutputNode = PyTruthy(v)
+			d.OutputNode = pyjson.Truthy(v)
 		}
 		if outs, ok := entry.Get("output"); ok {
 			list, _ := outs.([]any)
@@ -132,7 +134,7 @@ func FromObjectInfo(raw []byte) (*ObjectInfo, error) {
 			}
 		}
 		if in, ok := entry.Get("input"); ok {
-			if sections, ok := in.(Object); ok {
+			if sections, ok := in.(pyjson.Object); ok {
 				d.Required = inputsOf(sections, "required")
 				d.Optional = inputsOf(sections, "optional")
 			}
@@ -145,12 +147,12 @@ func FromObjectInfo(raw []byte) (*ObjectInfo, error) {
 
 // inputsOf reads one section (required, optional) of an object_info input
 // dict.
-func inputsOf(sections Object, key string) []Input {
+func inputsOf(sections pyjson.Object, key string) []Input {
 	v, ok := sections.Get(key)
 	if !ok {
 		return nil
 	}
-	sec, ok := v.(Object)
+	sec, ok := v.(pyjson.Object)
 	if !ok {
 		return nil
 	}
@@ -159,7 +161,7 @@ func inputsOf(sections Object, key string) []Input {
 		cfg, _ := m.Value.([]any)
 		in := Input{Name: m.Key, Config: cfg}
 		if len(cfg) > 1 {
-			in.Opts, _ = cfg[1].(Object)
+			in.Opts, _ = cfg[1].(pyjson.Object)
 		}
 		if len(cfg) > 0 {
 			switch t := cfg[0].(type) {
@@ -186,7 +188,7 @@ func stringList(v any) []string {
 	list, _ := v.([]any)
 	out := make([]string, 0, len(list))
 	for _, e := range list {
-		out = append(out, PyStr(e))
+		out = append(out, pyjson.Str(e))
 	}
 	return out
 }
@@ -194,7 +196,7 @@ func stringList(v any) []string {
 // RawOf returns a decoded value as JSON (for callers that keep results as
 // json.RawMessage).
 func RawOf(v any) json.RawMessage {
-	b, err := MarshalNoEscape(v)
+	b, err := pyjson.MarshalNoEscape(v)
 	if err != nil {
 		return json.RawMessage("null")
 	}

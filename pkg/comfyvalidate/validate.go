@@ -7,6 +7,8 @@ import (
 	"math/big"
 	"strconv"
 	"strings"
+
+	"github.com/atelier-run/atelier/pkg/pyjson"
 )
 
 // This file reproduces execution.py's validate_prompt / validate_inputs:
@@ -24,7 +26,7 @@ type PyException struct {
 
 func (e *PyException) Error() string { return e.Type + ": " + e.Msg }
 
-func keyError(key any) *PyException { return &PyException{"KeyError", PyRepr(key)} }
+func keyError(key any) *PyException { return &PyException{"KeyError", pyjson.Repr(key)} }
 
 // fakeTraceback is a plausible traceback.format_tb() list; clients only
 // display it.
@@ -33,26 +35,26 @@ func fakeTraceback(fn, line string) []any {
 }
 
 // nodeErr builds one entry of node_errors[*].errors.
-func nodeErr(typ, message, details string, extra Object) Object {
+func nodeErr(typ, message, details string, extra pyjson.Object) pyjson.Object {
 	if extra == nil {
-		extra = Object{}
+		extra = pyjson.Object{}
 	}
-	return Object{{"type", typ}, {"message", message}, {"details", details}, {"extra_info", extra}}
+	return pyjson.Object{{"type", typ}, {"message", message}, {"details", details}, {"extra_info", extra}}
 }
 
 // TopErr builds the top-level "error" Object of a 400 answer.
-func TopErr(typ, message, details string) Object {
+func TopErr(typ, message, details string) pyjson.Object {
 	return nodeErr(typ, message, details, nil)
 }
 
 type validated struct {
 	ok      bool
-	reasons []Object
+	reasons []pyjson.Object
 }
 
 type validator struct {
 	cat      Catalog
-	prompt   Object
+	prompt   pyjson.Object
 	done     map[string]validated
 	order    []string // insertion order of done, as Python's dict
 	visiting []string
@@ -71,21 +73,21 @@ type Result struct {
 	// OK is true when at least one output validated: the prompt is queued.
 	OK bool
 	// Err is the top-level error object of a 400 answer when !OK.
-	Err Object
+	Err pyjson.Object
 	// Outputs are outputs_to_execute, in the prompt's node order.
 	Outputs []string
 	// NodeErrors is node_errors (also non-empty on success when some outputs
 	// failed).
-	NodeErrors Object
+	NodeErrors pyjson.Object
 }
 
 // NodeObject returns prompt[id] as an Object.
-func NodeObject(prompt Object, id string) (Object, bool) {
+func NodeObject(prompt pyjson.Object, id string) (pyjson.Object, bool) {
 	v, ok := prompt.Get(id)
 	if !ok {
 		return nil, false
 	}
-	o, ok := v.(Object)
+	o, ok := v.(pyjson.Object)
 	return o, ok
 }
 
@@ -101,15 +103,15 @@ type Options struct {
 // Validate validates (and coerces in place) an API-format prompt, as
 // ComfyUI 0.3.64's validate_prompt. partial is nil when
 // partial_execution_targets was absent or null.
-func Validate(cat Catalog, prompt Object, partial []string) Result {
+func Validate(cat Catalog, prompt pyjson.Object, partial []string) Result {
 	return ValidateWith(cat, prompt, partial, Options{})
 }
 
 // ValidateWith is Validate with version options.
-func ValidateWith(cat Catalog, prompt Object, partial []string, opts Options) Result {
+func ValidateWith(cat Catalog, prompt pyjson.Object, partial []string, opts Options) Result {
 	var outputs []string
 	for _, m := range prompt {
-		node, isObj := m.Value.(Object)
+		node, isObj := m.Value.(pyjson.Object)
 		classV, hasClass := node.Get("class_type")
 		if !isObj || !hasClass {
 			if opts.MissingNodeType {
@@ -125,7 +127,7 @@ func ValidateWith(cat Catalog, prompt Object, partial []string, opts Options) Re
 				return Result{Err: missingNodeType(m.Key, node, classV)}
 			}
 			return Result{Err: TopErr("invalid_prompt",
-				fmt.Sprintf("Cannot execute because node %s does not exist.", PyStr(classV)),
+				fmt.Sprintf("Cannot execute because node %s does not exist.", pyjson.Str(classV)),
 				fmt.Sprintf("Node ID '#%s'", m.Key))}
 		}
 		if def.OutputNode && (partial == nil || contains(partial, m.Key)) {
@@ -140,15 +142,15 @@ func ValidateWith(cat Catalog, prompt Object, partial []string, opts Options) Re
 	var good []string
 	type failed struct {
 		output  string
-		reasons []Object
+		reasons []pyjson.Object
 	}
 	var failures []failed
-	nodeErrors := Object{}
+	nodeErrors := pyjson.Object{}
 	for _, o := range outputs {
 		r, exc := v.validateInputs(o)
 		if exc != nil {
-			r = v.record(o, validated{false, []Object{nodeErr("exception_during_validation",
-				"Exception when validating node", exc.Msg, Object{
+			r = v.record(o, validated{false, []pyjson.Object{nodeErr("exception_during_validation",
+				"Exception when validating node", exc.Msg, pyjson.Object{
 					{"exception_type", exc.Type},
 					{"traceback", fakeTraceback("validate_prompt", "m = await validate_inputs(prompt_id, prompt, o, validated)")},
 				})}})
@@ -171,10 +173,10 @@ func ValidateWith(cat Catalog, prompt Object, partial []string, opts Options) Re
 				for i, rr := range res.reasons {
 					reasons[i] = rr
 				}
-				ne = Object{{"errors", reasons}, {"dependent_outputs", []any{}}, {"class_type", class}}
-				nodeErrors = append(nodeErrors, Member{id, ne})
+				ne = pyjson.Object{{"errors", reasons}, {"dependent_outputs", []any{}}, {"class_type", class}}
+				nodeErrors = append(nodeErrors, pyjson.Member{id, ne})
 			}
-			neo := ne.(Object)
+			neo := ne.(pyjson.Object)
 			deps, _ := neo.Get("dependent_outputs")
 			neo.Set("dependent_outputs", append(deps.([]any), o))
 			nodeErrors.Set(id, neo)
@@ -236,7 +238,7 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 		for j, n := range path {
 			node, _ := NodeObject(v.prompt, n)
 			class, _ := node.Get("class_type")
-			parts[j] = fmt.Sprintf("%s (%s)", n, PyStr(class))
+			parts[j] = fmt.Sprintf("%s (%s)", n, pyjson.Str(class))
 		}
 		var cycle []any
 		seen := map[string]bool{}
@@ -247,8 +249,8 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 			}
 		}
 		for _, n := range cycle {
-			v.record(n.(string), validated{false, []Object{nodeErr("dependency_cycle", "Dependency cycle detected",
-				strings.Join(parts, " -> "), Object{{"node_id", n}, {"cycle_nodes", cycle}})}})
+			v.record(n.(string), validated{false, []pyjson.Object{nodeErr("dependency_cycle", "Dependency cycle detected",
+				strings.Join(parts, " -> "), pyjson.Object{{"node_id", n}, {"cycle_nodes", cycle}})}})
 		}
 		return v.done[id], nil
 	}
@@ -261,14 +263,14 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 	if !ok {
 		return validated{}, keyError("inputs")
 	}
-	inputs, ok := inputsV.(Object)
+	inputs, ok := inputsV.(pyjson.Object)
 	if !ok {
-		return validated{}, &PyException{"AttributeError", fmt.Sprintf("'%s' object has no attribute 'get'", PyTypeName(inputsV))}
+		return validated{}, &PyException{"AttributeError", fmt.Sprintf("'%s' object has no attribute 'get'", pyjson.TypeName(inputsV))}
 	}
 	classV, _ := node.Get("class_type")
 	def, _ := lookupClass(v.cat, classV)
 
-	var errs []Object
+	var errs []pyjson.Object
 	valid := true
 	specs := append(append([]Input(nil), def.Required...), def.Optional...)
 	for _, spec := range specs {
@@ -277,7 +279,7 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 		idx := inputIndex(inputs, x)
 		if idx < 0 {
 			if category == "required" {
-				errs = append(errs, nodeErr("required_input_missing", "Required input is missing", x, Object{{"input_name", x}}))
+				errs = append(errs, nodeErr("required_input_missing", "Required input is missing", x, pyjson.Object{{"input_name", x}}))
 			}
 			continue
 		}
@@ -288,7 +290,7 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 		if link, isList := IsLink(val); isList {
 			if len(link) != 2 {
 				errs = append(errs, nodeErr("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]", x,
-					Object{{"input_name", x}, {"input_config", info}, {"received_value", val}}))
+					pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}}))
 				continue
 			}
 			oID, isStr := link[0].(string)
@@ -309,8 +311,8 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 					inputType = info[0]
 				}
 				errs = append(errs, nodeErr("return_type_mismatch", "Return type mismatch between linked nodes",
-					fmt.Sprintf("%s, received_type(%s) mismatch input_type(%s)", x, received, PyStr(inputType)),
-					Object{{"input_name", x}, {"input_config", info}, {"received_type", received}, {"linked_node", val}}))
+					fmt.Sprintf("%s, received_type(%s) mismatch input_type(%s)", x, received, pyjson.Str(inputType)),
+					pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_type", received}, {"linked_node", val}}))
 				continue
 			}
 			v.visiting = append(v.visiting, id)
@@ -318,8 +320,8 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 			v.visiting = v.visiting[:len(v.visiting)-1]
 			if exc != nil {
 				valid = false
-				v.record(oID, validated{false, []Object{nodeErr("exception_during_inner_validation",
-					"Exception when validating inner node", exc.Msg, Object{
+				v.record(oID, validated{false, []pyjson.Object{nodeErr("exception_during_inner_validation",
+					"Exception when validating inner node", exc.Msg, pyjson.Object{
 						{"input_name", x}, {"input_config", info}, {"exception_message", exc.Msg},
 						{"exception_type", exc.Type},
 						{"traceback", fakeTraceback("validate_inputs", "r = await validate_inputs(prompt_id, prompt, o_id, validated)")},
@@ -333,7 +335,7 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 			continue
 		}
 
-		if o, isObj := val.(Object); isObj {
+		if o, isObj := val.(pyjson.Object); isObj {
 			if inner, ok := o.Get("__value__"); ok {
 				val = inner
 				inputs[idx].Value = val
@@ -343,8 +345,8 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 		if cerr != "" {
 			errs = append(errs, nodeErr("invalid_input_type",
 				fmt.Sprintf("Failed to convert an input value to a %s value", spec.Type),
-				fmt.Sprintf("%s, %s, %s", x, PyStr(val), cerr),
-				Object{{"input_name", x}, {"input_config", info}, {"received_value", val}, {"exception_message", cerr}}))
+				fmt.Sprintf("%s, %s, %s", x, pyjson.Str(val), cerr),
+				pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}, {"exception_message", cerr}}))
 			continue
 		}
 		if coerced != nil {
@@ -357,18 +359,18 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 		}
 		if n, isNum := val.(json.Number); isNum {
 			if minV, ok := extra.Get("min"); ok {
-				if NumberRat(n).Cmp(NumberRat(minV.(json.Number))) < 0 {
+				if pyjson.NumberRat(n).Cmp(pyjson.NumberRat(minV.(json.Number))) < 0 {
 					errs = append(errs, nodeErr("value_smaller_than_min",
-						fmt.Sprintf("Value %s smaller than min of %s", PyStr(val), PyStr(minV)), x,
-						Object{{"input_name", x}, {"input_config", info}, {"received_value", val}}))
+						fmt.Sprintf("Value %s smaller than min of %s", pyjson.Str(val), pyjson.Str(minV)), x,
+						pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}}))
 					continue
 				}
 			}
 			if maxV, ok := extra.Get("max"); ok {
-				if NumberRat(n).Cmp(NumberRat(maxV.(json.Number))) > 0 {
+				if pyjson.NumberRat(n).Cmp(pyjson.NumberRat(maxV.(json.Number))) > 0 {
 					errs = append(errs, nodeErr("value_bigger_than_max",
-						fmt.Sprintf("Value %s bigger than max of %s", PyStr(val), PyStr(maxV)), x,
-						Object{{"input_name", x}, {"input_config", info}, {"received_value", val}}))
+						fmt.Sprintf("Value %s bigger than max of %s", pyjson.Str(val), pyjson.Str(maxV)), x,
+						pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}}))
 					continue
 				}
 			}
@@ -377,15 +379,15 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 			options := spec.Combo
 			if sv, isStr := val.(string); !isStr || !contains(options, sv) {
 				var inputConfig any = info
-				listInfo := PyRepr(options)
+				listInfo := pyjson.Repr(options)
 				// Gigantic lists (scanned model files) are not sent back.
 				if len(options) > 20 {
 					listInfo = fmt.Sprintf("(list of length %d)", len(options))
 					inputConfig = nil
 				}
 				errs = append(errs, nodeErr("value_not_in_list", "Value not in list",
-					fmt.Sprintf("%s: %s not in %s", x, PyRepr(val), listInfo),
-					Object{{"input_name", x}, {"input_config", inputConfig}, {"received_value", val}}))
+					fmt.Sprintf("%s: %s not in %s", x, pyjson.Repr(val), listInfo),
+					pyjson.Object{{"input_name", x}, {"input_config", inputConfig}, {"received_value", val}}))
 				continue
 			}
 		}
@@ -393,7 +395,7 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 
 	if def.Validate != nil {
 		// VALIDATE_INPUTS receives only constant inputs it names.
-		args := Object{}
+		args := pyjson.Object{}
 		for _, name := range def.ValidateInputs {
 			if i := inputIndex(inputs, name); i >= 0 {
 				if _, isList := IsLink(inputs[i].Value); !isList {
@@ -409,7 +411,7 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 						details += " - " + msg
 					}
 					errs = append(errs, nodeErr("custom_validation_failed", "Custom validation failed for node", details,
-						Object{{"input_name", a.Key}}))
+						pyjson.Object{{"input_name", a.Key}}))
 				}
 			}
 		}
@@ -434,7 +436,7 @@ func indexOf(list []string, s string) int {
 }
 
 // inputIndex returns the position of name in a node's inputs, -1 if absent.
-func inputIndex(inputs Object, name string) int {
+func inputIndex(inputs pyjson.Object, name string) int {
 	for i, m := range inputs {
 		if m.Key == name {
 			return i
@@ -446,7 +448,7 @@ func inputIndex(inputs Object, name string) int {
 // TupleIndex is Python's RETURN_TYPES[idx] for a JSON value.
 func TupleIndex(v any, n int) (int, *PyException) {
 	num, ok := v.(json.Number)
-	if !ok || !NumberIsInt(num) {
+	if !ok || !pyjson.NumberIsInt(num) {
 		if b, isBool := v.(bool); isBool { // bool is an int in Python
 			if b {
 				num = "1"
@@ -454,7 +456,7 @@ func TupleIndex(v any, n int) (int, *PyException) {
 				num = "0"
 			}
 		} else {
-			return 0, &PyException{"TypeError", fmt.Sprintf("tuple indices must be integers or slices, not %s", PyTypeName(v))}
+			return 0, &PyException{"TypeError", fmt.Sprintf("tuple indices must be integers or slices, not %s", pyjson.TypeName(v))}
 		}
 	}
 	i, err := strconv.Atoi(string(num))
@@ -515,11 +517,11 @@ func coerce(typ string, val any) (any, string) {
 			// Keep the original spelling; JSON cannot carry nan/inf.
 			return nil, ""
 		}
-		return json.Number(PyFloatRepr(f)), ""
+		return json.Number(pyjson.FloatRepr(f)), ""
 	case "STRING":
-		return PyStr(val), ""
+		return pyjson.Str(val), ""
 	case "BOOLEAN":
-		return PyTruthy(val), ""
+		return pyjson.Truthy(val), ""
 	}
 	return nil, ""
 }
@@ -533,11 +535,11 @@ func pyInt(val any) (*big.Int, string) {
 		}
 		return big.NewInt(0), ""
 	case json.Number:
-		if NumberIsInt(t) {
+		if pyjson.NumberIsInt(t) {
 			i, _ := new(big.Int).SetString(string(t), 10)
 			return i, ""
 		}
-		f := NumberFloat(t)
+		f := pyjson.NumberFloat(t)
 		if math.IsInf(f, 0) {
 			return nil, "cannot convert float infinity to integer"
 		}
@@ -547,11 +549,11 @@ func pyInt(val any) (*big.Int, string) {
 		s := strings.ReplaceAll(strings.TrimSpace(t), "_", "")
 		i, ok := new(big.Int).SetString(s, 10)
 		if !ok || strings.Contains(t, "__") || strings.HasPrefix(strings.TrimSpace(t), "_") {
-			return nil, fmt.Sprintf("invalid literal for int() with base 10: %s", PyStrRepr(t))
+			return nil, fmt.Sprintf("invalid literal for int() with base 10: %s", pyjson.StrRepr(t))
 		}
 		return i, ""
 	default:
-		return nil, fmt.Sprintf("int() argument must be a string, a bytes-like object or a real number, not '%s'", PyTypeName(val))
+		return nil, fmt.Sprintf("int() argument must be a string, a bytes-like object or a real number, not '%s'", pyjson.TypeName(val))
 	}
 }
 
@@ -564,7 +566,7 @@ func PyFloatOf(val any) (float64, string) {
 		}
 		return 0, ""
 	case json.Number:
-		return NumberFloat(t), ""
+		return pyjson.NumberFloat(t), ""
 	case string:
 		s := strings.ToLower(strings.TrimSpace(t))
 		switch strings.TrimLeft(s, "+-") {
@@ -574,26 +576,26 @@ func PyFloatOf(val any) (float64, string) {
 		}
 		f, err := strconv.ParseFloat(strings.ReplaceAll(s, "_", ""), 64)
 		if err != nil || s == "" || strings.HasPrefix(s, "0x") {
-			return 0, fmt.Sprintf("could not convert string to float: %s", PyStrRepr(t))
+			return 0, fmt.Sprintf("could not convert string to float: %s", pyjson.StrRepr(t))
 		}
 		return f, ""
 	default:
-		return 0, fmt.Sprintf("float() argument must be a string or a real number, not '%s'", PyTypeName(val))
+		return 0, fmt.Sprintf("float() argument must be a string or a real number, not '%s'", pyjson.TypeName(val))
 	}
 }
 
 // missingNodeType is newer ComfyUI's error for a node whose class is
 // missing or unknown: the message names the node by its title, which is
 // what the user sees on the canvas.
-func missingNodeType(id string, node Object, class any) Object {
+func missingNodeType(id string, node pyjson.Object, class any) pyjson.Object {
 	title := ""
 	if meta, ok := node.Get("_meta"); ok {
-		if mo, ok := meta.(Object); ok {
+		if mo, ok := meta.(pyjson.Object); ok {
 			title, _ = mo.Str("title")
 		}
 	}
 	if title == "" && class != nil {
-		title = PyStr(class)
+		title = pyjson.Str(class)
 	}
 	if title == "" {
 		title = "#" + id
@@ -603,6 +605,6 @@ func missingNodeType(id string, node Object, class any) Object {
 		msg = fmt.Sprintf("Node '%s' has no class_type. The workflow may be corrupted or a custom node is missing.", title)
 	}
 	e := TopErr("missing_node_type", msg, fmt.Sprintf("Node ID '#%s'", id))
-	e.Set("extra_info", Object{{"node_id", id}, {"class_type", class}, {"node_title", title}})
+	e.Set("extra_info", pyjson.Object{{"node_id", id}, {"class_type", class}, {"node_title", title}})
 	return e
 }

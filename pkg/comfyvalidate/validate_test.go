@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/pkg/pyjson"
 )
 
 // testObjectInfo is a small object_info in ComfyUI's shape: two sources, a
@@ -39,11 +41,11 @@ func catalog(t *testing.T) *ObjectInfo {
 }
 
 // prompt decodes a prompt the way the handlers do (ordered).
-func prompt(t *testing.T, s string) Object {
+func prompt(t *testing.T, s string) pyjson.Object {
 	t.Helper()
-	v, err := DecodeJSON([]byte(s))
+	v, err := pyjson.Decode([]byte(s))
 	require.NoError(t, err)
-	o, ok := v.(Object)
+	o, ok := v.(pyjson.Object)
 	require.True(t, ok)
 	return o
 }
@@ -51,7 +53,7 @@ func prompt(t *testing.T, s string) Object {
 // asJSON renders a result part for comparison with ComfyUI's JSON.
 func asJSON(t *testing.T, v any) string {
 	t.Helper()
-	b, err := MarshalNoEscape(v)
+	b, err := pyjson.MarshalNoEscape(v)
 	require.NoError(t, err)
 	return string(b)
 }
@@ -163,7 +165,7 @@ func TestNodeErrorShapes(t *testing.T) {
 		require.NoError(t, json.Unmarshal([]byte(tc.err), &errObj), tc.name)
 		ne, ok := res.NodeErrors.Get(tc.node)
 		require.True(t, ok, "%s: node_errors %s", tc.name, asJSON(t, res.NodeErrors))
-		c, _ := ne.(Object).Get("class_type")
+		c, _ := ne.(pyjson.Object).Get("class_type")
 		require.Equal(t, class, c, tc.name)
 		require.Equal(t, `{"errors":[`+tc.err+`],"dependent_outputs":["`+output+`"],"class_type":"`+class+`"}`, asJSON(t, ne), tc.name)
 		details := ""
@@ -192,7 +194,7 @@ func TestPartlyValidPromptRunsTheGoodOutputs(t *testing.T) {
 	require.Equal(t, []string{"10"}, res.Outputs)
 	ne, ok := res.NodeErrors.Get("2")
 	require.True(t, ok)
-	deps, _ := ne.(Object).Get("dependent_outputs")
+	deps, _ := ne.(pyjson.Object).Get("dependent_outputs")
 	require.Equal(t, []any{"8", "9"}, deps)
 	require.Len(t, res.NodeErrors, 1, "only the node with errors: %s", asJSON(t, res.NodeErrors))
 
@@ -233,8 +235,8 @@ func TestDependencyCycle(t *testing.T) {
 	for _, id := range []string{"2", "3"} {
 		ne, ok := res.NodeErrors.Get(id)
 		require.True(t, ok, id)
-		errs, _ := ne.(Object).Get("errors")
-		e := errs.([]any)[0].(Object)
+		errs, _ := ne.(pyjson.Object).Get("errors")
+		e := errs.([]any)[0].(pyjson.Object)
 		typ, _ := e.Str("type")
 		details, _ := e.Str("details")
 		require.Equal(t, "dependency_cycle", typ)
@@ -248,9 +250,9 @@ func TestCustomValidation(t *testing.T) {
 	t.Parallel()
 	cat := mapCatalog{
 		"LoadImage": &NodeDef{Name: "LoadImage", Outputs: []string{"IMAGE", "MASK"},
-			Required:       []Input{{Name: "image", Type: "COMBO", Combo: []string{"a.png"}, Config: []any{[]any{"a.png"}, Object{{"image_upload", true}}}}},
+			Required:       []Input{{Name: "image", Type: "COMBO", Combo: []string{"a.png"}, Config: []any{[]any{"a.png"}, pyjson.Object{{"image_upload", true}}}}},
 			ValidateInputs: []string{"image"},
-			Validate: func(args Object) (bool, string) {
+			Validate: func(args pyjson.Object) (bool, string) {
 				v, _ := args.Str("image")
 				if v == "uploaded.png" {
 					return true, ""
@@ -259,7 +261,7 @@ func TestCustomValidation(t *testing.T) {
 			}},
 		"PreviewImage": &NodeDef{Name: "PreviewImage", OutputNode: true, Required: []Input{{Name: "images", Type: "IMAGE", Config: []any{"IMAGE"}}}},
 	}
-	p := func(file string) Object {
+	p := func(file string) pyjson.Object {
 		return prompt(t, `{"1": {"class_type": "LoadImage", "inputs": {"image": "`+file+`"}},
 		  "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}`)
 	}
@@ -308,7 +310,7 @@ func TestUploadKind(t *testing.T) {
 }
 
 // nodeClass is the class_type of prompt[id] (test helper).
-func nodeClass(p Object, id string) (string, bool) {
+func nodeClass(p pyjson.Object, id string) (string, bool) {
 	node, ok := NodeObject(p, id)
 	if !ok {
 		return "", false

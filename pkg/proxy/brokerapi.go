@@ -6,7 +6,7 @@ import (
 	"net/http"
 
 	"github.com/atelier-run/atelier/pkg/brokerapi"
-	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -32,7 +32,7 @@ func (s session) caller() wire.Caller {
 // readOptionalJSON reads a small JSON object body. ComfyUI's handlers call
 // await request.json(): an empty or invalid body raises (500), except for
 // /interrupt, which treats them as {} (optional = true).
-func readJSONBody(w http.ResponseWriter, r *http.Request, optional bool) (comfyvalidate.Object, bool) {
+func readJSONBody(w http.ResponseWriter, r *http.Request, optional bool) (pyjson.Object, bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err != nil {
 		writePlain(w, http.StatusRequestEntityTooLarge, "request body too large")
@@ -42,11 +42,11 @@ func readJSONBody(w http.ResponseWriter, r *http.Request, optional bool) (comfyv
 		writePlain(w, http.StatusBadRequest, "invalid JSON body: "+err.Error())
 		return nil, false
 	}
-	v, err := comfyvalidate.DecodeJSON(body)
-	o, isObj := v.(comfyvalidate.Object)
+	v, err := pyjson.Decode(body)
+	o, isObj := v.(pyjson.Object)
 	if err != nil || !isObj {
 		if optional {
-			return comfyvalidate.Object{}, true
+			return pyjson.Object{}, true
 		}
 		writePlain(w, http.StatusInternalServerError, "invalid JSON body: want an object")
 		return nil, false
@@ -55,7 +55,7 @@ func readJSONBody(w http.ResponseWriter, r *http.Request, optional bool) (comfyv
 }
 
 // idList reads a "delete": [...] list as ComfyUI does (str() of each item).
-func idList(o comfyvalidate.Object, key string) ([]string, bool) {
+func idList(o pyjson.Object, key string) ([]string, bool) {
 	v, ok := o.Get(key)
 	if !ok {
 		return nil, true
@@ -66,7 +66,7 @@ func idList(o comfyvalidate.Object, key string) ([]string, bool) {
 	}
 	ids := make([]string, 0, len(list))
 	for _, e := range list {
-		ids = append(ids, comfyvalidate.PyStr(e))
+		ids = append(ids, pyjson.Str(e))
 	}
 	return ids, true
 }
@@ -104,7 +104,7 @@ func (p *Proxy) handlePostQueue(w http.ResponseWriter, r *http.Request) {
 		writePlain(w, http.StatusInternalServerError, "invalid delete: want a list of prompt ids")
 		return
 	}
-	if v, ok := body.Get("clear"); ok && comfyvalidate.PyTruthy(v) {
+	if v, ok := body.Get("clear"); ok && pyjson.Truthy(v) {
 		req := wire.CancelRequest{Caller: sess.caller(), User: sess.User, AllPending: true, PendingOnly: true}
 		if _, err := p.broker().Cancel(r.Context(), req); err != nil && !refused(err) {
 			p.unavailable(w, r, err)
@@ -131,8 +131,8 @@ func (p *Proxy) handleInterrupt(w http.ResponseWriter, r *http.Request) {
 	}
 	sess := sessionFrom(r.Context())
 	req := wire.InterruptRequest{Caller: sess.caller(), User: sess.User}
-	if v, ok := body.Get("prompt_id"); ok && comfyvalidate.PyTruthy(v) {
-		req.JobID = comfyvalidate.PyStr(v)
+	if v, ok := body.Get("prompt_id"); ok && pyjson.Truthy(v) {
+		req.JobID = pyjson.Str(v)
 	}
 	if _, err := p.broker().Interrupt(r.Context(), req); err != nil {
 		p.apiFailed(w, r, err)
@@ -155,7 +155,7 @@ func (p *Proxy) handlePostHistory(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	clear := false
-	if v, ok := body.Get("clear"); ok && comfyvalidate.PyTruthy(v) {
+	if v, ok := body.Get("clear"); ok && pyjson.Truthy(v) {
 		clear = true
 	}
 	if !clear && len(ids) == 0 {

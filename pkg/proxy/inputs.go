@@ -8,6 +8,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/comfyvalidate"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -82,13 +83,13 @@ func (c *uploadCatalog) Lookup(class string) (*comfyvalidate.NodeDef, bool) {
 	if len(uploads) > 0 {
 		cp := *d
 		cp.ValidateInputs = append(append([]string(nil), d.ValidateInputs...), uploads...)
-		cp.Validate = func(args comfyvalidate.Object) (bool, string) {
+		cp.Validate = func(args pyjson.Object) (bool, string) {
 			for _, m := range args {
 				k, ok := kinds[m.Key]
 				if !ok {
 					continue
 				}
-				v := comfyvalidate.PyStr(m.Value)
+				v := pyjson.Str(m.Value)
 				if !c.exists(v) {
 					return false, "Invalid " + k + " file: " + v
 				}
@@ -119,18 +120,18 @@ func (c *uploadCatalog) exists(value string) bool {
 // inputManifest lists the participant's input files that prompt's upload
 // widgets reference, so the agent can stage them (wire.Job.Inputs). Only
 // validated prompts get here: every referenced file exists.
-func inputManifest(cat comfyvalidate.Catalog, prompt comfyvalidate.Object, stat inputStat) ([]wire.InputFile, error) {
+func inputManifest(cat comfyvalidate.Catalog, prompt pyjson.Object, stat inputStat) ([]wire.InputFile, error) {
 	var out []wire.InputFile
 	seen := map[string]bool{}
 	for _, m := range prompt {
-		node, _ := m.Value.(comfyvalidate.Object)
+		node, _ := m.Value.(pyjson.Object)
 		class, _ := node.Str("class_type")
 		def, ok := cat.Lookup(class)
 		if !ok {
 			continue
 		}
 		inputs, _ := node.Get("inputs")
-		io, _ := inputs.(comfyvalidate.Object)
+		io, _ := inputs.(pyjson.Object)
 		for _, in := range append(append([]comfyvalidate.Input(nil), def.Required...), def.Optional...) {
 			if in.UploadKind() == "" {
 				continue

@@ -7,7 +7,7 @@ import (
 	"slices"
 
 	"github.com/atelier-run/atelier/pkg/comfyapi"
-	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -112,7 +112,7 @@ func workflowID(extra json.RawMessage) string {
 	if len(extra) == 0 || json.Unmarshal(extra, &e) != nil || e.PNGInfo.Workflow.ID == nil {
 		return ""
 	}
-	return comfyvalidate.PyStr(e.PNGInfo.Workflow.ID)
+	return pyjson.Str(e.PNGInfo.Workflow.ID)
 }
 
 func jobsError(w http.ResponseWriter, status int, msg string) {
@@ -236,7 +236,7 @@ func (p *Proxy) handleJobsCancel(w http.ResponseWriter, r *http.Request) {
 	for _, e := range list {
 		s, isStr := e.(string)
 		if !isStr || !canonicalUUID(s) {
-			jobsError(w, http.StatusBadRequest, fmt.Sprintf("Invalid job id: %s", comfyvalidate.PyStr(e)))
+			jobsError(w, http.StatusBadRequest, fmt.Sprintf("Invalid job id: %s", pyjson.Str(e)))
 			return
 		}
 		ids = append(ids, s)

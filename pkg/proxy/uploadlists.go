@@ -9,6 +9,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/comfyvalidate"
 	"github.com/atelier-run/atelier/pkg/filestore"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 )
 
 // uploadInput is a combo input that object_info flags as an upload widget
@@ -84,19 +85,19 @@ func (p *Proxy) participantInputs(ctx context.Context, user string) (map[string]
 // withUploadLists returns a class's object_info entry with its upload
 // combos listing files (by media class) instead of the GPU box's.
 func withUploadLists(raw json.RawMessage, ups []uploadInput, files map[string][]string) json.RawMessage {
-	v, err := comfyvalidate.DecodeJSON(raw)
+	v, err := pyjson.Decode(raw)
 	if err != nil {
 		return raw
 	}
-	entry, ok := v.(comfyvalidate.Object)
+	entry, ok := v.(pyjson.Object)
 	if !ok {
 		return raw
 	}
 	inV, _ := entry.Get("input")
-	sections, _ := inV.(comfyvalidate.Object)
+	sections, _ := inV.(pyjson.Object)
 	for _, up := range ups {
 		secV, _ := sections.Get(up.section)
-		sec, _ := secV.(comfyvalidate.Object)
+		sec, _ := secV.(pyjson.Object)
 		cfgV, _ := sec.Get(up.name)
 		cfg, _ := cfgV.([]any)
 		if len(cfg) == 0 {
@@ -114,7 +115,7 @@ func withUploadLists(raw json.RawMessage, ups []uploadInput, files map[string][]
 			if first != "COMBO" || len(cfg) < 2 {
 				continue
 			}
-			opts, ok := cfg[1].(comfyvalidate.Object)
+			opts, ok := cfg[1].(pyjson.Object)
 			if !ok {
 				continue
 			}

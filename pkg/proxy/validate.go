@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
 
@@ -181,7 +182,7 @@ func (req *promptRequest) readPriority(top map[string]json.RawMessage) *requestE
 	} else if raw, ok := top["front"]; ok {
 		var v any
 		_ = json.Unmarshal(raw, &v)
-		req.Front = comfyvalidate.PyTruthy(v)
+		req.Front = pyjson.Truthy(v)
 	}
 	return nil
 }
@@ -267,18 +268,18 @@ func readPartialTargets(top map[string]json.RawMessage) ([]string, *requestError
 // files, coerces widget values in place like ComfyUI (the coerced prompt is
 // what /queue and /history show), and computes the input manifest.
 func (req *promptRequest) validate(cat *poolCatalog, partial []string, opts parseOptions) *requestError {
-	v, err := comfyvalidate.DecodeJSON(req.Prompt)
+	v, err := pyjson.Decode(req.Prompt)
 	if err != nil {
 		return plainError(http.StatusInternalServerError, "invalid prompt: %v", err)
 	}
-	prompt, ok := v.(comfyvalidate.Object)
+	prompt, ok := v.(pyjson.Object)
 	if !ok {
 		return plainError(http.StatusInternalServerError, "invalid prompt: want an object mapping node ids to nodes")
 	}
 	for _, m := range prompt {
 		// Python's `'class_type' in node` raises for a number or a list:
 		// aiohttp's 500, not a validation error.
-		if _, ok := m.Value.(comfyvalidate.Object); !ok {
+		if _, ok := m.Value.(pyjson.Object); !ok {
 			if _, isStr := m.Value.(string); !isStr {
 				return plainError(http.StatusInternalServerError, "invalid prompt: node %q is not an object", m.Key)
 			}
@@ -290,9 +291,9 @@ func (req *promptRequest) validate(cat *poolCatalog, partial []string, opts pars
 	if !res.OK {
 		ne := res.NodeErrors
 		if ne == nil {
-			ne = comfyvalidate.Object{}
+			ne = pyjson.Object{}
 		}
-		body := comfyvalidate.Object{{"error", res.Err}, {"node_errors", ne}}
+		body := pyjson.Object{{"error", res.Err}, {"node_errors", ne}}
 		return &requestError{Status: http.StatusBadRequest, Body: comfyvalidate.RawOf(body)}
 	}
 	req.Validated = true
@@ -300,7 +301,7 @@ func (req *promptRequest) validate(cat *poolCatalog, partial []string, opts pars
 	req.Outputs = slices.SortedFunc(slices.Values(res.Outputs), compareNodeIDs)
 	req.Prompt = comfyvalidate.RawOf(prompt)
 	if res.NodeErrors == nil {
-		res.NodeErrors = comfyvalidate.Object{}
+		res.NodeErrors = pyjson.Object{}
 	}
 	req.NodeErrors = comfyvalidate.RawOf(res.NodeErrors)
 	if opts.stat != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 	"github.com/atelier-run/atelier/pkg/stack"
 )
 
@@ -165,7 +166,7 @@ func (r *run) describeFixed(n *normalizer, resp response, o stepOpts) string {
 	if o.fix == nil {
 		return r.describe(n, resp, o.ordered, o.headers...)
 	}
-	v, err := comfyvalidate.DecodeJSON(resp.body)
+	v, err := pyjson.Decode(resp.body)
 	if err != nil {
 		return r.describe(n, resp, o.ordered, o.headers...)
 	}
@@ -233,7 +234,7 @@ func (w *wsClient) flush() {
 
 // until reads until stop says so (the stopping message included) and
 // records the sequence read under step.
-func (w *wsClient) until(step string, stop func(typ string, data comfyvalidate.Object) bool) {
+func (w *wsClient) until(step string, stop func(typ string, data pyjson.Object) bool) {
 	t := w.r.t
 	t.Helper()
 	ctx, cancel := context.WithTimeout(w.r.ctx, 30*time.Second)
@@ -247,12 +248,12 @@ func (w *wsClient) until(step string, stop func(typ string, data comfyvalidate.O
 			w.seq = append(w.seq, w.r.n.binaryFrame(b))
 			continue
 		}
-		v, err := comfyvalidate.DecodeJSON(b)
+		v, err := pyjson.Decode(b)
 		require.NoError(t, err)
-		msg, _ := v.(comfyvalidate.Object)
+		msg, _ := v.(pyjson.Object)
 		mt, _ := msg.Str("type")
 		dv, _ := msg.Get("data")
-		data, _ := dv.(comfyvalidate.Object)
+		data, _ := dv.(pyjson.Object)
 		rendered := w.r.n.render(dv, false)
 		if mt == "atelier_queue_position" {
 			// Atelier's own message (README: queue positions), sent
@@ -278,8 +279,8 @@ func (w *wsClient) until(step string, stop func(typ string, data comfyvalidate.O
 }
 
 // endOf stops at the closing "executing null" of prompt id.
-func endOf(id string) func(string, comfyvalidate.Object) bool {
-	return func(typ string, d comfyvalidate.Object) bool {
+func endOf(id string) func(string, pyjson.Object) bool {
+	return func(typ string, d pyjson.Object) bool {
 		node, hasNode := d.Get("node")
 		pid, _ := d.Str("prompt_id")
 		return typ == "executing" && hasNode && node == nil && pid == id
@@ -287,8 +288,8 @@ func endOf(id string) func(string, comfyvalidate.Object) bool {
 }
 
 // executingNode stops when node starts executing.
-func executingNode(node string) func(string, comfyvalidate.Object) bool {
-	return func(typ string, d comfyvalidate.Object) bool {
+func executingNode(node string) func(string, pyjson.Object) bool {
+	return func(typ string, d pyjson.Object) bool {
 		n, _ := d.Str("node")
 		return typ == "executing" && n == node
 	}

@@ -19,7 +19,7 @@ import (
 
 	_ "golang.org/x/image/webp"
 
-	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 )
 
 // normalizer turns what a client sees into text that is equal between the
@@ -82,7 +82,7 @@ func (n *normalizer) str(s string) string {
 }
 
 func (n *normalizer) counter(num json.Number) string {
-	if !comfyvalidate.NumberIsInt(num) {
+	if !pyjson.NumberIsInt(num) {
 		return numberRepr(num)
 	}
 	key := numberRepr(num)
@@ -106,7 +106,7 @@ func numberRepr(num json.Number) string {
 // object keys of this level in their order.
 func (n *normalizer) render(v any, ordered bool) string {
 	switch t := v.(type) {
-	case comfyvalidate.Object:
+	case pyjson.Object:
 		parts := make([]string, 0, len(t))
 		for _, m := range t {
 			parts = append(parts, strconv.Quote(n.str(m.Key))+":"+n.field(m.Key, m.Value))
@@ -164,8 +164,8 @@ func isQueueTuple(a []any) bool {
 	}
 	_, num := a[0].(json.Number)
 	_, id := a[1].(string)
-	_, prompt := a[2].(comfyvalidate.Object)
-	_, extra := a[3].(comfyvalidate.Object)
+	_, prompt := a[2].(pyjson.Object)
+	_, extra := a[3].(pyjson.Object)
 	_, outs := a[4].([]any)
 	return num && id && prompt && extra && outs
 }
@@ -182,7 +182,7 @@ func (n *normalizer) body(status int, h http.Header, b []byte, ordered bool) str
 	case len(b) == 0:
 		return "<empty>"
 	case ct == "application/json":
-		v, err := comfyvalidate.DecodeJSON(b)
+		v, err := pyjson.Decode(b)
 		if err != nil {
 			return "<invalid JSON>"
 		}
@@ -248,7 +248,7 @@ func (n *normalizer) binaryFrame(b []byte) string {
 		if l > len(rest)-4 {
 			return "bin 4 bad length"
 		}
-		meta, err := comfyvalidate.DecodeJSON(rest[4 : 4+l])
+		meta, err := pyjson.Decode(rest[4 : 4+l])
 		if err != nil {
 			return "bin 4 bad metadata"
 		}

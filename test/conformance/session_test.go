@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/atelier-run/atelier/pkg/comfysim"
-	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/pyjson"
 )
 
 // idle waits (unrecorded) until the target's queue is empty.
@@ -88,7 +88,7 @@ func (r *run) upload(name, path, filename string, content []byte, fields map[str
 // sortPending sorts queue_pending by number: ComfyUI returns its heap's
 // array order, which clients sort (README.md).
 func sortPending(_ *normalizer, v any) any {
-	o, ok := v.(comfyvalidate.Object)
+	o, ok := v.(pyjson.Object)
 	if !ok {
 		return v
 	}
@@ -116,7 +116,7 @@ func modelLibrary(_ *normalizer, v any) any {
 		return v
 	}
 	for i, e := range list {
-		o, ok := e.(comfyvalidate.Object)
+		o, ok := e.(pyjson.Object)
 		if !ok {
 			continue
 		}
@@ -131,15 +131,15 @@ func modelLibrary(_ *normalizer, v any) any {
 // byID sorts the jobs of a jobs API answer by id: the order of
 // sort_by=execution_duration depends on how long each prompt took here.
 func jobsByID(n *normalizer, v any) any {
-	o, ok := v.(comfyvalidate.Object)
+	o, ok := v.(pyjson.Object)
 	if !ok {
 		return v
 	}
 	jv, _ := o.Get("jobs")
 	jobs, _ := jv.([]any)
 	sort.SliceStable(jobs, func(i, j int) bool {
-		a, _ := jobs[i].(comfyvalidate.Object)
-		b, _ := jobs[j].(comfyvalidate.Object)
+		a, _ := jobs[i].(pyjson.Object)
+		b, _ := jobs[j].(pyjson.Object)
 		ia, _ := a.Str("id")
 		ib, _ := b.Str("id")
 		return n.id(ia) < n.id(ib)
@@ -246,9 +246,9 @@ func session(r *run, prefix string) {
 
 	// A prompt followed over the WebSocket, with feature flags.
 	ws := r.dial("ws", p("/ws?clientId="+client))
-	ws.until(tag+"connect", func(typ string, _ comfyvalidate.Object) bool { return typ == "status" })
+	ws.until(tag+"connect", func(typ string, _ pyjson.Object) bool { return typ == "status" })
 	require.NoError(r.t, ws.c.Write(r.ctx, websocket.MessageText, []byte(`{"type": "feature_flags", "data": {"supports_preview_metadata": true, "supports_manager_v4_ui": true}}`)))
-	ws.until(tag+"feature_flags", func(typ string, _ comfyvalidate.Object) bool { return typ == "feature_flags" })
+	ws.until(tag+"feature_flags", func(typ string, _ pyjson.Object) bool { return typ == "feature_flags" })
 
 	body := fmt.Sprintf(`{"prompt": %s, "client_id": %q, "extra_data": {"extra_pnginfo": {"workflow": {"id": "wf-conformance"}}}}`, nw, client)
 	first := promptID(r, r.postJSON(tag+"POST /prompt", p("/prompt"), body))

@@ -1,4 +1,8 @@
-package comfyvalidate
+// Package pyjson is JSON as ComfyUI, a Python program, writes and reads
+// it: insertion-ordered objects, numbers that keep their spelling,
+// json.dumps's separators and ASCII escaping, and Python's repr, str,
+// type names and truthiness for the texts of its error messages.
+package pyjson
 
 import (
 	"bytes"
@@ -127,8 +131,8 @@ func MarshalNoEscape(v any) ([]byte, error) {
 	return bytes.TrimRight(buf.Bytes(), "\n"), nil
 }
 
-// PyJSON encodes v the way Python's json.dumps(v) would.
-func PyJSON(v any) ([]byte, error) {
+// Marshal encodes v the way Python's json.dumps(v) would.
+func Marshal(v any) ([]byte, error) {
 	compact, err := MarshalNoEscape(v)
 	if err != nil {
 		return nil, err
@@ -136,10 +140,10 @@ func PyJSON(v any) ([]byte, error) {
 	return Pythonize(compact), nil
 }
 
-// MustPyJSON is PyJSON for values built by the simulator itself, which always
+// MustMarshal is Marshal for values built by the simulator itself, which always
 // encode.
-func MustPyJSON(v any) []byte {
-	b, err := PyJSON(v)
+func MustMarshal(v any) []byte {
+	b, err := Marshal(v)
 	if err != nil {
 		panic(fmt.Sprintf("comfyvalidate: encoding internal value: %v", err))
 	}
@@ -195,10 +199,10 @@ func surrogates(r rune) (rune, rune) {
 	return 0xd800 + (r>>10)&0x3ff, 0xdc00 + r&0x3ff
 }
 
-// DecodeJSON decodes a JSON document into ordered values: Object, []any,
+// Decode decodes a JSON document into ordered values: Object, []any,
 // string, json.Number, bool and nil. Trailing data is an error, as in
 // Python's json.loads.
-func DecodeJSON(data []byte) (any, error) {
+func Decode(data []byte) (any, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	v, err := decodeValue(dec)
@@ -258,20 +262,20 @@ func decodeValue(dec *json.Decoder) (any, error) {
 	}
 }
 
-// PyFloat is a float64 that encodes like Python's float repr (5.0, not 5).
-type PyFloat float64
+// Float is a float64 that encodes like Python's float repr (5.0, not 5).
+type Float float64
 
-func (f PyFloat) MarshalJSON() ([]byte, error) {
+func (f Float) MarshalJSON() ([]byte, error) {
 	v := float64(f)
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return nil, fmt.Errorf("non-finite float %v", v)
 	}
-	return []byte(PyFloatRepr(v)), nil
+	return []byte(FloatRepr(v)), nil
 }
 
-// PyFloatRepr formats v as Python's repr(float) does: shortest round-trip
+// FloatRepr formats v as Python's repr(float) does: shortest round-trip
 // digits, exponent form below 1e-4 and from 1e16, and always a '.' or 'e'.
-func PyFloatRepr(v float64) string {
+func FloatRepr(v float64) string {
 	switch {
 	case math.IsNaN(v):
 		return "nan"
@@ -319,8 +323,8 @@ func NumberRat(n json.Number) *big.Rat {
 	return r
 }
 
-// PyRepr renders a decoded JSON value as Python's repr() would.
-func PyRepr(v any) string {
+// Repr renders a decoded JSON value as Python's repr() would.
+func Repr(v any) string {
 	switch t := v.(type) {
 	case nil:
 		return "None"
@@ -330,36 +334,36 @@ func PyRepr(v any) string {
 		}
 		return "False"
 	case string:
-		return PyStrRepr(t)
+		return StrRepr(t)
 	case json.Number:
 		if NumberIsInt(t) {
 			return string(t)
 		}
-		return PyFloatRepr(NumberFloat(t))
-	case PyFloat:
-		return PyFloatRepr(float64(t))
+		return FloatRepr(NumberFloat(t))
+	case Float:
+		return FloatRepr(float64(t))
 	case int:
 		return strconv.Itoa(t)
 	case int64:
 		return strconv.FormatInt(t, 10)
 	case float64:
-		return PyFloatRepr(t)
+		return FloatRepr(t)
 	case []string:
 		parts := make([]string, len(t))
 		for i, s := range t {
-			parts[i] = PyStrRepr(s)
+			parts[i] = StrRepr(s)
 		}
 		return "[" + strings.Join(parts, ", ") + "]"
 	case []any:
 		parts := make([]string, len(t))
 		for i, e := range t {
-			parts[i] = PyRepr(e)
+			parts[i] = Repr(e)
 		}
 		return "[" + strings.Join(parts, ", ") + "]"
 	case Object:
 		parts := make([]string, len(t))
 		for i, m := range t {
-			parts[i] = PyStrRepr(m.Key) + ": " + PyRepr(m.Value)
+			parts[i] = StrRepr(m.Key) + ": " + Repr(m.Value)
 		}
 		return "{" + strings.Join(parts, ", ") + "}"
 	default:
@@ -367,17 +371,17 @@ func PyRepr(v any) string {
 	}
 }
 
-// PyStr renders a value as Python's str() would.
-func PyStr(v any) string {
+// Str renders a value as Python's str() would.
+func Str(v any) string {
 	if s, ok := v.(string); ok {
 		return s
 	}
-	return PyRepr(v)
+	return Repr(v)
 }
 
-// PyStrRepr is repr(str): single quotes unless the text contains a single
+// StrRepr is repr(str): single quotes unless the text contains a single
 // quote and no double quote.
-func PyStrRepr(s string) string {
+func StrRepr(s string) string {
 	quote := byte('\'')
 	if strings.Contains(s, "'") && !strings.Contains(s, `"`) {
 		quote = '"'
@@ -405,8 +409,8 @@ func PyStrRepr(s string) string {
 	return b.String()
 }
 
-// PyTypeName is type(v).__name__ for a decoded JSON value.
-func PyTypeName(v any) string {
+// TypeName is type(v).__name__ for a decoded JSON value.
+func TypeName(v any) string {
 	switch t := v.(type) {
 	case nil:
 		return "NoneType"
@@ -428,8 +432,8 @@ func PyTypeName(v any) string {
 	}
 }
 
-// PyTruthy is Python's bool(v) for a decoded JSON value.
-func PyTruthy(v any) bool {
+// Truthy is Python's bool(v) for a decoded JSON value.
+func Truthy(v any) bool {
 	switch t := v.(type) {
 	case nil:
 		return false
