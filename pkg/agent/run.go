@@ -365,6 +365,8 @@ func (r *run) dropInterrupted(ctx context.Context) {
 	}
 }
 
+// execute runs the prompt in ComfyUI, follows it to its end, and reports
+// how it ended (or gives the job back).
 func (r *run) execute(parent context.Context) {
 	defer r.end()
 	if !r.begin() {
@@ -381,31 +383,33 @@ func (r *run) execute(parent context.Context) {
 		r.finish(ctx, outcome{kind: wire.ReportFailed, reason: "the prompt cannot run: " + r.promptErr.Error()}, nil)
 		return
 	}
-	queued, gen := r.awaitAhead()
-	ahead := queued && r.conn != nil && gen == r.gen && gen == r.s.healthy.Load()
-	if queued && !ahead {
-		// ComfyUI restarted (or was taken for down) since the prompt was
-		// queued ahead: make sure it is gone, and queue it afresh under
-		// a new id.
-		r.cancelAhead()
-		r.mu.Lock()
-		r.comfyID = uuid.NewString()
-		r.mu.Unlock()
+	exited, ok := r.submit(ctx)
+	if !ok {
+		return
 	}
-	if r.conn == nil || r.gen != r.s.healthy.Load() {
-		// ComfyUI restarted since the job was staged.
-		if r.conn != nil {
-			r.conn.Close()
-			r.conn = nil
-		}
-		if err := r.prepare(ctx); err != nil {
-			r.s.markDown()
-			r.retryOrFail(ctx, err.Error(), nil, true)
+	r.signal(stepStarted)
+
+	// An interrupt that came before (or while) the prompt went in is
+	// seen by follow at once, through interruptReq.
+	out, err := r.follow(ctx, r.conn, exited)
+	if err != nil {
+		if out, ok = r.afterLostFollow(ctx, err, exited); !ok {
 			return
 		}
 	}
-	exited := r.s.exited()
+	r.conclude(ctx, out)
+}
 
+// submit puts the prompt into ComfyUI, unless it is there already
+// (queued ahead on the same ComfyUI), and returns the channel closed when
+// that ComfyUI exits. Not ok: the prompt is not in ComfyUI, and the job
+// was failed or given back.
+func (r *run) submit(ctx context.Context) (exited <-chan struct{}, ok bool) {
+	ahead, ok := r.readyForComfy(ctx)
+	if !ok {
+		return nil, false
+	}
+	exited = r.s.exited()
 	var err error
 	if !ahead {
 		_, err = r.s.comfy.QueuePrompt(ctx, comfyclient.PromptRequest{
@@ -426,36 +430,63 @@ func (r *run) execute(parent context.Context) {
 		// ComfyUI refused the prompt (a model missing on this box, say):
 		// the participant sees ComfyUI's own explanation.
 		r.finish(ctx, outcome{kind: wire.ReportFailed, reason: "ComfyUI refused the prompt: " + string(perr.Body)}, nil)
-		return
+		return nil, false
 	case err != nil:
 		r.s.markDown()
 		r.retryOrFail(ctx, "queue prompt in ComfyUI: "+err.Error(), nil, true)
-		return
+		return nil, false
 	}
 	if r.prefetched {
 		r.reportStarted(ctx)
 	}
-	r.signal(stepStarted)
+	return exited, true
+}
 
-	// An interrupt that came before (or while) the prompt went in is
-	// seen by follow at once, through interruptReq.
-	out, err := r.follow(ctx, r.conn, exited)
+// readyForComfy makes sure the run's prompt and WebSocket belong to the
+// slot's current ComfyUI: ahead when the prompt was queued ahead there
+// already. Not ok: staging again failed, and the job was given back.
+func (r *run) readyForComfy(ctx context.Context) (ahead, ok bool) {
+	queued, gen := r.awaitAhead()
+	ahead = queued && r.conn != nil && gen == r.gen && gen == r.s.healthy.Load()
+	if queued && !ahead {
+		// ComfyUI restarted (or was taken for down) since the prompt was
+		// queued ahead: make sure it is gone, and queue it afresh under
+		// a new id.
+		r.cancelAhead()
+		r.mu.Lock()
+		r.comfyID = uuid.NewString()
+		r.mu.Unlock()
+	}
+	if r.conn == nil || r.gen != r.s.healthy.Load() {
+		// ComfyUI restarted since the job was staged.
+		if r.conn != nil {
+			r.conn.Close()
+			r.conn = nil
+		}
+		if err := r.prepare(ctx); err != nil {
+			r.s.markDown()
+			r.retryOrFail(ctx, err.Error(), nil, true)
+			return false, false
+		}
+	}
+	return ahead, true
+}
+
+// afterLostFollow handles follow's error: the job is given back or failed
+// (not ok), or, when only ComfyUI's events were lost, the outcome is read
+// from ComfyUI's history.
+func (r *run) afterLostFollow(ctx context.Context, err error, exited <-chan struct{}) (outcome, bool) {
 	switch {
-	case err == nil:
 	case errors.Is(context.Cause(ctx), errDrainDeadline):
 		r.abandon(errDrainDeadline.Error(), false)
-		return
 	case ctx.Err() != nil:
 		r.abandon("the agent stopped", true)
-		return
 	case errors.Is(err, errStalled):
 		r.abandonComfy(ctx, fmt.Sprintf("no event from ComfyUI for %s", r.s.a.cfg.EventTimeout))
-		return
 	case errors.Is(err, errComfyExited):
 		r.s.markDown()
 		r.freeGPU()
 		r.retryOrFail(ctx, "ComfyUI exited while running the job", nil, true)
-		return
 	case errors.Is(err, filestore.ErrQuotaExceeded), errors.Is(err, ErrForeignOutput):
 		// Retrying cannot help: the participant must make room first, or
 		// the workflow writes where it must not.
@@ -463,17 +494,23 @@ func (r *run) execute(parent context.Context) {
 		_ = r.s.comfy.Interrupt(ictx, r.comfyID)
 		cancel()
 		r.finish(ctx, outcome{kind: wire.ReportFailed, reason: refusedReason(err)}, nil)
-		return
 	default:
 		r.log.Warn().Err(err).Msg("lost ComfyUI's events; reading the result from history")
-		out, err = r.awaitHistory(ctx, exited)
+		out, err := r.awaitHistory(ctx, exited)
 		if err != nil {
 			r.s.markDown()
 			r.freeGPU()
 			r.retryOrFail(ctx, "ComfyUI lost: "+err.Error(), nil, true)
-			return
+			return outcome{}, false
 		}
+		return out, true
 	}
+	return outcome{}, false
+}
+
+// conclude reports how ComfyUI ended the prompt, or gives the job back
+// when ComfyUI ran out of memory.
+func (r *run) conclude(ctx context.Context, out outcome) {
 	if out.kind == wire.ReportFailed && isOOM(out.payload) {
 		// Out of memory is often the ComfyUI process's fragmented or
 		// leaked memory, not the job: restart it and try again; a job
@@ -565,174 +602,6 @@ func keepLease(ctx context.Context, ticket jetstream.Msg, ackWait time.Duration,
 			if err := ticket.InProgress(); err != nil {
 				log.Warn().Err(err).Msg("extend ticket lease")
 			}
-		}
-	}
-}
-
-// historyCheckInterval is how long follow waits for a message before it
-// asks ComfyUI's history whether the prompt ended without it seeing the
-// end (a lost message must not hold a GPU slot forever).
-const historyCheckInterval = 10 * time.Second
-
-// follow relays ComfyUI's messages for this prompt until it ends.
-func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan struct{}) (outcome, error) {
-	type next struct {
-		m   comfyclient.Message
-		err error
-	}
-	msgs := make(chan next)
-	readCtx, stopReading := context.WithCancel(ctx)
-	defer stopReading()
-	go func() {
-		for {
-			m, err := conn.Next(readCtx)
-			select {
-			case msgs <- next{m, err}:
-			case <-readCtx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	quiet := time.NewTimer(historyCheckInterval)
-	defer quiet.Stop()
-	// The watchdog: any message about this prompt (progress included)
-	// proves ComfyUI is alive and working on it. It measures ComfyUI's
-	// silence only: outputs ship in the background (outbox), and the
-	// end waits for them with the watchdog off (ComfyUI is done).
-	stall := time.NewTimer(r.s.a.cfg.EventTimeout)
-	defer stall.Stop()
-	box := r.startOutbox(ctx)
-	defer box.stop()
-	// ended waits for the outputs still shipping, then returns how the
-	// prompt ended.
-	ended := func(o outcome, err error) (outcome, error) {
-		if err != nil {
-			return o, err
-		}
-		if err := box.wait(ctx); err != nil {
-			return outcome{}, err
-		}
-		return o, nil
-	}
-
-	// Once interrupted, the prompt is withdrawn from ComfyUI in rounds
-	// (withdraw.go) until ComfyUI ended it or dropped it unrun.
-	interruptReq := r.interruptReq
-	var withdrawC <-chan time.Time
-	withdrawPause := withdrawFirstPause
-	withdraw := time.NewTimer(time.Hour)
-	withdraw.Stop()
-	defer withdraw.Stop()
-
-	var out *outcome
-	for {
-		var m comfyclient.Message
-		select {
-		case <-ctx.Done():
-			return outcome{}, ctx.Err()
-		case <-interruptReq:
-			interruptReq, withdrawC = nil, withdraw.C
-			if r.withdrawRound(ctx) {
-				return ended(interruptedOutcome(), nil)
-			}
-			withdraw.Reset(withdrawPause)
-			continue
-		case <-withdrawC:
-			if out != nil {
-				continue // ComfyUI ended it; only the closing message is due
-			}
-			if r.withdrawRound(ctx) {
-				return ended(interruptedOutcome(), nil)
-			}
-			withdrawPause = min(2*withdrawPause, withdrawMaxPause)
-			withdraw.Reset(withdrawPause)
-			continue
-		case <-exited:
-			return outcome{}, errComfyExited
-		case <-stall.C:
-			return outcome{}, errStalled
-		case <-box.failed:
-			return outcome{}, box.error()
-		case <-quiet.C:
-			if _, err := r.history(ctx); err == nil {
-				r.log.Warn().Msg("prompt ended without its closing message; taking the result from history")
-				return ended(r.outcomeFromHistory(ctx))
-			}
-			quiet.Reset(historyCheckInterval)
-			continue
-		case n := <-msgs:
-			if n.err != nil {
-				if out != nil {
-					return ended(*out, nil) // the end was seen; only the trailer is lost
-				}
-				return outcome{}, n.err
-			}
-			m = n.m
-		}
-		if m.Type == "" {
-			stall.Reset(r.s.a.cfg.EventTimeout)
-			box.relay("", nil, bytes.ReplaceAll(m.Binary, []byte(r.comfyID), []byte(r.job.ID)))
-			continue
-		}
-		var head struct {
-			PromptID string          `json:"prompt_id"`
-			Node     json.RawMessage `json:"node"`
-		}
-		_ = json.Unmarshal(m.Data, &head)
-		if head.PromptID != "" && head.PromptID != r.comfyID {
-			continue
-		}
-		if head.PromptID == r.comfyID {
-			// Only news of this prompt counts: status broadcasts and the
-			// like must not keep the history check from running.
-			stall.Reset(r.s.a.cfg.EventTimeout)
-			quiet.Reset(historyCheckInterval)
-		}
-		data := r.translate(m.Data)
-		if m.Type == comfyapi.MsgExecutionStart && head.PromptID == r.comfyID && withdrawC != nil {
-			// ComfyUI began the prompt after it was interrupted: the
-			// interrupt it lost while about to start it is due now.
-			r.stopInComfy(ctx, r.comfyID)
-		}
-		if m.Type == "execution_start" && head.PromptID == r.comfyID {
-			r.signal(stepExecuting)
-		}
-		switch m.Type {
-		case comfyapi.MsgStatus, comfyapi.MsgFeatureFlags, comfyapi.MsgLogs:
-		case comfyapi.MsgExecuting:
-			if head.PromptID == r.comfyID && (len(head.Node) == 0 || string(head.Node) == "null") {
-				if out == nil {
-					out = &outcome{kind: wire.ReportSucceeded}
-				}
-				return ended(*out, nil)
-			}
-			box.relay(m.Type, data, nil)
-		case comfyapi.MsgExecuted:
-			// Relayed by the outbox once its files are in mello.
-			box.ship(data)
-		case comfyapi.MsgExecutionSuccess:
-			out = &outcome{kind: wire.ReportSucceeded}
-			// ComfyUI is done with the prompt: let the slot hand it the
-			// next one now, while this run reads the history, ships and
-			// reports.
-			r.freeGPU()
-		case comfyapi.MsgExecutionError:
-			var e struct {
-				ExceptionType string `json:"exception_type"`
-			}
-			_ = json.Unmarshal(data, &e)
-			if e.ExceptionType == comfyapi.ExceptionExecutionBlocked {
-				box.relay(m.Type, data, nil) // informational; the prompt goes on
-				continue
-			}
-			out = &outcome{kind: wire.ReportFailed, payload: data}
-		case comfyapi.MsgExecutionInterrupted:
-			out = &outcome{kind: wire.ReportInterrupted, payload: data}
-		default:
-			box.relay(m.Type, data, nil)
 		}
 	}
 }

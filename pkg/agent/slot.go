@@ -443,41 +443,48 @@ func (s *slot) acquire(ctx context.Context, msg jetstream.Msg, prefetch bool) *r
 			_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
 			return nil
 		}
-		r := newRun(ctx, s, *reply.Job, reply.Attempt, msg, meta.NumDelivered, prefetch)
 		held = true
-		r.onEnd = func() { s.a.leave(h) }
-		// From here an interrupt finds the run (the broker records the
-		// job running as it answers the claim); one that arrives while
-		// the job is staged cuts the staging short.
-		prepCtx, cancelPrep := context.WithCancel(ctx)
-		defer cancelPrep()
-		r.mu.Lock()
-		r.preparing, r.cancelPrep = true, cancelPrep
-		r.mu.Unlock()
-		h.resolve(r)
-		r.signal(stepClaimed)
-		err := r.prepare(prepCtx)
-		r.mu.Lock()
-		r.preparing = false
-		dropped := r.phase == phaseDropped
-		r.mu.Unlock()
-		if dropped {
-			r.dropInterrupted(ctx)
-			return nil
-		}
-		if err != nil {
-			// Most likely ComfyUI itself (restarting, still starting):
-			// check its health before the next job.
-			s.markDown()
-			r.retryOrFail(ctx, "preparing the job: "+err.Error(), nil, true)
-			r.end()
-			return nil
-		}
-		return r
+		return s.stage(ctx, h, *reply.Job, reply.Attempt, msg, meta.NumDelivered, prefetch)
 	default:
 		_ = msg.NakWithDelay(s.a.cfg.RetryDelay)
 	}
 	return nil
+}
+
+// stage makes a run of the job the broker let this slot claim (held as h)
+// and prepares it; nil when it was interrupted meanwhile, or staging
+// failed and the job went back.
+func (s *slot) stage(ctx context.Context, h *held, job wire.Job, attempt int, msg jetstream.Msg, delivered uint64, prefetch bool) *run {
+	r := newRun(ctx, s, job, attempt, msg, delivered, prefetch)
+	r.onEnd = func() { s.a.leave(h) }
+	// From here an interrupt finds the run (the broker records the job
+	// running as it answers the claim); one that arrives while the job is
+	// staged cuts the staging short.
+	prepCtx, cancelPrep := context.WithCancel(ctx)
+	defer cancelPrep()
+	r.mu.Lock()
+	r.preparing, r.cancelPrep = true, cancelPrep
+	r.mu.Unlock()
+	h.resolve(r)
+	r.signal(stepClaimed)
+	err := r.prepare(prepCtx)
+	r.mu.Lock()
+	r.preparing = false
+	dropped := r.phase == phaseDropped
+	r.mu.Unlock()
+	if dropped {
+		r.dropInterrupted(ctx)
+		return nil
+	}
+	if err != nil {
+		// Most likely ComfyUI itself (restarting, still starting): check
+		// its health before the next job.
+		s.markDown()
+		r.retryOrFail(ctx, "preparing the job: "+err.Error(), nil, true)
+		r.end()
+		return nil
+	}
+	return r
 }
 
 // claimTries is how often a slot asks for a job whose claim got no answer.
