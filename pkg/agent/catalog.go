@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/backoff"
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/atelier-run/atelier/pkg/wire"
 )
@@ -30,10 +31,8 @@ func (a *Agent) catalogLoop(ctx context.Context) {
 				a.signals.Catalog.Signal(struct{}{})
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, catalogCheckInterval) {
 			return
-		case <-time.After(catalogCheckInterval):
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/backoff"
 	"github.com/atelier-run/atelier/pkg/comfyapi"
 	"github.com/atelier-run/atelier/pkg/comfyclient"
 	"github.com/atelier-run/atelier/pkg/wire"
@@ -30,10 +31,10 @@ type follower struct {
 	// Once interrupted, the prompt is withdrawn from ComfyUI in rounds
 	// (withdraw.go) until ComfyUI ended it or dropped it unrun:
 	// interruptReq is then nil and withdrawC ticks the rounds.
-	interruptReq  <-chan struct{}
-	withdraw      *time.Timer
-	withdrawC     <-chan time.Time
-	withdrawPause time.Duration
+	interruptReq   <-chan struct{}
+	withdraw       *time.Timer
+	withdrawC      <-chan time.Time
+	withdrawPauses *backoff.Backoff
 	// out is how the prompt ended, once ComfyUI said so (the closing
 	// "executing" message may still be due).
 	out *outcome
@@ -62,7 +63,7 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 			if r.withdrawRound(ctx) {
 				return f.ended(ctx, interruptedOutcome(), nil)
 			}
-			f.withdraw.Reset(f.withdrawPause)
+			f.withdraw.Reset(f.withdrawPauses.Next())
 		case <-f.withdrawC:
 			if f.out != nil {
 				continue // ComfyUI ended it; only the closing message is due
@@ -70,8 +71,7 @@ func (r *run) follow(ctx context.Context, conn *comfyclient.Conn, exited <-chan 
 			if r.withdrawRound(ctx) {
 				return f.ended(ctx, interruptedOutcome(), nil)
 			}
-			f.withdrawPause = min(2*f.withdrawPause, withdrawMaxPause)
-			f.withdraw.Reset(f.withdrawPause)
+			f.withdraw.Reset(f.withdrawPauses.Next())
 		case <-exited:
 			return outcome{}, errComfyExited
 		case <-f.stall.C:
@@ -121,13 +121,13 @@ func readMessages(ctx context.Context, conn *comfyclient.Conn) <-chan comfyMessa
 
 func (r *run) newFollower(ctx context.Context) *follower {
 	f := &follower{
-		r:             r,
-		box:           r.startOutbox(ctx),
-		quiet:         time.NewTimer(historyCheckInterval),
-		stall:         time.NewTimer(r.s.a.cfg.EventTimeout),
-		interruptReq:  r.interruptReq,
-		withdraw:      time.NewTimer(time.Hour),
-		withdrawPause: withdrawFirstPause,
+		r:              r,
+		box:            r.startOutbox(ctx),
+		quiet:          time.NewTimer(historyCheckInterval),
+		stall:          time.NewTimer(r.s.a.cfg.EventTimeout),
+		interruptReq:   r.interruptReq,
+		withdraw:       time.NewTimer(time.Hour),
+		withdrawPauses: backoff.New(withdrawPauses),
 	}
 	f.withdraw.Stop()
 	return f

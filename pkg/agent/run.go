@@ -850,19 +850,26 @@ func (r *run) report(ctx context.Context, rep wire.Report) bool {
 		return false
 	}
 	subj := wire.ReportSubject(r.s.a.cfg.ID, r.job.ID)
-	for try := 0; ; try++ {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	try := 0
+	err = backoff.Retry(ctx, reportRetry, 0, func(ctx context.Context) error {
+		pctx, cancel := context.WithTimeout(ctx, reportPublishTimeout)
+		defer cancel()
 		_, err := r.s.a.js.Publish(pctx, subj, data, jetstream.WithMsgID(rep.MsgID()))
-		cancel()
-		if err == nil {
-			return true
+		if err != nil {
+			r.log.Warn().Err(err).Str("kind", string(rep.Kind)).Int("try", try).Msg("publish report")
+			try++
 		}
-		r.log.Warn().Err(err).Str("kind", string(rep.Kind)).Int("try", try).Msg("publish report")
-		if !backoff.Sleep(ctx, time.Duration(min(try+1, 10))*200*time.Millisecond) {
-			return false
-		}
-	}
+		return err
+	})
+	return err == nil
 }
+
+// A report is published again until JetStream stores it: each try waits
+// reportPublishTimeout for the store's answer, the pauses between them
+// are reportRetry's.
+const reportPublishTimeout = 5 * time.Second
+
+var reportRetry = backoff.Policy{Min: 200 * time.Millisecond, Max: 2 * time.Second}
 
 // refusedReason is what a participant reads when an output is refused:
 // over their disk quota, or written outside their folder.

@@ -501,21 +501,20 @@ func (s *slot) claimKeepingLease(ctx context.Context, ticket jetstream.Msg, t wi
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go keepLease(lctx, ticket, s.ackWait, s.log)
-	var err error
-	for try := 1; try <= claimTries; try++ {
-		var reply wire.ClaimReply
-		if reply, err = s.claim(ctx, t, delivery, prefetch); err == nil {
-			return reply, nil
+	try := 0
+	var reply wire.ClaimReply
+	var lastErr error
+	err := backoff.Retry(ctx, backoff.Policy{Min: s.a.cfg.RetryDelay, Max: s.a.cfg.RetryDelay}, claimTries, func(ctx context.Context) error {
+		if try++; try > 1 {
+			s.log.Warn().Err(lastErr).Str("job", t.JobID).Int("try", try-1).Msg("claim got no answer; asking again")
 		}
-		if ctx.Err() != nil || try == claimTries {
-			break
-		}
-		s.log.Warn().Err(err).Str("job", t.JobID).Int("try", try).Msg("claim got no answer; asking again")
-		if !backoff.Sleep(ctx, s.a.cfg.RetryDelay) {
-			break
-		}
+		reply, lastErr = s.claim(ctx, t, delivery, prefetch)
+		return lastErr
+	})
+	if err != nil {
+		return wire.ClaimReply{}, err
 	}
-	return wire.ClaimReply{}, err
+	return reply, nil
 }
 
 func (s *slot) claim(ctx context.Context, t wire.Ticket, delivery uint64, prefetch bool) (wire.ClaimReply, error) {

@@ -23,12 +23,10 @@ import (
 // out of ComfyUI's queue before it ran.
 const interruptedBeforeStart = "interrupted before it started"
 
-// withdrawBackoff bounds the pause between two rounds of delete and
-// interrupt while ComfyUI still holds an interrupted prompt.
-const (
-	withdrawFirstPause = 50 * time.Millisecond
-	withdrawMaxPause   = time.Second
-)
+// withdrawPauses are the pauses between two rounds of delete and
+// interrupt while ComfyUI still holds an interrupted prompt: 50 ms,
+// doubling, at most a second.
+var withdrawPauses = backoff.Policy{Min: 50 * time.Millisecond, Max: time.Second}
 
 // comfyPromptID is the attempt's prompt id in ComfyUI (execute replaces it
 // when it queues the prompt afresh).
@@ -92,16 +90,15 @@ func (r *run) withdrawUnfollowed(id string) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), withdrawUnfollowedFor)
 		defer cancel()
-		pause := withdrawFirstPause
+		pauses := backoff.New(withdrawPauses)
 		for {
-			if !backoff.Sleep(ctx, pause) {
+			if !pauses.Wait(ctx) {
 				r.log.Warn().Str("prompt", id).Msg("ComfyUI still holds a withdrawn prompt")
 				return
 			}
 			if !r.withdrawUnfollowedRound(ctx, id) {
 				return
 			}
-			pause = min(2*pause, withdrawMaxPause)
 		}
 	}()
 }
