@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,7 +98,7 @@ func TestAgentGPUStatsWithExplicitGPUs(t *testing.T) {
 		"--id", "e2e-smi", "--runtime", "process", "--gpus", "1,3",
 		"--comfy-command", sim, "--comfy-args", "--step-delay 1ms --log-format json",
 		"--base-port", fmt.Sprint(freePorts(t, 2)), "--scratch", filepath.Join(t.TempDir(), "scratch"))
-	s.awaitSlots("e2e-smi", 2, 30*time.Second)
+	s.awaitSlots("e2e-smi", 2)
 	want := map[string]struct {
 		used int64
 		util float64
@@ -124,5 +125,5 @@ func TestAgentGPUStatsWithExplicitGPUs(t *testing.T) {
 			return ok
 		}
 		return false
-	}, 20*time.Second, 50*time.Millisecond, "per-slot GPU readings from nvidia-smi: %+v", &last)
+	}, testutil.WaitTimeout(), 50*time.Millisecond, "per-slot GPU readings from nvidia-smi: %+v", &last)
 }

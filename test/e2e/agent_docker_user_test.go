@@ -10,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -115,12 +114,12 @@ func TestAgentDockerRuntimeUser(t *testing.T) {
 					_ = exec.Command("docker", "rm", "-f", c).Run()
 				}
 			})
-			s.awaitSlots(id, 1, 60*time.Second)
+			s.awaitSlots(id, 1)
 			require.Equal(t, tc.container, docker(t, "inspect", "--format", "{{.Config.User}}", "atelier-"+id+"-gpu0"))
 
 			ids := s.queueJobs(t, users, 6, 2)
-			s.awaitSuccess(t, ids, 60*time.Second)
-			require.NoError(t, s.stopProc("agent", 30*time.Second)) // every run has ended: its outputs emptied, or not
+			s.awaitSuccess(t, ids)
+			require.NoError(t, s.stopProc("agent")) // every run has ended: its outputs emptied, or not
 
 			sizes := outputSizes(t, filepath.Join(scratch, "outputs", "gpu0", "user001"))
 			require.Len(t, sizes, 6, "one PNG per job on the box")

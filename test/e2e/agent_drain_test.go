@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"github.com/atelier-run/atelier/internal/testutil"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -45,12 +46,12 @@ func testDrain(t *testing.T, drainTimeout time.Duration, steps int) {
 			"--sim-dir", filepath.Join(t.TempDir(), "sim"), "--sim-step-delay", "20ms",
 			"--retry-delay", "200ms", "--drain-timeout", drainTimeout.String())
 	}
-	s.awaitSlots("e2e-agent", 2, 30*time.Second)
-	s.awaitSlots("e2e-agent2", 2, 30*time.Second)
+	s.awaitSlots("e2e-agent", 2)
+	s.awaitSlots("e2e-agent2", 2)
 
 	ids := s.queueJobs(t, users, 20, steps)
 	// SIGTERM once the first agent has finished some jobs and runs more.
-	require.Eventually(t, func() bool { return len(completions(s.log("agent"))) >= 2 }, 30*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return len(completions(s.log("agent"))) >= 2 }, testutil.WaitTimeout(), 20*time.Millisecond)
 	before := logLines(s.log("agent"))
 	held := map[string]bool{} // jobs the agent had before the signal
 	for _, l := range before {
@@ -60,7 +61,7 @@ func testDrain(t *testing.T, drainTimeout time.Duration, steps int) {
 	}
 	sent := time.Now()
 	require.NoError(t, s.procs["agent"].Process.Signal(syscall.SIGTERM))
-	require.NoError(t, s.stopProc("agent", drainTimeout+10*time.Second), "the draining agent exits 0")
+	require.NoError(t, s.stopProcWithin("agent", drainTimeout+testutil.WaitTimeout()), "the draining agent exits 0")
 	took := time.Since(sent)
 	t.Logf("agent drained and exited %s after SIGTERM", took.Round(time.Millisecond))
 	require.Less(t, took, drainTimeout+5*time.Second)
@@ -89,10 +90,10 @@ func testDrain(t *testing.T, drainTimeout time.Duration, steps int) {
 		require.Positive(t, released, "the drain deadline released the running jobs")
 	}
 
-	s.awaitSuccess(t, ids, 60*time.Second)
+	s.awaitSuccess(t, ids)
 	// A run logs "job done" after its report is recorded: stop the
 	// second agent too, so both logs are complete.
-	require.NoError(t, s.stopProc("agent2", 30*time.Second))
+	require.NoError(t, s.stopProc("agent2"))
 	done := completions(s.log("agent"), s.log("agent2"))
 	first := 0
 	for id := range ids {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/internal/testport"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/stretchr/testify/require"
 )
@@ -58,7 +59,7 @@ func (s *system) startAgent(name string, args ...string) {
 	s.start(name, "atelier-agent", append(args, "--nats-url", s.natsURL)...)
 	if name != "agent" {
 		s.t.Cleanup(func() {
-			if err := s.stopProc(name, 30*time.Second); err != nil {
+			if err := s.stopProc(name); err != nil {
 				s.t.Errorf("%s: %v", name, err)
 			}
 		})
@@ -68,7 +69,11 @@ func (s *system) startAgent(name string, args ...string) {
 // stopProc sends SIGTERM (what systemd and docker send) to the named
 // process and waits for it to exit. It returns an error if the exit
 // status is not 0 or it does not exit within d (it is then killed).
-func (s *system) stopProc(name string, d time.Duration) error {
+func (s *system) stopProc(name string) error { return s.stopProcWithin(name, testutil.WaitTimeout()) }
+
+// stopProcWithin is stopProc with its own bound (a drain that may take
+// that long).
+func (s *system) stopProcWithin(name string, d time.Duration) error {
 	cmd := s.procs[name]
 	if cmd == nil || cmd.ProcessState != nil {
 		return nil
@@ -98,7 +103,7 @@ func (s *system) log(name string) string {
 
 // awaitSlots waits until the broker's status shows agent id with n
 // slots, all idle.
-func (s *system) awaitSlots(id string, n int, within time.Duration) {
+func (s *system) awaitSlots(id string, n int) {
 	s.t.Helper()
 	require.Eventually(s.t, func() bool {
 		var st struct {
@@ -120,7 +125,7 @@ func (s *system) awaitSlots(id string, n int, within time.Duration) {
 			return true
 		}
 		return false
-	}, within, 50*time.Millisecond, "agent %s never had %d idle slots", id, n)
+	}, testutil.WaitTimeout(), 50*time.Millisecond, "agent %s never had %d idle slots", id, n)
 }
 
 var (
@@ -233,41 +238,58 @@ func (s *system) queueJobs(t *testing.T, users []string, n, steps int) map[strin
 }
 
 // awaitSuccess waits until every job's history entry, read through the
-// proxy as its participant, says success.
-func (s *system) awaitSuccess(t *testing.T, ids map[string]string, within time.Duration) {
+// proxy as its participant, says success. It fails when no job got one
+// for WaitTimeout: the bound is on progress, not on how many jobs there
+// are.
+func (s *system) awaitSuccess(t *testing.T, ids map[string]string) {
 	t.Helper()
 	pending, bad := map[string]string{}, map[string]string{}
 	for id, u := range ids {
 		pending[id] = u
 	}
-	require.Eventually(t, func() bool {
+	progress := time.Now()
+	for len(pending) > 0 {
 		for id, u := range pending {
-			var h map[string]struct {
-				Status struct {
-					StatusStr string `json:"status_str"`
-				} `json:"status"`
-			}
-			code, body := s.participant(u).do(http.MethodGet, "/history/"+id, nil)
-			if code != http.StatusOK || json.Unmarshal(body, &h) != nil {
-				return false
-			}
-			e, ok := h[id]
+			st, ok := s.historyStatus(u, id)
 			if !ok {
-				return false
+				continue
 			}
-			if e.Status.StatusStr != "success" {
-				bad[id] = e.Status.StatusStr
+			if st != "success" {
+				bad[id] = st
 			}
 			delete(pending, id)
+			progress = time.Now()
 		}
-		return true
-	}, within, 100*time.Millisecond, "jobs without a history entry: %v", pending)
+		if len(pending) == 0 {
+			break
+		}
+		if time.Since(progress) > testutil.WaitTimeout() {
+			t.Fatalf("no job got a history entry for %s; without one: %v", testutil.WaitTimeout(), pending)
+		}
+		time.Sleep(100 * time.Millisecond) // the poll interval
+	}
 	require.Empty(t, bad, "jobs whose history entry is not a success")
+}
+
+// historyStatus is the status_str of job id's history entry as its
+// participant u reads it through the proxy (false: no entry yet).
+func (s *system) historyStatus(u, id string) (string, bool) {
+	var h map[string]struct {
+		Status struct {
+			StatusStr string `json:"status_str"`
+		} `json:"status"`
+	}
+	code, body := s.participant(u).do(http.MethodGet, "/history/"+id, nil)
+	if code != http.StatusOK || json.Unmarshal(body, &h) != nil {
+		return "", false
+	}
+	e, ok := h[id]
+	return e.Status.StatusStr, ok
 }
 
 // awaitLog waits until the named process logged a line for which match
 // holds, and returns it.
-func (s *system) awaitLog(name string, within time.Duration, match func(logLine) bool) logLine {
+func (s *system) awaitLog(name string, match func(logLine) bool) logLine {
 	s.t.Helper()
 	var found logLine
 	require.Eventually(s.t, func() bool {
@@ -278,7 +300,7 @@ func (s *system) awaitLog(name string, within time.Duration, match func(logLine)
 			}
 		}
 		return false
-	}, within, 20*time.Millisecond, "%s never logged the expected line", name)
+	}, testutil.WaitTimeout(), 20*time.Millisecond, "%s never logged the expected line", name)
 	return found
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"image/png"
 	"net/http"
 	"os"
@@ -33,9 +34,9 @@ func TestAgentProcessRuntimeRestartsKilledComfyUI(t *testing.T) {
 		"--comfy-command", sim, "--comfy-args", "--step-delay 20ms --log-format json",
 		"--base-port", fmt.Sprint(freePorts(t, 2)), "--scratch", scratch,
 		"--retry-delay", "200ms", "--drain-timeout", "10s")
-	s.awaitSlots("e2e-proc", 2, 30*time.Second)
+	s.awaitSlots("e2e-proc", 2)
 
-	started := s.awaitLog("agent", 5*time.Second, func(l logLine) bool { return l.Message == "ComfyUI started" && l.Slot == "gpu0" })
+	started := s.awaitLog("agent", func(l logLine) bool { return l.Message == "ComfyUI started" && l.Slot == "gpu0" })
 	require.NotZero(t, started.PID)
 	// The simulator is a real child process, started with ComfyUI's flags.
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", started.PID))
@@ -48,18 +49,18 @@ func TestAgentProcessRuntimeRestartsKilledComfyUI(t *testing.T) {
 	require.FileExists(t, filepath.Join(scratch, "logs", "comfyui-gpu0.log"))
 
 	ids := s.queueJobs(t, users, 6, 20) // ~0.5 s each
-	running := s.awaitLog("agent", 20*time.Second, func(l logLine) bool { return l.Message == "running job" && l.Slot == "gpu0" })
+	running := s.awaitLog("agent", func(l logLine) bool { return l.Message == "running job" && l.Slot == "gpu0" })
 	time.Sleep(100 * time.Millisecond) // into the sampler
 	require.NoError(t, syscall.Kill(started.PID, syscall.SIGKILL))
 
-	s.awaitLog("agent", 10*time.Second, func(l logLine) bool {
+	s.awaitLog("agent", func(l logLine) bool {
 		return l.Message == "ComfyUI started" && l.Slot == "gpu0" && l.PID != started.PID
 	})
-	s.awaitSuccess(t, ids, 60*time.Second)
-	s.awaitSlots("e2e-proc", 2, 10*time.Second)
+	s.awaitSuccess(t, ids)
+	s.awaitSlots("e2e-proc", 2)
 	// A run logs "job done" after its report is recorded: stop the agent
 	// (which stops its ComfyUIs) so its log is complete.
-	require.NoError(t, s.stopProc("agent", 30*time.Second))
+	require.NoError(t, s.stopProc("agent"))
 	done := completions(s.log("agent"))
 	for id := range ids {
 		require.Equal(t, 1, done[id], "job %s completed %d times", id, done[id])
@@ -93,7 +94,7 @@ func TestAgentProcessRuntimeAfterAgentKilled(t *testing.T) {
 		"--base-port", fmt.Sprint(base), "--scratch", filepath.Join(t.TempDir(), "scratch"),
 		"--retry-delay", "200ms", "--drain-timeout", "10s"}
 	s.startAgent("agent", args...)
-	s.awaitSlots("e2e-kill9", 2, 30*time.Second)
+	s.awaitSlots("e2e-kill9", 2)
 	first := comfyStarts(s.log("agent"))
 	require.Len(t, first, 2)
 
@@ -102,7 +103,7 @@ func TestAgentProcessRuntimeAfterAgentKilled(t *testing.T) {
 	_ = cmd.Wait()
 	for slot, starts := range first {
 		pid := starts[len(starts)-1].PID
-		require.Eventually(t, func() bool { return procGone(pid) }, 10*time.Second, 20*time.Millisecond,
+		require.Eventually(t, func() bool { return procGone(pid) }, testutil.WaitTimeout(), 20*time.Millisecond,
 			"%s's ComfyUI (pid %d) outlived its agent", slot, pid)
 	}
 
@@ -112,12 +113,12 @@ func TestAgentProcessRuntimeAfterAgentKilled(t *testing.T) {
 	require.Eventually(t, func() bool {
 		again = comfyStarts(s.log("agent")[mark:])
 		return len(again) == 2
-	}, 20*time.Second, 20*time.Millisecond, "the agent started its ComfyUIs again")
+	}, testutil.WaitTimeout(), 20*time.Millisecond, "the agent started its ComfyUIs again")
 	for slot, starts := range again {
 		require.Equal(t, first[slot][0].Port, starts[0].Port, "%s on the same port", slot)
 	}
 	ids := s.queueJobs(t, users, 4, 5)
-	s.awaitSuccess(t, ids, 60*time.Second)
+	s.awaitSuccess(t, ids)
 	// The ComfyUIs the second agent started are the ones that ran the jobs:
 	// none of them exited (a port still held would have made it exit).
 	for slot, starts := range comfyStarts(s.log("agent")[mark:]) {
@@ -125,7 +126,7 @@ func TestAgentProcessRuntimeAfterAgentKilled(t *testing.T) {
 		require.False(t, procGone(starts[0].PID), "%s's ComfyUI is up", slot)
 	}
 	require.NotContains(t, s.log("agent")[mark:], "ComfyUI exited")
-	require.NoError(t, s.stopProc("agent", 30*time.Second))
+	require.NoError(t, s.stopProc("agent"))
 }
 
 // dockerOK skips the test when no Docker Engine answers.
@@ -169,7 +170,7 @@ func TestAgentDockerRuntime(t *testing.T) {
 		"--docker-health-interval", "1s", "--comfy-args", "--step-delay 20ms",
 		"--base-port", fmt.Sprint(freePorts(t, 2)), "--scratch", filepath.Join(t.TempDir(), "scratch"),
 		"--retry-delay", "200ms", "--drain-timeout", "10s")
-	s.awaitSlots(agentID, 2, 60*time.Second)
+	s.awaitSlots(agentID, 2)
 
 	names := []string{"atelier-" + agentID + "-gpu0", "atelier-" + agentID + "-gpu1"}
 	for _, n := range names {
@@ -177,25 +178,25 @@ func TestAgentDockerRuntime(t *testing.T) {
 		require.Eventually(t, func() bool {
 			out, err := exec.Command("docker", "inspect", "--format", "{{.State.Health.Status}}", n).Output()
 			return err == nil && strings.TrimSpace(string(out)) == "healthy"
-		}, 30*time.Second, 200*time.Millisecond, "container %s never healthy", n)
+		}, testutil.WaitTimeout(), 200*time.Millisecond, "container %s never healthy", n)
 	}
 
 	ids := s.queueJobs(t, users, 6, 20) // ~0.5 s each
-	running := s.awaitLog("agent", 20*time.Second, func(l logLine) bool { return l.Message == "running job" && l.Slot == "gpu0" })
+	running := s.awaitLog("agent", func(l logLine) bool { return l.Message == "running job" && l.Slot == "gpu0" })
 	firstStart := docker(t, "inspect", "--format", "{{.State.StartedAt}}", names[0])
 	time.Sleep(100 * time.Millisecond)
 	docker(t, "kill", names[0])
 
-	s.awaitLog("agent", 10*time.Second, func(l logLine) bool { return l.Message == "ComfyUI container exited" && l.Slot == "gpu0" })
+	s.awaitLog("agent", func(l logLine) bool { return l.Message == "ComfyUI container exited" && l.Slot == "gpu0" })
 	require.Eventually(t, func() bool {
 		out, err := exec.Command("docker", "inspect", "--format", "{{.State.Running}} {{.State.StartedAt}}", names[0]).Output()
 		f := strings.Fields(string(out))
 		return err == nil && len(f) == 2 && f[0] == "true" && f[1] != firstStart
-	}, 20*time.Second, 100*time.Millisecond, "the killed container was not started again")
+	}, testutil.WaitTimeout(), 100*time.Millisecond, "the killed container was not started again")
 
-	s.awaitSuccess(t, ids, 60*time.Second)
+	s.awaitSuccess(t, ids)
 	// Stopping the agent removes its containers (and completes its log).
-	require.NoError(t, s.stopProc("agent", 30*time.Second))
+	require.NoError(t, s.stopProc("agent"))
 	require.Empty(t, docker(t, "ps", "-aq", "--filter", "label=atelier.agent="+agentID))
 	done := completions(s.log("agent"))
 	for id := range ids {
@@ -263,7 +264,7 @@ func TestAgentDockerRuntimeRestartsHungComfyUI(t *testing.T) {
 		"--docker-health-interval", "1s", "--comfy-args", "--step-delay 20ms",
 		"--base-port", fmt.Sprint(base), "--scratch", filepath.Join(t.TempDir(), "scratch"),
 		"--event-timeout", "2s", "--retry-delay", "200ms", "--drain-timeout", "10s")
-	s.awaitSlots(agentID, 2, 60*time.Second)
+	s.awaitSlots(agentID, 2)
 	name := "atelier-" + agentID + "-gpu1"
 	firstStart := docker(t, "inspect", "--format", "{{.State.StartedAt}}", name)
 
@@ -275,19 +276,19 @@ func TestAgentDockerRuntimeRestartsHungComfyUI(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 
 	ids := s.queueJobs(t, users, 6, 20) // ~0.5 s each
-	hung := s.awaitLog("agent", 30*time.Second, func(l logLine) bool {
+	hung := s.awaitLog("agent", func(l logLine) bool {
 		return l.Message == "watchdog: ComfyUI is stuck" && l.Slot == "gpu1"
 	})
-	s.awaitLog("agent", 30*time.Second, func(l logLine) bool { return l.Message == "restarting ComfyUI" && l.Slot == "gpu1" })
+	s.awaitLog("agent", func(l logLine) bool { return l.Message == "restarting ComfyUI" && l.Slot == "gpu1" })
 	require.Eventually(t, func() bool {
 		out, err := exec.Command("docker", "inspect", "--format", "{{.State.Running}} {{.State.StartedAt}}", name).Output()
 		f := strings.Fields(string(out))
 		return err == nil && len(f) == 2 && f[0] == "true" && f[1] != firstStart
-	}, 30*time.Second, 100*time.Millisecond, "the agent did not restart the hung container")
+	}, testutil.WaitTimeout(), 100*time.Millisecond, "the agent did not restart the hung container")
 
-	s.awaitSuccess(t, ids, 90*time.Second)
-	s.awaitSlots(agentID, 2, 60*time.Second)
-	require.NoError(t, s.stopProc("agent", 30*time.Second))
+	s.awaitSuccess(t, ids)
+	s.awaitSlots(agentID, 2)
+	require.NoError(t, s.stopProc("agent"))
 	done := completions(s.log("agent"))
 	for id := range ids {
 		require.Equal(t, 1, done[id], "job %s completed %d times", id, done[id])
@@ -308,7 +309,7 @@ func TestAgentProcessRuntimeGPUsDoNotShareOutputNames(t *testing.T) {
 		"--comfy-command", sim, "--comfy-args", "--step-delay 1ms --log-format json",
 		"--base-port", fmt.Sprint(freePorts(t, 2)), "--scratch", filepath.Join(t.TempDir(), "scratch"),
 		"--retry-delay", "200ms", "--drain-timeout", "10s")
-	s.awaitSlots("e2e-outs", 2, 30*time.Second)
+	s.awaitSlots("e2e-outs", 2)
 
 	p := s.participant("user001")
 	wf := workflow(t, "noweights.json")
@@ -321,11 +322,11 @@ func TestAgentProcessRuntimeGPUsDoNotShareOutputNames(t *testing.T) {
 		id := p.queue(prompt, "")
 		colors[id], ids[id] = c, "user001"
 	}
-	s.awaitSuccess(t, ids, 2*time.Minute)
+	s.awaitSuccess(t, ids)
 
 	owner := map[string]string{}
 	for id, c := range colors {
-		entry := p.awaitHistory(id, 10*time.Second)
+		entry := p.awaitHistory(id, testutil.WaitTimeout())
 		var outputs map[string]struct {
 			Images []outputImage `json:"images"`
 		}

@@ -164,7 +164,7 @@ func TestBrokerControlCommands(t *testing.T) {
 
 	// Resumed: the bumped job runs first, then the other.
 	require.Equal(t, "resume: ok\n", s.mustCLI("resume"))
-	s.awaitSuccess(t, map[string]string{b1: "user002", a1: "user001"}, testutil.WaitTimeout())
+	s.awaitSuccess(t, map[string]string{b1: "user002", a1: "user001"})
 	first, second := s.participant("user002").historyEntry(b1), s.participant("user001").historyEntry(a1)
 	require.Less(t, startedAt(t, first), startedAt(t, second), "the bumped job started first")
 	out = s.mustCLI("queues")

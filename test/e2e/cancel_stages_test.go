@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"net/http"
 	"path/filepath"
 	"testing"
@@ -26,7 +27,7 @@ func TestCancelAtEveryStageThroughTheSystem(t *testing.T) {
 	sims := s.startSims(1, 20*time.Millisecond)
 	s.startAgent("agent", "--id", "e2e-cancel", "--runtime", "external", "--comfy-urls", sims[0],
 		"--scratch", filepath.Join(t.TempDir(), "scratch"), "--retry-delay", "200ms")
-	s.awaitSlots("e2e-cancel", 1, 30*time.Second)
+	s.awaitSlots("e2e-cancel", 1)
 	jobs := s.jobsKV()
 	p := s.participant("user001")
 	wf := workflow(t, "txt2img.json")
@@ -34,7 +35,7 @@ func TestCancelAtEveryStageThroughTheSystem(t *testing.T) {
 	await := func(what, id string, ok func(wire.JobRecord) bool) {
 		t.Helper()
 		var r wire.JobRecord
-		require.Eventually(t, func() bool { r = jobRecord(t, jobs, "user001", id); return ok(r) }, 30*time.Second, 20*time.Millisecond,
+		require.Eventually(t, func() bool { r = jobRecord(t, jobs, "user001", id); return ok(r) }, testutil.WaitTimeout(), 20*time.Millisecond,
 			"%s: job %s never got there", what, id)
 	}
 	type stages struct{ running, prefetched, dispatched, queued string }
@@ -134,6 +135,6 @@ func TestCancelAtEveryStageThroughTheSystem(t *testing.T) {
 
 	// The GPU is free for the next job.
 	next := p.queueTagged(steps(wf, 5, 99), "after")
-	s.awaitSuccess(t, map[string]string{next: "user001"}, time.Minute)
+	s.awaitSuccess(t, map[string]string{next: "user001"})
 	require.Equal(t, []string{"success"}, simRuns(t, sims)["after"])
 }

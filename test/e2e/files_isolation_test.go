@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 
@@ -50,7 +50,7 @@ func TestFilesTraversalAndIsolation(t *testing.T) {
 	instances := filepath.Join(sys.dataDir, "instances")
 
 	// Bob has an output; a secret lies beside the data directory.
-	secretOut := bob.videoOutput(bob.queue(bigFilePrompt(4096, 99, "private/bob"), "bob"), time.Minute)
+	secretOut := bob.videoOutput(bob.queue(bigFilePrompt(4096, 99, "private/bob"), "bob"), 3*testutil.WaitTimeout())
 	bobFile := filepath.Join(instances, "user002", "output", "private", secretOut.Filename)
 	bobData, err := os.ReadFile(bobFile)
 	require.NoError(t, err)

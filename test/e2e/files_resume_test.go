@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"io"
 	"net/http"
 	"os"
@@ -46,7 +47,7 @@ func TestFilesAgentKilledMidShipResumes(t *testing.T) {
 		}
 		return fi.Size()
 	}
-	require.Eventually(t, func() bool { return partSize() >= size/4 }, 3*time.Minute, time.Millisecond,
+	require.Eventually(t, func() bool { return partSize() >= size/4 }, 9*testutil.WaitTimeout(), time.Millisecond,
 		"the agent never got a quarter of the video to mello")
 	agent := sys.procs["agent"]
 	require.NoError(t, agent.Process.Kill())
@@ -68,7 +69,7 @@ func TestFilesAgentKilledMidShipResumes(t *testing.T) {
 
 	args := sys.args["agent"]
 	sys.start("agent", args[0], args[1:]...)
-	img := p.videoOutput(id, 3*time.Minute)
+	img := p.videoOutput(id, 9*testutil.WaitTimeout()) // a GB-sized file
 	require.True(t, strings.HasPrefix(img.Filename, "resume_"), img.Filename)
 
 	// The broker's receiver logs where each stored upload resumed from.

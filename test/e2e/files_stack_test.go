@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
@@ -69,7 +70,7 @@ func TestFilesInputStagedOnce(t *testing.T) {
 	}
 	run := func(scale string) {
 		t.Helper()
-		entry := p.awaitHistory(p.queue(prompt(scale), "stage"), time.Minute)
+		entry := p.awaitHistory(p.queue(prompt(scale), "stage"), 3*testutil.WaitTimeout())
 		require.Contains(t, string(entry["status"]), "success", string(entry["status"]))
 		var outputs map[string]struct {
 			Images []outputImage `json:"images"`

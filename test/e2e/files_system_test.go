@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/atelier-run/atelier/pkg/comfysim"
@@ -97,7 +98,7 @@ func TestFilesLargeVideoThroughTheSystem(t *testing.T) {
 	want := make(chan string, 1)
 	go func() { want <- bigFileSHA256(seed, size) }()
 	id := p.queue(bigFilePrompt(size, seed, "video/LTX-2"), "files-e2e")
-	img := p.videoOutput(id, 3*time.Minute)
+	img := p.videoOutput(id, 9*testutil.WaitTimeout()) // a GB-sized file
 	require.Equal(t, "video", img.Subfolder)
 	require.Equal(t, "output", img.Type)
 	require.True(t, strings.HasPrefix(img.Filename, "LTX-2_") && strings.HasSuffix(img.Filename, ".mp4"), img.Filename)
@@ -139,7 +140,7 @@ func TestFilesViewRange(t *testing.T) {
 	p := sys.participant("user001")
 	const size, seed = 3<<20 + 17, 7
 	data := bigFileContent(seed, size)
-	img := p.videoOutput(p.queue(bigFilePrompt(size, seed, "clips/range"), "range"), time.Minute)
+	img := p.videoOutput(p.queue(bigFilePrompt(size, seed, "clips/range"), "range"), 3*testutil.WaitTimeout())
 	path := viewPath(img)
 
 	full := p.get(path, nil)
@@ -207,7 +208,7 @@ func TestFilesCustomNodeOutputKeys(t *testing.T) {
 		"1": {"class_type": "AtelierSimBigFile", "inputs": {"bytes": 300001, "seed": 1, "filename_prefix": "vhs/AnimateDiff", "format": "mp4", "ui_key": "gifs"}},
 		"2": {"class_type": "AtelierSimBigFile", "inputs": {"bytes": 200002, "seed": 2, "filename_prefix": "clips/wan", "format": "webm", "ui_key": "video"}},
 		"3": {"class_type": "AtelierSimBigFile", "inputs": {"bytes": 100003, "seed": 3, "filename_prefix": "audio/ace", "format": "flac", "ui_key": "audio"}}}`)
-	entry := p.awaitHistory(p.queue(prompt, "keys"), time.Minute)
+	entry := p.awaitHistory(p.queue(prompt, "keys"), 3*testutil.WaitTimeout())
 	var outputs map[string]map[string]json.RawMessage
 	require.NoError(t, json.Unmarshal(entry["outputs"], &outputs), string(entry["outputs"]))
 	for node, want := range map[string]struct {

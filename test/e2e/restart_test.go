@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -85,7 +86,7 @@ func TestBrokerKilledMidRunLosesNothing(t *testing.T) {
 	sims := s.startSims(4, 5*time.Millisecond)
 	s.startAgent("agent", "--id", "e2e-box", "--runtime", "external", "--comfy-urls", strings.Join(sims, ","),
 		"--scratch", filepath.Join(t.TempDir(), "scratch"), "--retry-delay", "200ms")
-	s.awaitSlots("e2e-box", 4, 30*time.Second)
+	s.awaitSlots("e2e-box", 4)
 	wf := workflow(t, "txt2img.json")
 
 	succeeded := func() int {
@@ -114,18 +115,18 @@ func TestBrokerKilledMidRunLosesNothing(t *testing.T) {
 	// Burst 1: 120 prompts; the broker dies while it takes them in.
 	done := make(chan []submission)
 	go func() { done <- s.burst(wf, users, "b1", 100_000, 30, &accepted, &failed) }()
-	require.Eventually(t, func() bool { return accepted.Load() >= 40 }, time.Minute, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return accepted.Load() >= 40 }, 3*testutil.WaitTimeout(), 5*time.Millisecond)
 	kill("intake of burst 1")
 	subs = append(subs, <-done...)
 
-	require.Eventually(t, func() bool { return succeeded() >= 50 }, 2*time.Minute, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return succeeded() >= 50 }, 6*testutil.WaitTimeout(), 20*time.Millisecond)
 	kill("mid-run")
 
 	// Burst 2: 80 more; the broker dies right after they are in.
 	subs = append(subs, s.burst(wf, users, "b2", 200_000, 20, &accepted, &failed)...)
 	kill("right after burst 2")
 
-	require.Eventually(t, func() bool { return succeeded() >= 180 }, 3*time.Minute, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return succeeded() >= 180 }, 9*testutil.WaitTimeout(), 20*time.Millisecond)
 	kill("near the end")
 	refused := 0
 	failed.Range(func(any, any) bool { refused++; return true })
@@ -139,7 +140,7 @@ func TestBrokerKilledMidRunLosesNothing(t *testing.T) {
 	}
 	require.Len(t, ids, 200)
 	defer s.logUnfinished(t)
-	s.awaitSuccess(t, ids, 3*time.Minute)
+	s.awaitSuccess(t, ids)
 
 	// And ran to completion exactly once where it ran.
 	runs := simRuns(t, sims)

@@ -40,9 +40,9 @@ func (s *system) startSims(n int, stepDelay time.Duration) []string {
 		s.awaitHealthy(u + "/system_stats")
 	}
 	s.t.Cleanup(func() {
-		_ = s.stopProc("agent", 30*time.Second)
+		_ = s.stopProc("agent")
 		for i := range n {
-			_ = s.stopProc("sim"+strconv.Itoa(i), 10*time.Second)
+			_ = s.stopProc("sim" + strconv.Itoa(i))
 		}
 	})
 	return urls

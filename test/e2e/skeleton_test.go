@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 
@@ -93,7 +94,7 @@ func TestPromptThroughTheWholeSystem(t *testing.T) {
 	require.Equal(t, "status", seq[len(seq)-2], "a status with the new queue length precedes executing null")
 	require.NotContains(t, string(executed["5"]), "user001", "the participant's own names, no user prefix")
 
-	entry := p.awaitHistory(id, 10*time.Second)
+	entry := p.awaitHistory(id, testutil.WaitTimeout())
 	var status struct {
 		StatusStr string            `json:"status_str"`
 		Completed bool              `json:"completed"`

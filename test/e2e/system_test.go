@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"io"
 	"net/http"
 	"os"
@@ -208,7 +209,7 @@ func (s *system) awaitHealthy(url string) {
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
-	}, 30*time.Second, 50*time.Millisecond, "not healthy: %s", url)
+	}, testutil.WaitTimeout(), 50*time.Millisecond, "not healthy: %s", url)
 }
 
 // awaitAgent waits until the broker knows the agent and its catalog.
@@ -220,7 +221,7 @@ func (s *system) awaitAgent() {
 			Catalogs int               `json:"catalogs"`
 		}
 		return getJSON("http://"+s.brokerAt+"/api/status", "", "", &st) == nil && len(st.Agents) > 0 && st.Catalogs > 0
-	}, 30*time.Second, 50*time.Millisecond, "agent never joined")
+	}, testutil.WaitTimeout(), 50*time.Millisecond, "agent never joined")
 }
 
 func getJSON(url, user, pass string, v any) error {
