@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/stretchr/testify/require"
 )
@@ -51,7 +52,7 @@ func TestParticipantCancelsQueuedPrompts(t *testing.T) {
 		require.NoError(t, json.Unmarshal(body, &q))
 		return len(q.Pending)
 	}
-	require.Eventually(t, func() bool { return pending("user001") == 2 && pending("user002") == 1 }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return pending("user001") == 2 && pending("user002") == 1 }, testutil.WaitTimeout(), 20*time.Millisecond)
 
 	// user001 tries to delete user002's prompt along with their own.
 	code, _ := tb.do(t, "user001", http.MethodPost, "/queue", []byte(`{"delete": ["`+a+`", "`+other+`"]}`))
@@ -60,7 +61,7 @@ func TestParticipantCancelsQueuedPrompts(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, string(body))
 	require.JSONEq(t, `{"cancelled": true}`, string(body))
 
-	require.Eventually(t, func() bool { return pending("user001") == 0 }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return pending("user001") == 0 }, testutil.WaitTimeout(), 20*time.Millisecond)
 	require.Equal(t, 1, pending("user002"), "another participant's job is untouched")
 
 	// Taken out of the queue before they ran, they leave no trace in the

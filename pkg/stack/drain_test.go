@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/stretchr/testify/require"
 )
@@ -32,7 +33,7 @@ func TestDrainThroughTheBrokerReachesTheAgent(t *testing.T) {
 
 	require.NoError(t, b.Drain(tb.ctx, wire.DrainRequest{Caller: admin, Agent: "stack-agent"}, true))
 	require.True(t, tb.stack.Agent.Draining())
-	require.Eventually(t, draining, 10*time.Second, 20*time.Millisecond, "the heartbeat says draining")
+	require.Eventually(t, draining, testutil.WaitTimeout(), 20*time.Millisecond, "the heartbeat says draining")
 
 	code, body := tb.post(t, "user001", workflow(t, 1))
 	require.Equal(t, http.StatusOK, code, string(body))
@@ -44,7 +45,7 @@ func TestDrainThroughTheBrokerReachesTheAgent(t *testing.T) {
 	// heartbeats and dispatch rounds.
 	require.Eventually(t, func() bool {
 		return len(b.Queues(tb.ctx, wire.QueuesRequest{Caller: admin}).Jobs) == 1
-	}, 10*time.Second, 20*time.Millisecond, "the broker took the prompt in")
+	}, testutil.WaitTimeout(), 20*time.Millisecond, "the broker took the prompt in")
 	time.Sleep(time.Second)
 	q := b.Queues(tb.ctx, wire.QueuesRequest{Caller: admin})
 	require.Len(t, q.Jobs, 1)
@@ -55,7 +56,7 @@ func TestDrainThroughTheBrokerReachesTheAgent(t *testing.T) {
 	require.Eventually(t, func() bool {
 		st, err := b.Status(tb.ctx)
 		return err == nil && st.Finished[wire.StateSucceeded] == 1
-	}, 30*time.Second, 20*time.Millisecond, "the job runs once the agent is undrained")
+	}, testutil.WaitTimeout(), 20*time.Millisecond, "the job runs once the agent is undrained")
 	require.False(t, draining())
 
 	err := b.Drain(tb.ctx, wire.DrainRequest{Caller: admin, Agent: "nobody"}, true)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
@@ -21,7 +22,7 @@ import (
 // startStack starts a whole system with cfg's defaults filled in.
 func startStack(t *testing.T, cfg Config) *testBundle {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*testutil.WaitTimeout())
 	t.Cleanup(cancel)
 	cfg.Dir = t.TempDir()
 	if cfg.Password == "" {
@@ -68,7 +69,7 @@ func (tb *testBundle) history(t *testing.T, user, id string) map[string]any {
 		}
 		entry = h[id]
 		return true
-	}, time.Minute, 20*time.Millisecond, "history entry of %s", id)
+	}, 3*testutil.WaitTimeout(), 20*time.Millisecond, "history entry of %s", id)
 	return entry
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
@@ -246,7 +247,7 @@ func TestFrontendReplay(t *testing.T) {
 	require.Eventually(t, func() bool {
 		getJSON("/api/queue", &queue)
 		return len(queue.Running) == 1 && len(queue.Pending) == 1
-	}, 30*time.Second, 20*time.Millisecond)
+	}, testutil.WaitTimeout(), 20*time.Millisecond)
 	require.Equal(t, first, queue.Running[0].([]any)[1])
 	require.Len(t, queue.Pending, 1)
 	require.Equal(t, waiting, queue.Pending[0].([]any)[1])

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
@@ -69,7 +70,7 @@ func TestParticipantsAreIsolated(t *testing.T) {
 	require.Eventually(t, func() bool {
 		r, p := tb.queueIDs(t, alice)
 		return len(r) == 1 && r[0] == running && len(p) == 1 && p[0] == queued
-	}, 30*time.Second, 20*time.Millisecond)
+	}, testutil.WaitTimeout(), 20*time.Millisecond)
 
 	// Bob's socket claims Alice's client id: it must hear nothing of hers.
 	bobWS := tb.dial(t, bob, sid)

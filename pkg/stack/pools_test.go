@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
@@ -57,7 +58,7 @@ func TestPromptGoesToThePoolWithItsModel(t *testing.T) {
 	require.Eventually(t, func() bool {
 		st, err := tb.stack.Broker.Status(tb.ctx)
 		return err == nil && st.Catalogs == 2
-	}, 30*time.Second, 20*time.Millisecond)
+	}, testutil.WaitTimeout(), 20*time.Millisecond)
 
 	wf, err := os.ReadFile("../../examples/workflows/txt2img.json")
 	require.NoError(t, err)
@@ -144,5 +145,5 @@ func TestMaxQueuedThroughTheBroker(t *testing.T) {
 	require.Eventually(t, func() bool {
 		st, err = tb.stack.Broker.Status(tb.ctx)
 		return err == nil && st.Finished[wire.StateSucceeded] == 6
-	}, time.Minute, 20*time.Millisecond, "every accepted prompt ran: %+v", st.Finished)
+	}, 3*testutil.WaitTimeout(), 20*time.Millisecond, "every accepted prompt ran: %+v", st.Finished)
 }

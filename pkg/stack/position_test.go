@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/proxy"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/coder/websocket"
@@ -57,7 +58,7 @@ func TestQueuePositionOverWebSocket(t *testing.T) {
 	// When user002's prompts are cancelled, user001's is next.
 	reply := tb.stack.Broker.Cancel(tb.ctx, wire.CancelRequest{Caller: wire.Caller{Role: wire.RoleInstructor}, User: "user002", AllPending: true})
 	require.Len(t, reply.Affected, 2)
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(testutil.WaitTimeout())
 	for time.Now().Before(deadline) {
 		if p := next(); p[mine] == 1 {
 			return

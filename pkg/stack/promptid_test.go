@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -83,7 +84,7 @@ func TestClientPromptIDs(t *testing.T) {
 		var h map[string]map[string]any
 		return code == http.StatusOK && json.Unmarshal(body, &h) == nil && h[id] != nil &&
 			h[id]["status"].(map[string]any)["status_str"] == "success" && sigmaOf(t, h[id]) == 4.5
-	}, time.Minute, 20*time.Millisecond, "the second run of the id")
+	}, 3*testutil.WaitTimeout(), 20*time.Millisecond, "the second run of the id")
 	require.Equal(t, 2.5, sigmaOf(t, tb.history(t, "user002", id)), "user002's job is untouched")
 
 	// Two submissions of a fresh id at once: one is queued, the other is
@@ -120,5 +121,5 @@ func TestClientPromptIDs(t *testing.T) {
 	require.Eventually(t, func() bool {
 		s, err := js.Stream(tb.ctx, wire.StreamSubmit)
 		return err == nil && s.CachedInfo().State.Msgs == 0
-	}, 10*time.Second, 20*time.Millisecond)
+	}, testutil.WaitTimeout(), 20*time.Millisecond)
 }

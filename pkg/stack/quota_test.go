@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 )
@@ -18,7 +19,7 @@ import (
 // loop), instead of filling the server's disk.
 func TestDiskQuota(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*testutil.WaitTimeout())
 	t.Cleanup(cancel)
 	s, err := Start(ctx, Config{Dir: t.TempDir(), Users: []string{"user001"}, Password: "pw", GPUs: 1, StepDelay: -1,
 		QuotaBytes: 1000, Logger: zerolog.Nop()})
@@ -49,7 +50,7 @@ func TestDiskQuota(t *testing.T) {
 	require.Eventually(t, func() bool {
 		code, body := tb.do(t, "user001", http.MethodGet, "/history/"+r.PromptID, nil)
 		return code == http.StatusOK && bytes.Contains(body, []byte("disk quota"))
-	}, time.Minute, 50*time.Millisecond, "the job fails with the quota as its reason")
+	}, 3*testutil.WaitTimeout(), 50*time.Millisecond, "the job fails with the quota as its reason")
 	st, err := s.Broker.Status(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, st.Finished["failed"])

@@ -11,8 +11,8 @@ import (
 	"os"
 	"sync"
 	"testing"
-	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/coder/websocket"
 	"github.com/rs/zerolog"
@@ -26,7 +26,7 @@ type testBundle struct {
 
 func setup(t *testing.T, users ...string) *testBundle {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*testutil.WaitTimeout())
 	t.Cleanup(cancel)
 	s, err := Start(ctx, Config{Dir: t.TempDir(), Users: users, Password: "pw", GPUs: 2, StepDelay: -1, Logger: zerolog.Nop()})
 	require.NoError(t, err)
