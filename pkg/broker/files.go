@@ -146,7 +146,8 @@ func (f *fileService) mayWrite(agent, user string) bool {
 }
 
 func (f *fileService) stop() {
-	f.janitor.Stop()
+	// Cancelled first: the wait is for the file a sweep is at.
+	_ = f.janitor.Stop(context.Background())
 	f.server.Stop()
 	f.receiver.Stop()
 }

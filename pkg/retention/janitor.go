@@ -127,17 +127,24 @@ func (j *Janitor) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop ends the loop and waits for a running sweep to stop.
-func (j *Janitor) Stop() {
+// Stop ends the loop and waits for a running sweep to stop (it is
+// cancelled: it stops at its current file), or for ctx to end. Stopping
+// a janitor not started, or stopped, does nothing.
+func (j *Janitor) Stop(ctx context.Context) error {
 	j.mu.Lock()
 	cancel, done := j.cancel, j.done
 	j.cancel = nil
 	j.mu.Unlock()
 	if cancel == nil {
-		return
+		return nil
 	}
 	cancel()
-	<-done
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("retention: stop janitor: %w", ctx.Err())
+	}
 }
 
 // Swept delivers the result of each sweep the loop makes (the latest one

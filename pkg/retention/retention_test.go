@@ -96,13 +96,13 @@ func TestJanitorDeletesExpiredOutputsAndTemp(t *testing.T) {
 		Interval: time.Hour, Now: func() time.Time { return b.now }})
 	require.NoError(t, err)
 	require.NoError(t, j2.Start(b.ctx))
-	t.Cleanup(j2.Stop)
+	t.Cleanup(func() { require.NoError(t, j2.Stop(context.Background())) })
 	res = <-j2.Swept()
 	require.Equal(t, 1, res.Deleted)
 	require.False(t, b.exists(oldIn))
 	require.True(t, b.exists(newTemp))
-	j2.Stop()
-	j2.Stop() // idempotent
+	require.NoError(t, j2.Stop(b.ctx))
+	require.NoError(t, j2.Stop(b.ctx)) // idempotent
 }
 
 func TestUsageAndQuota(t *testing.T) {
