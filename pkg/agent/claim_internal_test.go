@@ -35,7 +35,7 @@ func TestClaimWithoutAnswerIsAskedAgain(t *testing.T) {
 	ctx := context.Background()
 	srv, err := natsembed.Start(ctx, natsembed.Config{StoreDir: filepath.Join(t.TempDir(), "nats"), Port: -1, Logger: zerolog.Nop()})
 	require.NoError(t, err)
-	t.Cleanup(srv.Shutdown)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	broker, err := srv.Connect()
 	require.NoError(t, err)
 	t.Cleanup(broker.Close)

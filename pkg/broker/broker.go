@@ -226,7 +226,7 @@ func (b *Broker) shutdown() {
 		b.nc.Close()
 	}
 	if b.embedded != nil {
-		b.embedded.Shutdown()
+		_ = b.embedded.Stop(context.Background())
 	}
 }
 

@@ -19,7 +19,7 @@ func TestExternalNATS(t *testing.T) {
 	ctx := context.Background()
 	ns, err := natsembed.Start(ctx, natsembed.Config{StoreDir: t.TempDir(), Port: -1, User: "atelier", Password: "s3cret"})
 	require.NoError(t, err)
-	t.Cleanup(ns.Shutdown)
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
 
 	b, err := New(Config{
 		DataDir: t.TempDir(), NATSURL: ns.ClientURL(), NATSUser: "atelier", NATSPassword: "s3cret",

@@ -240,7 +240,7 @@ func setupOnExternalNATS(t *testing.T) *testBundle {
 	t.Helper()
 	ns, err := natsembed.Start(context.Background(), natsembed.Config{StoreDir: t.TempDir(), Port: -1, User: "atelier", Password: "s3cret"})
 	require.NoError(t, err)
-	t.Cleanup(ns.Shutdown)
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
 	return setupWith(t, func(c *Config) {
 		twoDeliveries(c)
 		c.NATSURL, c.NATSUser, c.NATSPassword = ns.ClientURL(), "atelier", "s3cret"

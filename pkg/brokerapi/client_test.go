@@ -163,7 +163,7 @@ func TestClientUnavailable(t *testing.T) {
 	// A NATS without a broker: no responders.
 	ns, err := natsembed.Start(ctx, natsembed.Config{StoreDir: filepath.Join(t.TempDir(), "nats"), Port: -1, Logger: zerolog.Nop()})
 	require.NoError(t, err)
-	t.Cleanup(ns.Shutdown)
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
 	nc, err := ns.Connect()
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)

@@ -54,7 +54,7 @@ func setup(t *testing.T) *testBundle {
 	dir := t.TempDir()
 	ns, err := natsembed.Start(ctx, natsembed.Config{StoreDir: filepath.Join(dir, "nats"), Port: -1, Logger: zerolog.Nop()})
 	require.NoError(t, err)
-	t.Cleanup(ns.Shutdown)
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
 	nc, err := ns.Connect()
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)

@@ -60,7 +60,7 @@ func startRestartable(t *testing.T) *restartable {
 	t.Cleanup(func() {
 		rs.mu.Lock()
 		defer rs.mu.Unlock()
-		rs.srv.Shutdown()
+		_ = rs.srv.Stop(context.Background())
 	})
 	rs.broker = reconnecting(t, srv.ClientURL())
 	rs.agent = reconnecting(t, srv.ClientURL())
@@ -73,7 +73,7 @@ func startRestartable(t *testing.T) *restartable {
 // stop shuts the server down; start must follow.
 func (rs *restartable) stop() {
 	rs.mu.Lock()
-	rs.srv.Shutdown()
+	_ = rs.srv.Stop(context.Background())
 }
 
 // start brings the server up again on the same port and store.

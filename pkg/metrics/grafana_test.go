@@ -86,7 +86,7 @@ func TestGrafanaDashboardNamesRegisteredMetrics(t *testing.T) {
 	require.NoError(t, err)
 	ns, err := natsembed.Start(context.Background(), natsembed.Config{StoreDir: t.TempDir(), Port: -1})
 	require.NoError(t, err)
-	t.Cleanup(ns.Shutdown)
+	t.Cleanup(func() { _ = ns.Stop(context.Background()) })
 	nc, err := nats.Connect(ns.ClientURL())
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)

@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, ns: ns}
 	if err := s.awaitJetStream(ctx); err != nil {
-		s.Shutdown()
+		_ = s.Stop(context.WithoutCancel(ctx))
 		return nil, err
 	}
 	cfg.Logger.Info().Str("url", s.ClientURL()).Str("store", cfg.StoreDir).Msg("embedded NATS with JetStream ready")
@@ -185,8 +185,19 @@ func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// Shutdown stops the server. Close clients first.
-func (s *Server) Shutdown() {
+// Stop stops the server and waits until it has, or until ctx ends.
+// Close clients first.
+func (s *Server) Stop(ctx context.Context) error {
 	s.ns.Shutdown()
-	s.ns.WaitForShutdown()
+	done := make(chan struct{})
+	go func() {
+		s.ns.WaitForShutdown()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("natsembed: stop: %w", ctx.Err())
+	}
 }

@@ -39,11 +39,11 @@ func TestStartJetStreamReadyAndRestartKeepsData(t *testing.T) {
 	tcp.Close()
 
 	nc.Close()
-	s.Shutdown()
+	require.NoError(t, s.Stop(ctx))
 
 	s, err = Start(ctx, Config{StoreDir: dir, Port: -1})
 	require.NoError(t, err)
-	t.Cleanup(s.Shutdown)
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
 	nc, err = s.Connect()
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)

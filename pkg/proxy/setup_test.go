@@ -97,7 +97,7 @@ func setup(t *testing.T, opts ...func(*setupOpts)) *bundle {
 		MaxMemory: 2 << 30,
 	})
 	require.NoError(t, err)
-	t.Cleanup(srv.Shutdown)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	nc, err := srv.Connect()
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)

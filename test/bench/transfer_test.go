@@ -39,7 +39,7 @@ func setupTransfer(b *testing.B) *transferBench {
 	dir := b.TempDir()
 	srv, err := natsembed.Start(ctx, natsembed.Config{StoreDir: filepath.Join(dir, "nats"), Port: -1, Logger: zerolog.Nop()})
 	require.NoError(b, err)
-	b.Cleanup(srv.Shutdown)
+	b.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	broker, err := srv.Connect(nats.MaxReconnects(-1))
 	require.NoError(b, err)
 	b.Cleanup(broker.Close)
