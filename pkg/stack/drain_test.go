@@ -20,16 +20,17 @@ func TestDrainThroughTheBrokerReachesTheAgent(t *testing.T) {
 	tb := setup(t, "user001")
 	admin := wire.Caller{User: "admin", Role: wire.RoleAdmin}
 	b := tb.stack.Broker
-	draining := func() bool {
+	heartbeat := func() wire.Heartbeat {
 		st, err := b.Status(tb.ctx)
 		require.NoError(t, err)
 		for _, hb := range st.Agents {
 			if hb.Agent == "stack-agent" {
-				return hb.Draining
+				return hb
 			}
 		}
-		return false
+		return wire.Heartbeat{}
 	}
+	draining := func() bool { return heartbeat().Draining }
 
 	require.NoError(t, b.Drain(tb.ctx, wire.DrainRequest{Caller: admin, Agent: "stack-agent"}, true))
 	require.True(t, tb.stack.Agent.Draining())
@@ -41,12 +42,19 @@ func TestDrainThroughTheBrokerReachesTheAgent(t *testing.T) {
 		PromptID string `json:"prompt_id"`
 	}
 	require.NoError(t, json.Unmarshal(body, &r))
-	// Taken in by the broker (the proxy only published it), then several
-	// heartbeats and dispatch rounds.
+	// Taken in by the broker (the proxy only published it), then two of
+	// the agent's heartbeats sent since: the agent, draining, holds no job.
 	require.Eventually(t, func() bool {
 		return len(b.Queues(tb.ctx, wire.QueuesRequest{Caller: admin}).Jobs) == 1
 	}, testutil.WaitTimeout(), 20*time.Millisecond, "the broker took the prompt in")
-	time.Sleep(time.Second)
+	for range 2 {
+		since := heartbeat().At
+		var hb wire.Heartbeat
+		require.Eventually(t, func() bool { hb = heartbeat(); return hb.At.After(since) }, testutil.WaitTimeout(), 20*time.Millisecond,
+			"the agent's next heartbeat")
+		require.True(t, hb.Draining)
+		require.Empty(t, hb.Held, "a draining agent claims no job")
+	}
 	q := b.Queues(tb.ctx, wire.QueuesRequest{Caller: admin})
 	require.Len(t, q.Jobs, 1)
 	require.Equal(t, wire.StateQueued, q.Jobs[0].State, "a draining agent takes no job")
