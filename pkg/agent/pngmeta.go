@@ -1,14 +1,13 @@
 package agent
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"sort"
 
+	"github.com/atelier-run/atelier/pkg/pngtext"
 	"github.com/atelier-run/atelier/pkg/pyjson"
 )
 
@@ -67,9 +66,6 @@ func (r *run) ownPromptJSON() ([]byte, error) {
 	return r.ownPrompt, r.ownPromptErr
 }
 
-// pngSignature starts every PNG file.
-var pngSignature = []byte("\x89PNG\r\n\x1a\n")
-
 // Limits of the chunk scan: a file beyond them is shipped unchanged.
 const (
 	pngMaxChunks = 1 << 20
@@ -89,20 +85,20 @@ func rewritePNGPrompt(src io.ReaderAt, size int64, prompt []byte) (io.ReaderAt, 
 		return nil, 0, fmt.Errorf("%w: prompt of %d bytes", errNotRewritable, len(prompt))
 	}
 	var head [8]byte
-	if size < int64(len(pngSignature)) {
+	if size < int64(len(pngtext.Signature)) {
 		return nil, 0, errNotRewritable
 	}
 	if _, err := src.ReadAt(head[:], 0); err != nil {
 		return nil, 0, err
 	}
-	if !bytes.Equal(head[:], pngSignature) {
+	if string(head[:]) != pngtext.Signature {
 		return nil, 0, errNotRewritable
 	}
 	const keyword = "prompt\x00"
-	chunk := newTextChunk("prompt", prompt)
+	chunk := pngtext.Chunk("prompt", prompt)
 	out := &splicedReader{}
 	kept := int64(0) // src bytes before pos not yet in out
-	pos := int64(len(pngSignature))
+	pos := int64(len(pngtext.Signature))
 	replaced := false
 	for n := 0; ; n++ {
 		if n > pngMaxChunks || pos+12 > size {
@@ -117,7 +113,7 @@ func rewritePNGPrompt(src io.ReaderAt, size int64, prompt []byte) (io.ReaderAt, 
 		if length > 1<<31-1 || end > size {
 			return nil, 0, fmt.Errorf("%w: chunk %q overruns the file", errNotRewritable, typ)
 		}
-		if typ == "tEXt" && length >= int64(len(keyword)) {
+		if typ == pngtext.ChunkType && length >= int64(len(keyword)) {
 			var kw [len(keyword)]byte
 			if _, err := src.ReadAt(kw[:], pos+8); err != nil {
 				return nil, 0, err
@@ -139,19 +135,6 @@ func rewritePNGPrompt(src io.ReaderAt, size int64, prompt []byte) (io.ReaderAt, 
 	}
 	out.addSource(src, kept, size) // IEND, and anything after it, as is
 	return out, out.size, nil
-}
-
-// newTextChunk is a whole tEXt chunk: length, type, keyword, NUL, text,
-// CRC.
-func newTextChunk(keyword string, text []byte) []byte {
-	payload := len(keyword) + 1 + len(text)
-	b := make([]byte, 0, 12+payload)
-	b = binary.BigEndian.AppendUint32(b, uint32(payload))
-	b = append(b, "tEXt"...)
-	b = append(b, keyword...)
-	b = append(b, 0)
-	b = append(b, text...)
-	return binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(b[4:]))
 }
 
 // splicedReader is an io.ReaderAt over pieces: ranges of a source file

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/pkg/pngtext"
 )
 
 // testPNG is a small PNG with the given tEXt chunks after IHDR and, in
@@ -31,11 +33,11 @@ func testPNG(t *testing.T, before, afterIDAT [][2]string) []byte {
 	var out bytes.Buffer
 	out.Write(data[:ihdrEnd])
 	for _, c := range before {
-		out.Write(newTextChunk(c[0], []byte(c[1])))
+		out.Write(pngtext.Chunk(c[0], []byte(c[1])))
 	}
 	out.Write(data[ihdrEnd:iend])
 	for _, c := range afterIDAT {
-		out.Write(newTextChunk(c[0], []byte(c[1])))
+		out.Write(pngtext.Chunk(c[0], []byte(c[1])))
 	}
 	out.Write(data[iend:])
 	return out.Bytes()

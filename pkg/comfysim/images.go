@@ -3,11 +3,10 @@ package comfysim
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"github.com/atelier-run/atelier/pkg/comfyview"
-	"hash/crc32"
+	"github.com/atelier-run/atelier/pkg/pngtext"
 	"image"
 	"image/color"
 	_ "image/gif" // LoadImage accepts what Pillow commonly opens
@@ -332,37 +331,12 @@ func (m *imageBatch) frame(b int) *image.NRGBA {
 
 // encodePNG encodes img and inserts tEXt chunks right after IHDR, where
 // Pillow writes them (ComfyUI embeds "prompt" and "workflow" this way).
-func encodePNG(img image.Image, text [][2]string) ([]byte, error) {
+func encodePNG(img image.Image, text []pngtext.Text) ([]byte, error) {
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {
 		return nil, fmt.Errorf("encoding png: %w", err)
 	}
-	if len(text) == 0 {
-		return buf.Bytes(), nil
-	}
-	data := buf.Bytes()
-	const ihdrEnd = 8 + 4 + 4 + 13 + 4
-	var out bytes.Buffer
-	out.Write(data[:ihdrEnd])
-	for _, kv := range text {
-		payload := append(append([]byte(kv[0]), 0), kv[1]...)
-		writeChunk(&out, "tEXt", payload)
-	}
-	out.Write(data[ihdrEnd:])
-	return out.Bytes(), nil
-}
-
-func writeChunk(w *bytes.Buffer, typ string, payload []byte) {
-	var n [4]byte
-	binary.BigEndian.PutUint32(n[:], uint32(len(payload)))
-	w.Write(n[:])
-	crc := crc32.NewIEEE()
-	crc.Write([]byte(typ))
-	crc.Write(payload)
-	w.WriteString(typ)
-	w.Write(payload)
-	binary.BigEndian.PutUint32(n[:], crc.Sum32())
-	w.Write(n[:])
+	return pngtext.InsertAfterIHDR(buf.Bytes(), text...)
 }
 
 // loadImageFile is LoadImage: the RGB image and the inverted alpha as MASK

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/pkg/comfyapi"
+	"github.com/atelier-run/atelier/pkg/pngtext"
 )
 
 // nodeFunc runs a node: it returns the node's outputs (one per RETURN_TYPE)
@@ -392,13 +393,13 @@ func (nc *nodeCtx) saveImages(img *imageBatch, outDir, typ, prefix string) ([]an
 	}
 	counter := nextCounter(folder, filename)
 
-	var chunks [][2]string
+	var chunks []pngtext.Text
 	if typ == "output" {
-		chunks = append(chunks, [2]string{"prompt", string(mustPyJSON(nc.e.it.prompt))})
+		chunks = append(chunks, pngtext.Text{Keyword: "prompt", Text: mustPyJSON(nc.e.it.prompt)})
 		if pnginfo, ok := nc.e.it.extra.Get("extra_pnginfo"); ok {
 			if o, isObj := pnginfo.(object); isObj {
 				for _, m := range o {
-					chunks = append(chunks, [2]string{m.Key, string(mustPyJSON(m.Value))})
+					chunks = append(chunks, pngtext.Text{Keyword: m.Key, Text: mustPyJSON(m.Value)})
 				}
 			}
 		}
