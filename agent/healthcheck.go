@@ -17,7 +17,7 @@ const healthcheckTimeout = 5 * time.Second
 func newHealthcheck() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "healthcheck [--url URL]",
-		Short: "exit 0 when the URL answers 200 (a container health check)",
+		Short: "Exit 0 when the URL answers 200 (a container health check)",
 	}
 	url := cmd.Flags().String("url", "http://127.0.0.1:8188/system_stats", "URL that answers 200 when healthy")
 	cmd.RunE = func(*cobra.Command, []string) error {

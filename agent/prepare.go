@@ -17,7 +17,7 @@ import (
 func newPrepare() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "prepare [flags]",
-		Short: "create the scratch layout and the ComfyUI checkout's links into it",
+		Short: "Create the scratch layout and the ComfyUI checkout's links into it",
 	}
 	scratch := cli.String(cmd.Flags(), "scratch", "ATELIER_SCRATCH", agent.DefaultScratchRoot, "scratch root")
 	comfyDir := cli.String(cmd.Flags(), "comfy-dir", "ATELIER_COMFY_DIR", "", "ComfyUI checkout whose input/ and output/ become links into the scratch layout")
