@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"fmt"
-	"github.com/atelier-run/atelier/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/stretchr/testify/require"
 )

@@ -1,12 +1,12 @@
 package e2e
 
 import (
-	"github.com/atelier-run/atelier/internal/testutil"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 

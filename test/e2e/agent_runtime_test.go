@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"github.com/atelier-run/atelier/internal/testutil"
 	"image/png"
 	"net/http"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 )

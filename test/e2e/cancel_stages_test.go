@@ -2,12 +2,12 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/atelier-run/atelier/internal/testutil"
 	"net/http"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/stretchr/testify/require"
 )

@@ -3,9 +3,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"github.com/atelier-run/atelier/internal/testutil"
 	"testing"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"github.com/atelier-run/atelier/internal/testutil"
 	"io"
 	"net/http"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 

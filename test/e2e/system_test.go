@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"github.com/atelier-run/atelier/internal/testutil"
 	"io"
 	"net/http"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/atelier-run/atelier/internal/testport"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 
