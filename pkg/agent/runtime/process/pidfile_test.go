@@ -1,6 +1,7 @@
 package process
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -85,7 +86,7 @@ func TestProcessStopsLeftoverComfyUI(t *testing.T) {
 
 	eps, err := p.Start(t.Context())
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = p.Stop(t.Context()) })
+	t.Cleanup(func() { _ = p.Stop(context.Background()) })
 	testutil.WaitClosed(t, leftDone, "the leftover ComfyUI to be stopped")
 	require.Equal(t, leftURL, eps[0].URL, "same port as before")
 	for _, ep := range eps {

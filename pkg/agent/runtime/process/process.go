@@ -342,8 +342,9 @@ func (p *Runtime) Exited(slot string) <-chan struct{} {
 	return nil
 }
 
-// Stop terminates every process and waits for them.
-func (p *Runtime) Stop(context.Context) error {
+// Stop terminates every process (SIGKILL after StopGrace) and waits for
+// them and their supervisors, or until ctx ends.
+func (p *Runtime) Stop(ctx context.Context) error {
 	p.mu.Lock()
 	p.stopping = true
 	if p.stopSupervising != nil {
@@ -366,9 +367,18 @@ func (p *Runtime) Stop(context.Context) error {
 			<-exited
 		}()
 	}
-	wg.Wait()
-	p.wg.Wait()
-	return nil
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		p.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("process runtime: stop: %w", ctx.Err())
+	}
 }
 
 var (
