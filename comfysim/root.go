@@ -14,6 +14,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/cli"
 	"github.com/atelier-run/atelier/pkg/comfysim"
+	"github.com/atelier-run/atelier/pkg/comfyview/webpenc"
 )
 
 // newRoot is atelier-comfysim: ComfyUI's flags → comfysim.Config → run.
@@ -120,6 +121,7 @@ func (o *options) config() (comfysim.Config, error) {
 		Dir: base, InputDir: *o.input, OutputDir: *o.output, TempDir: temp,
 		Models: models, StepDelay: stepDelay, DeviceName: *o.deviceName, VRAMTotal: *o.vramTotal,
 		CORSOrigin: o.cors.origin, MaxUploadSize: int64(*o.maxUploadMB * 1024 * 1024), PreviewMethod: *o.previewMethod,
+		WebP:   webpenc.Encoder{},
 		Argv:   append([]string{"main.py"}, os.Args[1:]...),
 		Logger: newLogger(*o.logFormat),
 	}, nil

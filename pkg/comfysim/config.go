@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/atelier-run/atelier/pkg/comfyview"
 )
 
 // Default values used by Config when a field is left zero.
@@ -84,6 +86,11 @@ type Config struct {
 	// JPEG preview frame per sampler step). A prompt's
 	// extra_data.preview_method overrides it, as newer ComfyUI allows.
 	PreviewMethod string
+
+	// WebP encodes /view?preview=webp answers (webpenc.Encoder; decoding
+	// WebP inputs takes importing webpenc too). nil leaves the WebP codec
+	// out of the program: those answers are then a 500 (ErrNoWebP).
+	WebP comfyview.WebPEncoder
 
 	// MissingNodeType makes validation answer an unknown or missing node
 	// class as newer ComfyUI (0.38+) does, with error type

@@ -14,6 +14,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
+
+	"github.com/atelier-run/atelier/pkg/comfyview/webpenc"
 )
 
 // testBundle is what setup returns: a started simulator and its URL.
@@ -27,7 +29,7 @@ type testBundle struct {
 func setup(t *testing.T, mutate ...func(*Config)) *testBundle {
 	t.Helper()
 	dir := t.TempDir()
-	cfg := Config{Dir: dir, StepDelay: -1}
+	cfg := Config{Dir: dir, StepDelay: -1, WebP: webpenc.Encoder{}}
 	for _, m := range mutate {
 		m(&cfg)
 	}

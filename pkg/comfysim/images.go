@@ -15,8 +15,6 @@ import (
 	"io"
 	"math"
 	"os"
-
-	_ "golang.org/x/image/webp"
 )
 
 // Images are handled like ComfyUI's tensors: IMAGE is a float32 batch

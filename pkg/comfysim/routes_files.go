@@ -83,7 +83,7 @@ func (s *Server) handleView(w http.ResponseWriter, r *http.Request) {
 			writeEmpty(w, http.StatusNotFound)
 			return
 		}
-		body, ct, err := t.Apply(f)
+		body, ct, err := t.Apply(f, s.cfg.WebP)
 		f.Close()
 		if err != nil {
 			s.writeServerError(w, r, fmt.Errorf("%s: %w", filename, err))

@@ -18,9 +18,6 @@ import (
 	"strings"
 
 	_ "image/gif" // decoders for what participants upload
-
-	"github.com/gen2brain/webp"
-	_ "golang.org/x/image/webp"
 )
 
 // MaxPixels bounds the images Apply decodes (width × height, read from the
@@ -33,6 +30,19 @@ const MaxPixels = 8192 * 8192
 
 // ErrTooLarge is returned for an image over MaxPixels.
 var ErrTooLarge = errors.New("image too large to re-encode")
+
+// WebPEncoder encodes an image as lossy WebP at a quality from 1 to 100.
+// The one in use is webpenc.Encoder; it is passed in so that a program
+// serving no WebP previews (the agent's simulated GPUs) does not link it.
+// Decoding WebP sources takes a registered image.Decode format, which
+// importing webpenc also provides.
+type WebPEncoder interface {
+	EncodeWebP(w io.Writer, img image.Image, quality int) error
+}
+
+// ErrNoWebP is returned when a transform needs WebP and Apply was given
+// no WebPEncoder.
+var ErrNoWebP = errors.New("no WebP encoder in this program")
 
 // Query parses a /view query the way aiohttp does: ';' is an ordinary
 // character (preview=webp;90), which Go's url.ParseQuery would reject.
@@ -82,7 +92,8 @@ func (t Transform) Needed() bool {
 // alpha and channel=a a PNG whose alpha is the source's (black RGB).
 //
 // Images over MaxPixels are refused (ErrTooLarge) before being decoded.
-func (t Transform) Apply(src io.Reader) ([]byte, string, error) {
+// WebP is encoded by enc; without one a WebP answer is ErrNoWebP.
+func (t Transform) Apply(src io.Reader, enc WebPEncoder) ([]byte, string, error) {
 	img, err := decodeBounded(src)
 	if err != nil {
 		return nil, "", err
@@ -106,7 +117,10 @@ func (t Transform) Apply(src io.Reader) ([]byte, string, error) {
 		if t.Channel == "rgb" || !HasAlpha(img) {
 			img = OpaqueCopy(img)
 		}
-		if err := webp.Encode(&buf, img, webp.Options{Quality: quality}); err != nil {
+		if enc == nil {
+			return nil, "", ErrNoWebP
+		}
+		if err := enc.EncodeWebP(&buf, img, quality); err != nil {
 			return nil, "", fmt.Errorf("encode webp: %w", err)
 		}
 		return buf.Bytes(), "image/webp", nil

@@ -13,7 +13,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	_ "golang.org/x/image/webp"
+
+	"github.com/atelier-run/atelier/pkg/comfyview/webpenc"
 )
 
 // testImage is a small RGBA image with a transparent corner.
@@ -40,7 +41,7 @@ func encodePNG(t *testing.T, img image.Image) []byte {
 
 func apply(t *testing.T, tr Transform, src []byte) (image.Image, string, string) {
 	t.Helper()
-	body, ct, err := tr.Apply(bytes.NewReader(src))
+	body, ct, err := tr.Apply(bytes.NewReader(src), webpenc.Encoder{})
 	require.NoError(t, err)
 	img, format, err := image.Decode(bytes.NewReader(body))
 	require.NoError(t, err, "the body decodes as %s", ct)
@@ -82,7 +83,7 @@ func TestApplyPreview(t *testing.T) {
 	}
 
 	// A WebP source (what participants may upload) is read too.
-	webpSrc, _, err := Transform{Preview: "webp", HasPreview: true}.Apply(bytes.NewReader(src))
+	webpSrc, _, err := Transform{Preview: "webp", HasPreview: true}.Apply(bytes.NewReader(src), webpenc.Encoder{})
 	require.NoError(t, err)
 	img, format, ct := apply(t, Transform{Preview: "jpeg", HasPreview: true}, webpSrc)
 	require.Equal(t, "image/jpeg", ct)
@@ -90,9 +91,9 @@ func TestApplyPreview(t *testing.T) {
 	require.Equal(t, image.Rect(0, 0, 64, 48), img.Bounds())
 
 	// The quality is used: a lower one gives a smaller file.
-	hi, _, err := Transform{Preview: "webp;95", HasPreview: true}.Apply(bytes.NewReader(src))
+	hi, _, err := Transform{Preview: "webp;95", HasPreview: true}.Apply(bytes.NewReader(src), webpenc.Encoder{})
 	require.NoError(t, err)
-	lo, _, err := Transform{Preview: "webp;5", HasPreview: true}.Apply(bytes.NewReader(src))
+	lo, _, err := Transform{Preview: "webp;5", HasPreview: true}.Apply(bytes.NewReader(src), webpenc.Encoder{})
 	require.NoError(t, err)
 	require.Less(t, len(lo), len(hi))
 }
@@ -188,7 +189,7 @@ func TestApplyRefusesDecompressionBombs(t *testing.T) {
 			} {
 				var before, after runtime.MemStats
 				runtime.ReadMemStats(&before)
-				_, _, err := tr.Apply(bytes.NewReader(tc.data))
+				_, _, err := tr.Apply(bytes.NewReader(tc.data), webpenc.Encoder{})
 				runtime.ReadMemStats(&after)
 				require.ErrorIs(t, err, ErrTooLarge)
 				require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(16<<20), "refused before allocating the pixels")
@@ -198,7 +199,20 @@ func TestApplyRefusesDecompressionBombs(t *testing.T) {
 
 	// An image within the limit is still decoded (the header bytes read
 	// for the check are replayed to the decoder).
-	_, ct, err := Transform{Preview: "jpeg", HasPreview: true}.Apply(bytes.NewReader(encodePNG(t, testImage())))
+	_, ct, err := Transform{Preview: "jpeg", HasPreview: true}.Apply(bytes.NewReader(encodePNG(t, testImage())), webpenc.Encoder{})
 	require.NoError(t, err)
 	require.Equal(t, "image/jpeg", ct)
+}
+
+// Without an encoder a WebP answer is ErrNoWebP; JPEG and PNG need none.
+func TestApplyWithoutWebPEncoder(t *testing.T) {
+	src := encodePNG(t, testImage())
+	_, _, err := Transform{Preview: "webp", HasPreview: true}.Apply(bytes.NewReader(src), nil)
+	require.ErrorIs(t, err, ErrNoWebP)
+	_, ct, err := Transform{Preview: "jpeg", HasPreview: true}.Apply(bytes.NewReader(src), nil)
+	require.NoError(t, err)
+	require.Equal(t, "image/jpeg", ct)
+	_, ct, err = Transform{Channel: "a", HasChannel: true}.Apply(bytes.NewReader(src), nil)
+	require.NoError(t, err)
+	require.Equal(t, "image/png", ct)
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/atelier-run/atelier/pkg/comfyview"
+	"github.com/atelier-run/atelier/pkg/comfyview/webpenc"
 	"github.com/atelier-run/atelier/pkg/filestore"
 )
 
@@ -90,7 +91,7 @@ func viewRef(q url.Values, user string) (filestore.Ref, *requestError) {
 // serveTransformed answers /view with ComfyUI's preview re-encoding or
 // channel extraction of f, as the simulator does them.
 func (p *Proxy) serveTransformed(w http.ResponseWriter, t comfyview.Transform, f io.Reader, ref filestore.Ref) {
-	body, ct, err := t.Apply(f)
+	body, ct, err := t.Apply(f, webpenc.Encoder{})
 	if err != nil {
 		p.log.Warn().Err(err).Str("ref", ref.String()).Msg("re-encode for /view")
 		writePlain(w, http.StatusInternalServerError, "cannot re-encode the file: "+err.Error())

@@ -22,6 +22,7 @@ import (
 
 	"github.com/atelier-run/atelier/pkg/comfysim"
 	"github.com/atelier-run/atelier/pkg/comfyvalidate"
+	"github.com/atelier-run/atelier/pkg/comfyview/webpenc"
 	"github.com/atelier-run/atelier/pkg/pyjson"
 	"github.com/atelier-run/atelier/pkg/stack"
 )
@@ -297,7 +298,7 @@ func executingNode(node string) func(string, pyjson.Object) bool {
 
 func startTargets(t *testing.T, ctx context.Context, simCfg func(*comfysim.Config), stackCfg func(*stack.Config)) (target, target) {
 	t.Helper()
-	cfg := comfysim.Config{Dir: t.TempDir(), StepDelay: -1, DeviceName: deviceName}
+	cfg := comfysim.Config{Dir: t.TempDir(), StepDelay: -1, DeviceName: deviceName, WebP: webpenc.Encoder{}}
 	if simCfg != nil {
 		simCfg(&cfg)
 	}
