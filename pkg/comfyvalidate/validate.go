@@ -109,42 +109,13 @@ func Validate(cat Catalog, prompt pyjson.Object, partial []string) Result {
 
 // ValidateWith is Validate with version options.
 func ValidateWith(cat Catalog, prompt pyjson.Object, partial []string, opts Options) Result {
-	var outputs []string
-	for _, m := range prompt {
-		node, isObj := m.Value.(pyjson.Object)
-		classV, hasClass := node.Get("class_type")
-		if !isObj || !hasClass {
-			if opts.MissingNodeType {
-				return Result{Err: missingNodeType(m.Key, node, nil)}
-			}
-			return Result{Err: TopErr("invalid_prompt",
-				"Cannot execute because a node is missing the class_type property.",
-				fmt.Sprintf("Node ID '#%s'", m.Key))}
-		}
-		def, ok := lookupClass(cat, classV)
-		if !ok {
-			if opts.MissingNodeType {
-				return Result{Err: missingNodeType(m.Key, node, classV)}
-			}
-			return Result{Err: TopErr("invalid_prompt",
-				fmt.Sprintf("Cannot execute because node %s does not exist.", pyjson.Str(classV)),
-				fmt.Sprintf("Node ID '#%s'", m.Key))}
-		}
-		if def.OutputNode && (partial == nil || contains(partial, m.Key)) {
-			outputs = append(outputs, m.Key)
-		}
+	outputs, err := outputNodes(cat, prompt, partial, opts)
+	if err != nil {
+		return Result{Err: err}
 	}
-	if len(outputs) == 0 {
-		return Result{Err: TopErr("prompt_no_outputs", "Prompt has no outputs", "")}
-	}
-
 	v := &validator{cat: cat, prompt: prompt, done: map[string]validated{}}
 	var good []string
-	type failed struct {
-		output  string
-		reasons []pyjson.Object
-	}
-	var failures []failed
+	var failures []validated
 	nodeErrors := pyjson.Object{}
 	for _, o := range outputs {
 		r, exc := v.validateInputs(o)
@@ -159,28 +130,8 @@ func ValidateWith(cat Catalog, prompt pyjson.Object, partial []string, opts Opti
 			good = append(good, o)
 			continue
 		}
-		failures = append(failures, failed{o, r.reasons})
-		for _, id := range v.order {
-			res := v.done[id]
-			if res.ok || len(res.reasons) == 0 {
-				continue
-			}
-			ne, exists := nodeErrors.Get(id)
-			if !exists {
-				node, _ := NodeObject(prompt, id)
-				class, _ := node.Get("class_type")
-				reasons := make([]any, len(res.reasons))
-				for i, rr := range res.reasons {
-					reasons[i] = rr
-				}
-				ne = pyjson.Object{{"errors", reasons}, {"dependent_outputs", []any{}}, {"class_type", class}}
-				nodeErrors = append(nodeErrors, pyjson.Member{id, ne})
-			}
-			neo := ne.(pyjson.Object)
-			deps, _ := neo.Get("dependent_outputs")
-			neo.Set("dependent_outputs", append(deps.([]any), o))
-			nodeErrors.Set(id, neo)
-		}
+		failures = append(failures, r)
+		v.addNodeErrors(&nodeErrors, o)
 	}
 	if len(good) == 0 {
 		// As in ComfyUI, details lists only the reasons attached to the
@@ -199,6 +150,68 @@ func ValidateWith(cat Catalog, prompt pyjson.Object, partial []string, opts Opti
 		}
 	}
 	return Result{OK: true, Outputs: good, NodeErrors: nodeErrors}
+}
+
+// outputNodes are the prompt's output nodes that run (all, or those in
+// partial); the error is the prompt's top-level error: a node without a
+// known class_type, or no outputs at all.
+func outputNodes(cat Catalog, prompt pyjson.Object, partial []string, opts Options) ([]string, pyjson.Object) {
+	var outputs []string
+	for _, m := range prompt {
+		node, isObj := m.Value.(pyjson.Object)
+		classV, hasClass := node.Get("class_type")
+		if !isObj || !hasClass {
+			if opts.MissingNodeType {
+				return nil, missingNodeType(m.Key, node, nil)
+			}
+			return nil, TopErr("invalid_prompt",
+				"Cannot execute because a node is missing the class_type property.",
+				fmt.Sprintf("Node ID '#%s'", m.Key))
+		}
+		def, ok := lookupClass(cat, classV)
+		if !ok {
+			if opts.MissingNodeType {
+				return nil, missingNodeType(m.Key, node, classV)
+			}
+			return nil, TopErr("invalid_prompt",
+				fmt.Sprintf("Cannot execute because node %s does not exist.", pyjson.Str(classV)),
+				fmt.Sprintf("Node ID '#%s'", m.Key))
+		}
+		if def.OutputNode && (partial == nil || contains(partial, m.Key)) {
+			outputs = append(outputs, m.Key)
+		}
+	}
+	if len(outputs) == 0 {
+		return nil, TopErr("prompt_no_outputs", "Prompt has no outputs", "")
+	}
+	return outputs, nil
+}
+
+// addNodeErrors adds the failed nodes validated so far to nodeErrors
+// (node id → errors, dependent_outputs, class_type), output o among the
+// outputs that depend on each.
+func (v *validator) addNodeErrors(nodeErrors *pyjson.Object, o string) {
+	for _, id := range v.order {
+		res := v.done[id]
+		if res.ok || len(res.reasons) == 0 {
+			continue
+		}
+		ne, exists := nodeErrors.Get(id)
+		if !exists {
+			node, _ := NodeObject(v.prompt, id)
+			class, _ := node.Get("class_type")
+			reasons := make([]any, len(res.reasons))
+			for i, rr := range res.reasons {
+				reasons[i] = rr
+			}
+			ne = pyjson.Object{{"errors", reasons}, {"dependent_outputs", []any{}}, {"class_type", class}}
+			*nodeErrors = append(*nodeErrors, pyjson.Member{id, ne})
+		}
+		neo := ne.(pyjson.Object)
+		deps, _ := neo.Get("dependent_outputs")
+		neo.Set("dependent_outputs", append(deps.([]any), o))
+		nodeErrors.Set(id, neo)
+	}
 }
 
 func contains(list []string, s string) bool {
@@ -233,26 +246,7 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 		return r, nil
 	}
 	if i := indexOf(v.visiting, id); i >= 0 {
-		path := append(append([]string(nil), v.visiting[i:]...), id)
-		parts := make([]string, len(path))
-		for j, n := range path {
-			node, _ := NodeObject(v.prompt, n)
-			class, _ := node.Get("class_type")
-			parts[j] = fmt.Sprintf("%s (%s)", n, pyjson.Str(class))
-		}
-		var cycle []any
-		seen := map[string]bool{}
-		for _, n := range path {
-			if !seen[n] {
-				seen[n] = true
-				cycle = append(cycle, n)
-			}
-		}
-		for _, n := range cycle {
-			v.record(n.(string), validated{false, []pyjson.Object{nodeErr("dependency_cycle", "Dependency cycle detected",
-				strings.Join(parts, " -> "), pyjson.Object{{"node_id", n}, {"cycle_nodes", cycle}})}})
-		}
-		return v.done[id], nil
+		return v.recordCycle(id, append(append([]string(nil), v.visiting[i:]...), id)), nil
 	}
 
 	node, ok := NodeObject(v.prompt, id)
@@ -283,139 +277,22 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 			}
 			continue
 		}
-		val := inputs[idx].Value
-		info := spec.Config
-		extra := spec.extra()
-
-		if link, isList := IsLink(val); isList {
-			if len(link) != 2 {
-				errs = append(errs, nodeErr("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]", x,
-					pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}}))
-				continue
-			}
-			oID, isStr := link[0].(string)
-			fromNode, exists := NodeObject(v.prompt, oID)
-			if !isStr || !exists {
-				return validated{}, keyError(link[0])
-			}
-			fromClassV, _ := fromNode.Get("class_type")
-			fromDef, _ := lookupClass(v.cat, fromClassV)
-			slot, exc := TupleIndex(link[1], len(fromDef.Outputs))
+		if link, isList := IsLink(inputs[idx].Value); isList {
+			e, linkedOK, exc := v.checkLink(id, def, spec, link)
 			if exc != nil {
 				return validated{}, exc
 			}
-			received := fromDef.Outputs[slot]
-			if !contains(def.ValidateInputs, "input_types") && !typesCompatible(received, spec) {
-				var inputType any = spec.Type
-				if spec.IsCombo() {
-					inputType = info[0]
-				}
-				errs = append(errs, nodeErr("return_type_mismatch", "Return type mismatch between linked nodes",
-					fmt.Sprintf("%s, received_type(%s) mismatch input_type(%s)", x, received, pyjson.Str(inputType)),
-					pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_type", received}, {"linked_node", val}}))
-				continue
+			if e != nil {
+				errs = append(errs, e)
 			}
-			v.visiting = append(v.visiting, id)
-			r, exc := v.validateInputs(oID)
-			v.visiting = v.visiting[:len(v.visiting)-1]
-			if exc != nil {
-				valid = false
-				v.record(oID, validated{false, []pyjson.Object{nodeErr("exception_during_inner_validation",
-					"Exception when validating inner node", exc.Msg, pyjson.Object{
-						{"input_name", x}, {"input_config", info}, {"exception_message", exc.Msg},
-						{"exception_type", exc.Type},
-						{"traceback", fakeTraceback("validate_inputs", "r = await validate_inputs(prompt_id, prompt, o_id, validated)")},
-						{"linked_node", val},
-					})}})
-				continue
-			}
-			if !r.ok {
-				valid = false
-			}
+			valid = valid && linkedOK
 			continue
 		}
-
-		if o, isObj := val.(pyjson.Object); isObj {
-			if inner, ok := o.Get("__value__"); ok {
-				val = inner
-				inputs[idx].Value = val
-			}
-		}
-		coerced, cerr := coerce(spec.Type, val)
-		if cerr != "" {
-			errs = append(errs, nodeErr("invalid_input_type",
-				fmt.Sprintf("Failed to convert an input value to a %s value", spec.Type),
-				fmt.Sprintf("%s, %s, %s", x, pyjson.Str(val), cerr),
-				pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}, {"exception_message", cerr}}))
-			continue
-		}
-		if coerced != nil {
-			val = coerced
-			inputs[idx].Value = val
-		}
-
-		if contains(def.ValidateInputs, x) {
-			continue
-		}
-		if n, isNum := val.(json.Number); isNum {
-			if minV, ok := extra.Get("min"); ok {
-				if pyjson.NumberRat(n).Cmp(pyjson.NumberRat(minV.(json.Number))) < 0 {
-					errs = append(errs, nodeErr("value_smaller_than_min",
-						fmt.Sprintf("Value %s smaller than min of %s", pyjson.Str(val), pyjson.Str(minV)), x,
-						pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}}))
-					continue
-				}
-			}
-			if maxV, ok := extra.Get("max"); ok {
-				if pyjson.NumberRat(n).Cmp(pyjson.NumberRat(maxV.(json.Number))) > 0 {
-					errs = append(errs, nodeErr("value_bigger_than_max",
-						fmt.Sprintf("Value %s bigger than max of %s", pyjson.Str(val), pyjson.Str(maxV)), x,
-						pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}}))
-					continue
-				}
-			}
-		}
-		if spec.IsCombo() {
-			options := spec.Combo
-			if sv, isStr := val.(string); !isStr || !contains(options, sv) {
-				var inputConfig any = info
-				listInfo := pyjson.Repr(options)
-				// Gigantic lists (scanned model files) are not sent back.
-				if len(options) > 20 {
-					listInfo = fmt.Sprintf("(list of length %d)", len(options))
-					inputConfig = nil
-				}
-				errs = append(errs, nodeErr("value_not_in_list", "Value not in list",
-					fmt.Sprintf("%s: %s not in %s", x, pyjson.Repr(val), listInfo),
-					pyjson.Object{{"input_name", x}, {"input_config", inputConfig}, {"received_value", val}}))
-				continue
-			}
+		if e := checkValue(def, spec, inputs, idx); e != nil {
+			errs = append(errs, e)
 		}
 	}
-
-	if def.Validate != nil {
-		// VALIDATE_INPUTS receives only constant inputs it names.
-		args := pyjson.Object{}
-		for _, name := range def.ValidateInputs {
-			if i := inputIndex(inputs, name); i >= 0 {
-				if _, isList := IsLink(inputs[i].Value); !isList {
-					args = append(args, inputs[i])
-				}
-			}
-		}
-		if len(args) == len(def.ValidateInputs) {
-			if ok, msg := def.Validate(args); !ok {
-				for _, a := range args {
-					details := a.Key
-					if msg != "" {
-						details += " - " + msg
-					}
-					errs = append(errs, nodeErr("custom_validation_failed", "Custom validation failed for node", details,
-						pyjson.Object{{"input_name", a.Key}}))
-				}
-			}
-		}
-	}
+	errs = append(errs, customValidation(def, inputs)...)
 
 	prev, seen := v.done[id]
 	r := validated{ok: valid && len(errs) == 0, reasons: errs}
@@ -424,6 +301,184 @@ func (v *validator) validateInputs(id string) (validated, *PyException) {
 		r.reasons = append(prev.reasons, errs...)
 	}
 	return v.record(id, r), nil
+}
+
+// recordCycle records a dependency_cycle error on every node of path (the
+// nodes being visited from the first visit of id, then id again) and
+// returns id's verdict.
+func (v *validator) recordCycle(id string, path []string) validated {
+	parts := make([]string, len(path))
+	for j, n := range path {
+		node, _ := NodeObject(v.prompt, n)
+		class, _ := node.Get("class_type")
+		parts[j] = fmt.Sprintf("%s (%s)", n, pyjson.Str(class))
+	}
+	var cycle []any
+	seen := map[string]bool{}
+	for _, n := range path {
+		if !seen[n] {
+			seen[n] = true
+			cycle = append(cycle, n)
+		}
+	}
+	for _, n := range cycle {
+		v.record(n.(string), validated{false, []pyjson.Object{nodeErr("dependency_cycle", "Dependency cycle detected",
+			strings.Join(parts, " -> "), pyjson.Object{{"node_id", n}, {"cycle_nodes", cycle}})}})
+	}
+	return v.done[id]
+}
+
+// checkLink validates a linked input of node id: the link's shape and
+// types, then the linked node, recursively. It returns the input's error,
+// if any; linkedOK is false when the linked node failed validation (its
+// own errors are recorded on it). exc is an exception validate_inputs
+// raises.
+func (v *validator) checkLink(id string, def *NodeDef, spec Input, link []any) (e pyjson.Object, linkedOK bool, exc *PyException) {
+	x, info, val := spec.Name, spec.Config, any(link)
+	if len(link) != 2 {
+		return nodeErr("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]", x,
+			pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}}), true, nil
+	}
+	oID, isStr := link[0].(string)
+	fromNode, exists := NodeObject(v.prompt, oID)
+	if !isStr || !exists {
+		return nil, false, keyError(link[0])
+	}
+	fromClassV, _ := fromNode.Get("class_type")
+	fromDef, _ := lookupClass(v.cat, fromClassV)
+	slot, exc := TupleIndex(link[1], len(fromDef.Outputs))
+	if exc != nil {
+		return nil, false, exc
+	}
+	received := fromDef.Outputs[slot]
+	if !contains(def.ValidateInputs, "input_types") && !typesCompatible(received, spec) {
+		var inputType any = spec.Type
+		if spec.IsCombo() {
+			inputType = info[0]
+		}
+		return nodeErr("return_type_mismatch", "Return type mismatch between linked nodes",
+			fmt.Sprintf("%s, received_type(%s) mismatch input_type(%s)", x, received, pyjson.Str(inputType)),
+			pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_type", received}, {"linked_node", val}}), true, nil
+	}
+	v.visiting = append(v.visiting, id)
+	r, exc := v.validateInputs(oID)
+	v.visiting = v.visiting[:len(v.visiting)-1]
+	if exc != nil {
+		v.record(oID, validated{false, []pyjson.Object{nodeErr("exception_during_inner_validation",
+			"Exception when validating inner node", exc.Msg, pyjson.Object{
+				{"input_name", x}, {"input_config", info}, {"exception_message", exc.Msg},
+				{"exception_type", exc.Type},
+				{"traceback", fakeTraceback("validate_inputs", "r = await validate_inputs(prompt_id, prompt, o_id, validated)")},
+				{"linked_node", val},
+			})}})
+		return nil, false, nil
+	}
+	return nil, r.ok, nil
+}
+
+// checkValue validates the constant input inputs[idx] against spec: it
+// unwraps {"__value__": v}, coerces the value to the input's type in place
+// and checks min, max and the combo's options. It returns the input's
+// error, or nil.
+func checkValue(def *NodeDef, spec Input, inputs pyjson.Object, idx int) pyjson.Object {
+	x, info := spec.Name, spec.Config
+	val := inputs[idx].Value
+	if o, isObj := val.(pyjson.Object); isObj {
+		if inner, ok := o.Get("__value__"); ok {
+			val = inner
+			inputs[idx].Value = val
+		}
+	}
+	coerced, cerr := coerce(spec.Type, val)
+	if cerr != "" {
+		return nodeErr("invalid_input_type",
+			fmt.Sprintf("Failed to convert an input value to a %s value", spec.Type),
+			fmt.Sprintf("%s, %s, %s", x, pyjson.Str(val), cerr),
+			pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}, {"exception_message", cerr}})
+	}
+	if coerced != nil {
+		val = coerced
+		inputs[idx].Value = val
+	}
+	if contains(def.ValidateInputs, x) {
+		return nil
+	}
+	if e := checkRange(spec, val); e != nil {
+		return e
+	}
+	if spec.IsCombo() {
+		options := spec.Combo
+		if sv, isStr := val.(string); !isStr || !contains(options, sv) {
+			var inputConfig any = info
+			listInfo := pyjson.Repr(options)
+			// Gigantic lists (scanned model files) are not sent back.
+			if len(options) > 20 {
+				listInfo = fmt.Sprintf("(list of length %d)", len(options))
+				inputConfig = nil
+			}
+			return nodeErr("value_not_in_list", "Value not in list",
+				fmt.Sprintf("%s: %s not in %s", x, pyjson.Repr(val), listInfo),
+				pyjson.Object{{"input_name", x}, {"input_config", inputConfig}, {"received_value", val}})
+		}
+	}
+	return nil
+}
+
+// checkRange checks a number against the input's min and max.
+func checkRange(spec Input, val any) pyjson.Object {
+	n, isNum := val.(json.Number)
+	if !isNum {
+		return nil
+	}
+	x, info, extra := spec.Name, spec.Config, spec.extra()
+	if minV, ok := extra.Get("min"); ok {
+		if pyjson.NumberRat(n).Cmp(pyjson.NumberRat(minV.(json.Number))) < 0 {
+			return nodeErr("value_smaller_than_min",
+				fmt.Sprintf("Value %s smaller than min of %s", pyjson.Str(val), pyjson.Str(minV)), x,
+				pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}})
+		}
+	}
+	if maxV, ok := extra.Get("max"); ok {
+		if pyjson.NumberRat(n).Cmp(pyjson.NumberRat(maxV.(json.Number))) > 0 {
+			return nodeErr("value_bigger_than_max",
+				fmt.Sprintf("Value %s bigger than max of %s", pyjson.Str(val), pyjson.Str(maxV)), x,
+				pyjson.Object{{"input_name", x}, {"input_config", info}, {"received_value", val}})
+		}
+	}
+	return nil
+}
+
+// customValidation runs the node's VALIDATE_INPUTS, which receives only
+// the constant inputs it names, and only when all of them are constant.
+func customValidation(def *NodeDef, inputs pyjson.Object) []pyjson.Object {
+	if def.Validate == nil {
+		return nil
+	}
+	args := pyjson.Object{}
+	for _, name := range def.ValidateInputs {
+		if i := inputIndex(inputs, name); i >= 0 {
+			if _, isList := IsLink(inputs[i].Value); !isList {
+				args = append(args, inputs[i])
+			}
+		}
+	}
+	if len(args) != len(def.ValidateInputs) {
+		return nil
+	}
+	ok, msg := def.Validate(args)
+	if ok {
+		return nil
+	}
+	var errs []pyjson.Object
+	for _, a := range args {
+		details := a.Key
+		if msg != "" {
+			details += " - " + msg
+		}
+		errs = append(errs, nodeErr("custom_validation_failed", "Custom validation failed for node", details,
+			pyjson.Object{{"input_name", a.Key}}))
+	}
+	return errs
 }
 
 func indexOf(list []string, s string) int {
