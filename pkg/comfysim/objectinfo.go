@@ -100,27 +100,7 @@ type nodeDef struct {
 // info renders the object_info entry with the key order of ComfyUI's
 // node_info().
 func (d *nodeDef) info(s *Server) object {
-	inputs := object{}
-	order := object{}
-	section := func(key string, specs []inputSpec) {
-		if specs == nil {
-			return
-		}
-		sec := object{}
-		names := []any{}
-		for _, in := range specs {
-			sec = append(sec, member{in.name, in.config(s)})
-			names = append(names, in.name)
-		}
-		inputs = append(inputs, member{key, sec})
-		order = append(order, member{key, names})
-	}
-	section("required", d.required)
-	section("optional", d.optional)
-	if d.hidden != nil {
-		inputs = append(inputs, member{"hidden", d.hidden})
-		order = append(order, member{"hidden", anyStrings(d.hidden.Keys())})
-	}
+	inputs, order := d.inputInfo(s)
 	outNames := d.outputNames
 	if outNames == nil {
 		outNames = d.outputs
@@ -179,6 +159,32 @@ func (d *nodeDef) info(s *Server) object {
 		o = append(o, member{"output_tooltips", anyStrings(d.outputTooltips)})
 	}
 	return o
+}
+
+// inputInfo is the node's "input" (section → input → config) and
+// "input_order" (section → names) of object_info.
+func (d *nodeDef) inputInfo(s *Server) (inputs, order object) {
+	inputs, order = object{}, object{}
+	section := func(key string, specs []inputSpec) {
+		if specs == nil {
+			return
+		}
+		sec := object{}
+		names := []any{}
+		for _, in := range specs {
+			sec = append(sec, member{in.name, in.config(s)})
+			names = append(names, in.name)
+		}
+		inputs = append(inputs, member{key, sec})
+		order = append(order, member{key, names})
+	}
+	section("required", d.required)
+	section("optional", d.optional)
+	if d.hidden != nil {
+		inputs = append(inputs, member{"hidden", d.hidden})
+		order = append(order, member{"hidden", anyStrings(d.hidden.Keys())})
+	}
+	return inputs, order
 }
 
 func anyStrings(ss []string) []any {

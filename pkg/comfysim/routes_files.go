@@ -230,18 +230,9 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, save func(form *
 		return
 	}
 	defer form.file.Close()
-	filename := form.filename
-	if filename == "" {
-		writeEmpty(w, http.StatusBadRequest)
-		return
-	}
 	subfolder := form.fields["subfolder"]
-	folder := filepath.Join(dir, filepath.Clean(filepath.FromSlash(subfolder)))
-	if filepath.IsAbs(subfolder) {
-		folder = filepath.Clean(subfolder)
-	}
-	path := filepath.Join(folder, filename)
-	if !within(dir, path) || path == dir {
+	folder, path, ok := uploadPath(dir, subfolder, form.filename)
+	if !ok {
 		writeEmpty(w, http.StatusBadRequest)
 		return
 	}
@@ -249,34 +240,10 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, save func(form *
 		s.writeServerError(w, r, err)
 		return
 	}
-
-	// Hash the upload once; it is compared with each existing candidate.
-	h := sha256.New()
-	if _, err := io.Copy(h, form.file); err != nil {
+	filename, path, duplicate, err := uploadName(form, folder, path)
+	if err != nil {
 		s.writeServerError(w, r, err)
 		return
-	}
-	uploadSum := hex.EncodeToString(h.Sum(nil))
-	if _, err := form.file.Seek(0, io.SeekStart); err != nil {
-		s.writeServerError(w, r, err)
-		return
-	}
-
-	duplicate := false
-	if ow := form.fields["overwrite"]; ow != "true" && ow != "1" {
-		ext := filepath.Ext(filename)
-		stem := strings.TrimSuffix(filename, ext)
-		for i := 1; ; i++ {
-			if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-				break
-			}
-			if sum, err := fileSHA256(path); err == nil && sum == uploadSum {
-				duplicate = true
-				break
-			}
-			filename = fmt.Sprintf("%s (%d)%s", stem, i, ext)
-			path = filepath.Join(folder, filename)
-		}
 	}
 	if !duplicate {
 		if save != nil {
@@ -290,6 +257,56 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, save func(form *
 		}
 	}
 	writeJSON(w, http.StatusOK, object{{"name", filename}, {"subfolder", subfolder}, {"type", typ}})
+}
+
+// uploadPath is where an upload named filename goes: subfolder of dir (an
+// absolute subfolder is taken as is, as os.path.join does); ok is false
+// for an empty name or a path outside dir.
+func uploadPath(dir, subfolder, filename string) (folder, path string, ok bool) {
+	if filename == "" {
+		return "", "", false
+	}
+	folder = filepath.Join(dir, filepath.Clean(filepath.FromSlash(subfolder)))
+	if filepath.IsAbs(subfolder) {
+		folder = filepath.Clean(subfolder)
+	}
+	path = filepath.Join(folder, filename)
+	if !within(dir, path) || path == dir {
+		return "", "", false
+	}
+	return folder, path, true
+}
+
+// uploadName is the name the upload is saved under: without overwrite, a
+// file of that name with other content makes it "name (1).ext", "name
+// (2).ext" … and one with the same content is reused (duplicate: nothing
+// is written).
+func uploadName(form *uploadForm, folder, path string) (filename, newPath string, duplicate bool, err error) {
+	filename = form.filename
+	if ow := form.fields["overwrite"]; ow == "true" || ow == "1" {
+		return filename, path, false, nil
+	}
+	// Hash the upload once; it is compared with each existing candidate.
+	h := sha256.New()
+	if _, err := io.Copy(h, form.file); err != nil {
+		return "", "", false, err
+	}
+	uploadSum := hex.EncodeToString(h.Sum(nil))
+	if _, err := form.file.Seek(0, io.SeekStart); err != nil {
+		return "", "", false, err
+	}
+	ext := filepath.Ext(filename)
+	stem := strings.TrimSuffix(filename, ext)
+	for i := 1; ; i++ {
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return filename, path, false, nil
+		}
+		if sum, err := fileSHA256(path); err == nil && sum == uploadSum {
+			return filename, path, true, nil
+		}
+		filename = fmt.Sprintf("%s (%d)%s", stem, i, ext)
+		path = filepath.Join(folder, filename)
+	}
 }
 
 func writeFileFrom(path string, r io.Reader) error {
