@@ -56,6 +56,7 @@ func (b *Broker) agentSeen(ctx context.Context, hb wire.Heartbeat) {
 			b.log.Error().Err(err).Str("pool", hb.Pool).Msg("create pool consumer")
 		} else {
 			b.state.pools[hb.Pool] = true
+			b.testSignals.poolConsumerReady.Signal(hb.Pool)
 		}
 	}
 	data, _ := json.Marshal(hb)

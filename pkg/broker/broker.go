@@ -52,6 +52,8 @@ type Broker struct {
 	wg      sync.WaitGroup
 	started atomic.Bool
 	ready   atomic.Bool
+
+	testSignals testSignals
 }
 
 // New validates the configuration and returns a broker ready to Start.

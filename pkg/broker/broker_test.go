@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -25,6 +26,9 @@ type testBundle struct {
 	ctx    context.Context
 	// configure, when set, adjusts the broker's configuration.
 	configure func(*Config)
+	// poolReady says the default pool's consumer serves pulls: the broker
+	// signalled that it created it, on this NATS server.
+	poolReady bool
 }
 
 func setup(t *testing.T) *testBundle { return setupWith(t, nil) }
@@ -49,6 +53,10 @@ func (tb *testBundle) start(t *testing.T) {
 	}
 	b, err := New(cfg)
 	require.NoError(t, err)
+	b.testSignals.poolConsumerReady.Init()
+	if cfg.NATSURL == "" {
+		tb.poolReady = false // a new embedded server: memory streams start empty
+	}
 	require.NoError(t, b.Start(tb.ctx))
 	tb.broker = b
 	url := b.ClientURL()
@@ -153,26 +161,37 @@ func (tb *testBundle) report(t *testing.T, r wire.Report) {
 	require.NoError(t, err)
 }
 
-// fetchTicket pulls one ticket of the default pool. The wait is as long as
-// awaitState's: a ticket the broker releases again comes after an agent
-// timeout and two periodic checks, and one fetch took over a second on a
-// loaded machine.
+// readyPoolConsumer returns the default pool's DISPATCH consumer once it serves
+// pulls. The broker creates it on the first heartbeat; CONSUMER.INFO shows
+// it a moment before the server subscribes its pull handler, and a fetch in
+// that moment ends at once with "no responders". The broker's create call
+// returns only after that subscription, so its signal is what to wait for.
+func (tb *testBundle) readyPoolConsumer(t *testing.T) jetstream.Consumer {
+	t.Helper()
+	if !tb.poolReady {
+		tb.broker.testSignals.poolConsumerReady.WaitFor(t, "the broker to create the default pool's consumer",
+			func(pool string) bool { return pool == wire.DefaultPool })
+		tb.poolReady = true
+	}
+	cons, err := tb.js.Consumer(tb.ctx, wire.StreamDispatch, wire.DispatchConsumer(wire.DefaultPool))
+	require.NoError(t, err)
+	return cons
+}
+
+// fetchTicket pulls one ticket of the default pool, waiting as long as any
+// test wait: a ticket the broker releases again comes after an agent
+// timeout or a periodic check.
 func (tb *testBundle) fetchTicket(t *testing.T) (wire.Ticket, jetstream.Msg) {
 	t.Helper()
-	var cons jetstream.Consumer
-	require.Eventually(t, func() bool {
-		c, err := tb.js.Consumer(tb.ctx, wire.StreamDispatch, wire.DispatchConsumer(wire.DefaultPool))
-		cons = c
-		return err == nil
-	}, 10*time.Second, 10*time.Millisecond)
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(10*time.Second))
+	batch, err := tb.readyPoolConsumer(t).Fetch(1, jetstream.FetchMaxWait(testutil.WaitTimeout()))
 	require.NoError(t, err)
 	for m := range batch.Messages() {
 		var tk wire.Ticket
 		require.NoError(t, json.Unmarshal(m.Data(), &tk))
 		return tk, m
 	}
-	t.Fatal("no ticket")
+	require.NoError(t, batch.Error(), "fetch a ticket")
+	t.Fatalf("no ticket after %s", testutil.WaitTimeout())
 	return wire.Ticket{}, nil
 }
 

@@ -38,13 +38,12 @@ func (tb *testBundle) handBack(t *testing.T, job string) wire.Ticket {
 // decides when it would deliver it again).
 func (tb *testBundle) noTicket(t *testing.T) {
 	t.Helper()
-	cons, err := tb.js.Consumer(tb.ctx, wire.StreamDispatch, wire.DispatchConsumer(wire.DefaultPool))
-	require.NoError(t, err)
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(500*time.Millisecond))
+	batch, err := tb.readyPoolConsumer(t).Fetch(1, jetstream.FetchMaxWait(500*time.Millisecond))
 	require.NoError(t, err)
 	for m := range batch.Messages() {
 		t.Fatalf("a ticket was delivered: %s", m.Data())
 	}
+	require.NoError(t, batch.Error(), "fetch a ticket")
 }
 
 // A ticket whose every delivery was handed back without a run is released
@@ -251,6 +250,12 @@ func setupOnExternalNATS(t *testing.T) *testBundle {
 // connection stay.
 func (tb *testBundle) stopBroker(t *testing.T) {
 	t.Helper()
+	// The pool's consumer outlives the broker: note whether it was made.
+	for len(tb.broker.testSignals.poolConsumerReady.C()) > 0 {
+		if <-tb.broker.testSignals.poolConsumerReady.C() == wire.DefaultPool {
+			tb.poolReady = true
+		}
+	}
 	require.NoError(t, tb.broker.Stop(context.Background()))
 	tb.broker = nil
 }
