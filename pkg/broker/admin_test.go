@@ -2,13 +2,13 @@ package broker
 
 import (
 	"encoding/json"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
@@ -161,10 +161,10 @@ func TestStatusRouteNamesParticipantsOnlyToTheAdmin(t *testing.T) {
 	hb := wire.Heartbeat{Agent: "a1", Pool: wire.DefaultPool, Boot: "b", Slots: []wire.SlotStatus{{ID: "gpu0", State: wire.SlotBusy, JobID: "job-x", User: "user007"}}}
 	data, _ := json.Marshal(hb)
 	require.NoError(t, tb.nc.Publish(wire.HeartbeatSubject("a1"), data))
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		st, err := tb.broker.Status(tb.ctx)
 		return err == nil && len(st.Agents) == 1
-	}, 10*time.Second, 10*time.Millisecond)
+	}, "the agent is not in the status")
 
 	get := func(token string) (Status, string) {
 		t.Helper()

@@ -79,4 +79,5 @@ func (b *Broker) housekeep(ctx context.Context) {
 	}
 	b.pruneStopped()
 	b.dispatchAll(ctx)
+	b.testSignals.housekept.Signal(struct{}{})
 }

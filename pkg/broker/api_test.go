@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"net/http"
 	"reflect"
 	"strings"
@@ -52,10 +53,10 @@ func (tb *testBundle) requireMsgGone(t *testing.T, stream string, seq uint64, ms
 	t.Helper()
 	st, err := tb.js.Stream(tb.ctx, stream)
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		_, err := st.GetMsg(tb.ctx, seq)
 		return errors.Is(err, jetstream.ErrMsgNotFound)
-	}, 10*time.Second, 10*time.Millisecond, "%s (%s seq %d)", msg, stream, seq)
+	}, "%s (%s seq %d)", msg, stream, seq)
 }
 
 func TestCancelAtEveryStage(t *testing.T) {
@@ -151,7 +152,7 @@ func TestParticipantsActOnlyOnTheirOwnJobs(t *testing.T) {
 
 func TestPauseBumpPolicyAndForget(t *testing.T) {
 	t.Parallel()
-	tb := setup(t)
+	tb := setupWithSignals(t, nil, withHousekeeping)
 	var r wire.APIReply
 	tb.api(t, wire.OpPause, wire.PauseRequest{Caller: instructor}, &r)
 	require.Empty(t, r.Error)
@@ -165,7 +166,8 @@ func TestPauseBumpPolicyAndForget(t *testing.T) {
 	second := tb.submit(t, "user002")
 	tb.awaitState(t, "user001", first, wire.StateQueued)
 	tb.awaitState(t, "user002", second, wire.StateQueued)
-	time.Sleep(150 * time.Millisecond) // a few housekeeping ticks
+	tb.awaitHousekeeping(t) // its dispatch retries are paused too
+	tb.broker.testSignals.ticketReleased.RequireEmpty(t)
 	require.Equal(t, wire.StateQueued, tb.record(t, "user001", first).State, "paused: nothing is dispatched")
 
 	// Pause and policy survive a restart.

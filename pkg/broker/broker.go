@@ -266,6 +266,7 @@ func (b *Broker) runCore(ctx context.Context) {
 			b.checkTickets(ctx)
 			b.refreshUserCaps()
 			b.dispatchAll(ctx) // a raised cap may let a user run more
+			b.testSignals.ticketsChecked.Signal(struct{}{})
 		}
 	}
 }

@@ -26,6 +26,9 @@ type testBundle struct {
 	ctx    context.Context
 	// configure, when set, adjusts the broker's configuration.
 	configure func(*Config)
+	// signals, when set, turns on test signals beyond the ones every
+	// bundle's broker has (testSignals.Init), such as the periodic ones.
+	signals func(*testSignals)
 	// poolReady says the default pool's consumer serves pulls: the broker
 	// signalled that it created it, on this NATS server.
 	poolReady bool
@@ -36,8 +39,14 @@ func setup(t *testing.T) *testBundle { return setupWith(t, nil) }
 // setupWith starts a broker whose configuration configure adjusts.
 func setupWith(t *testing.T, configure func(*Config)) *testBundle {
 	t.Helper()
-	dir := t.TempDir()
-	tb := &testBundle{dir: dir, ctx: context.Background(), configure: configure}
+	return setupWithSignals(t, configure, nil)
+}
+
+// setupWithSignals starts a broker whose configuration configure adjusts
+// and that has the test signals signals turns on.
+func setupWithSignals(t *testing.T, configure func(*Config), signals func(*testSignals)) *testBundle {
+	t.Helper()
+	tb := &testBundle{dir: t.TempDir(), ctx: context.Background(), configure: configure, signals: signals}
 	tb.start(t)
 	return tb
 }
@@ -53,13 +62,21 @@ func (tb *testBundle) start(t *testing.T) {
 	}
 	b, err := New(cfg)
 	require.NoError(t, err)
-	b.testSignals.poolConsumerReady.Init()
+	b.testSignals.Init()
+	if tb.signals != nil {
+		tb.signals(&b.testSignals)
+	}
 	if cfg.NATSURL == "" {
 		tb.poolReady = false // a new embedded server: memory streams start empty
 	}
 	require.NoError(t, b.Start(tb.ctx))
 	tb.broker = b
 	url := b.ClientURL()
+	if old := tb.nc; old != nil {
+		// A restart after stopBroker: messages fetched on the old
+		// connection are still acknowledged on it; it closes at the end.
+		t.Cleanup(old.Close)
+	}
 	if cfg.NATSUser != "" {
 		url = strings.Replace(url, "nats://", "nats://"+cfg.NATSUser+":"+cfg.NATSPassword+"@", 1)
 	}
@@ -114,17 +131,54 @@ func (tb *testBundle) record(t *testing.T, user, id string) wire.JobRecord {
 
 func (tb *testBundle) awaitState(t *testing.T, user, id string, want wire.JobState) wire.JobRecord {
 	t.Helper()
-	var r wire.JobRecord
-	require.Eventually(t, func() bool {
-		e, err := tb.jobs.Get(tb.ctx, wire.JobKey(user, id))
-		if err != nil {
-			return false
-		}
-		_ = json.Unmarshal(e.Value(), &r)
-		return r.State == want
-	}, 10*time.Second, 10*time.Millisecond, "job %s never reached %s (last: %s)", id, want, r.State)
-	return r
+	return tb.awaitJob(t, user, id, "state "+string(want), func(r wire.JobRecord) bool { return r.State == want })
 }
+
+// awaitJob waits until the job's record in JOBS satisfies cond (what says
+// how, for the failure). It reads the record again each time the broker
+// signals that it wrote one (testSignals.jobChanged), of any job: a signal
+// read earlier, or one of another job, costs a read, never a missed
+// change.
+func (tb *testBundle) awaitJob(t *testing.T, user, id, what string, cond func(wire.JobRecord) bool) wire.JobRecord {
+	t.Helper()
+	changed := tb.broker.testSignals.jobChanged.C()
+	require.NotNil(t, changed, "the broker's test signals are off (testSignals.Init)")
+	timeout := time.NewTimer(testutil.WaitTimeout())
+	defer timeout.Stop()
+	var r wire.JobRecord
+	for {
+		if e, err := tb.jobs.Get(tb.ctx, wire.JobKey(user, id)); err == nil {
+			r = wire.JobRecord{}
+			require.NoError(t, json.Unmarshal(e.Value(), &r))
+			if cond(r) {
+				return r
+			}
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			t.Fatalf("after %s, job %s is not at %s (last state: %s)", testutil.WaitTimeout(), id, what, r.State)
+		}
+	}
+}
+
+// awaitHousekeeping waits for two housekeeping rounds that began after the
+// call: every dispatch retry they make has then been made. The bundle's
+// broker needs its housekept signal on (withHousekeeping).
+func (tb *testBundle) awaitHousekeeping(t *testing.T) {
+	t.Helper()
+	s := &tb.broker.testSignals.housekept
+	for len(s.C()) > 0 {
+		<-s.C()
+	}
+	// The first may have begun before the call; the second began after
+	// the first ended.
+	s.WaitOrTimeout(t)
+	s.WaitOrTimeout(t)
+}
+
+// withHousekeeping turns the housekept signal on.
+func withHousekeeping(ts *testSignals) { ts.housekept.Init() }
 
 func (tb *testBundle) heartbeat(t *testing.T, agent, boot string, slots int) {
 	t.Helper()
@@ -197,14 +251,15 @@ func (tb *testBundle) fetchTicket(t *testing.T) (wire.Ticket, jetstream.Msg) {
 
 func TestJobLifecycle(t *testing.T) {
 	t.Parallel()
-	tb := setup(t)
+	tb := setupWithSignals(t, nil, withHousekeeping)
 	id := tb.submit(t, "user001")
 	r := tb.awaitState(t, "user001", id, wire.StateQueued)
 	require.NotZero(t, r.Number)
 	require.Equal(t, r.Number, r.SubmitSeq)
 
-	// No agent, no ticket: the job waits queued.
-	time.Sleep(100 * time.Millisecond)
+	// No agent, no ticket: the job waits queued through housekeeping's
+	// dispatch retries.
+	tb.awaitHousekeeping(t)
 	require.Equal(t, wire.StateQueued, tb.record(t, "user001", id).State)
 
 	tb.heartbeat(t, "a1", "boot1", 1)

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"github.com/atelier-run/atelier/internal/testutil"
 	"testing"
 	"time"
 
@@ -15,10 +16,10 @@ import (
 // registry takes effect without a restart.
 func TestUsersOwnRunningCapAcrossPools(t *testing.T) {
 	t.Parallel()
-	tb := setupWith(t, func(c *Config) {
+	tb := setupWithSignals(t, func(c *Config) {
 		c.MaxRunningPerUser = 2
 		c.TicketCheckInterval = 100 * time.Millisecond
-	})
+	}, withHousekeeping)
 	reg, err := registry.Open(registry.Config{Path: datalayout.New(tb.dir).RegistryPath(), BcryptCost: bcrypt.MinCost})
 	require.NoError(t, err)
 	_, err = reg.Create(tb.ctx, registry.User{ID: "user001", Quotas: &registry.Quotas{MaxRunning: 1}}, "pw-user001")
@@ -48,15 +49,15 @@ func TestUsersOwnRunningCapAcrossPools(t *testing.T) {
 	}
 	// Taken in and dispatched up to the caps (a dispatch round may come
 	// after the intake: waiting for it is not left to the rounds below).
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		return queued("user001")+inFlight("user001") == 4 && inFlight("user001") == 1 && inFlight("user002") == 2
-	}, 10*time.Second, 10*time.Millisecond)
+	}, "the jobs are not taken in and dispatched up to the caps")
 	// A few dispatch rounds (heartbeats, housekeeping) change nothing.
 	for range 3 {
 		tb.heartbeatIn(t, "big1", "boot", "big", 2)
 		tb.heartbeatIn(t, "small1", "boot", "small", 2)
 		tb.heartbeatIn(t, "solo1", "boot", "solo", 3)
-		time.Sleep(60 * time.Millisecond)
+		tb.awaitHousekeeping(t)
 	}
 	require.Equal(t, 1, inFlight("user001"), "user001's own cap: one slot across both pools")
 	require.Equal(t, 2, inFlight("user002"), "user002 has the default cap")
@@ -67,6 +68,6 @@ func TestUsersOwnRunningCapAcrossPools(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return inFlight("user001") == 3 }, 10*time.Second, 10*time.Millisecond)
+	testutil.Eventually(t, func() bool { return inFlight("user001") == 3 }, "user001 runs 3 after its cap was raised")
 	require.Equal(t, 1, queued("user001"))
 }

@@ -97,5 +97,6 @@ func (b *Broker) publishTicket(ctx context.Context, e *jobEntry) (wire.Ticket, e
 		return t, err
 	}
 	e.ticketSeq = ack.Sequence
+	b.testSignals.ticketReleased.Signal(t)
 	return t, nil
 }

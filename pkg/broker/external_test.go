@@ -26,6 +26,7 @@ func TestExternalNATS(t *testing.T) {
 		HTTPAddr: "127.0.0.1:0", Limits: wire.SmallLimits(), Logger: zerolog.Nop(),
 	})
 	require.NoError(t, err)
+	b.testSignals.Init()
 	require.NoError(t, b.Start(ctx))
 	t.Cleanup(func() { _ = b.Stop(context.Background()) })
 	require.Equal(t, ns.ClientURL(), b.ClientURL())

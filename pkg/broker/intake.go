@@ -109,6 +109,7 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 	b.applyUserCap(job.User)
 	// Index it as if it had just entered its current state.
 	b.accountState(e, "")
+	b.testSignals.jobChanged.Signal(jobChange{Rec: e.rec})
 	b.log.Debug().Str("job", job.ID).Str("user", job.User).Str("state", string(e.rec.State)).Msg("job taken in")
 	b.dispatch(ctx, e.rec.Pool)
 	if e.rec.State == wire.StateQueued {

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"testing"
 	"time"
 
@@ -63,10 +64,10 @@ func TestQueuedJobPayloadStaysInJOBS(t *testing.T) {
 	tb.publishJob(t, job)
 	requirePayload(t, job, tb.awaitState(t, "user001", job.ID, wire.StateQueued))
 
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		e, ok := tb.entry(t, "user001", job.ID)
 		return ok && e.light
-	}, 5*time.Second, 10*time.Millisecond)
+	}, "the queued job was not made light")
 	e, _ := tb.entry(t, "user001", job.ID)
 	require.Nil(t, e.rec.Prompt)
 	require.Nil(t, e.rec.ExtraData)
@@ -88,10 +89,10 @@ func TestQueuedJobPayloadStaysInJOBS(t *testing.T) {
 	// waits light as before.
 	tb.stop()
 	tb.start(t)
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		e, ok := tb.entry(t, "user001", job.ID)
 		return ok && e.light
-	}, 5*time.Second, 10*time.Millisecond)
+	}, "the job was not taken in light after the restart")
 
 	tb.heartbeat(t, "a1", "boot1", 1)
 	requirePayload(t, job, tb.awaitState(t, "user001", job.ID, wire.StateDispatched))

@@ -23,6 +23,7 @@ func (b *Broker) applyReportMsg(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	b.applyReport(ctx, r)
+	b.testSignals.reportApplied.Signal(r)
 }
 
 func (b *Broker) applyReport(ctx context.Context, r wire.Report) {

@@ -165,6 +165,7 @@ func (b *Broker) transition(ctx context.Context, e *jobEntry, mutate func(r *wir
 	prev := e.rec.State
 	e.rec, e.rev = next, rev
 	b.accountState(e, prev)
+	b.testSignals.jobChanged.Signal(jobChange{From: prev, Rec: e.rec})
 	if e.rec.State == wire.StateQueued {
 		e.lighten() // still waiting (bumped, say)
 	}

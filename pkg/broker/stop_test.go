@@ -2,9 +2,9 @@ package broker
 
 import (
 	"encoding/json"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/atelier-run/atelier/pkg/wire"
 	"github.com/nats-io/nats.go"
@@ -66,8 +66,7 @@ func TestCancelRightAfterAClaimIsNotLost(t *testing.T) {
 	fc.held.Store(true)
 	tb.report(t, wire.Report{Kind: wire.ReportOutput, JobID: id, User: "user001", Agent: "a1", Attempt: 1,
 		Node: "9", Output: json.RawMessage(`{"images":[]}`)})
-	require.Eventually(t, func() bool { return fc.interrupts.Load() == 2 }, 10*time.Second, 10*time.Millisecond,
-		"the stopped attempt was not interrupted again")
+	testutil.Eventually(t, func() bool { return fc.interrupts.Load() == 2 }, "the stopped attempt was not interrupted again")
 	tb.report(t, wire.Report{Kind: wire.ReportSucceeded, JobID: id, User: "user001", Agent: "a1", Attempt: 1})
 	require.NoError(t, msg.DoubleAck(tb.ctx))
 	// Reports are applied in order: one sent after it proves the success

@@ -22,8 +22,9 @@ type testSignals struct {
 	reportApplied testsignal.Signal[wire.Report]
 	// ticketReleased carries each ticket the broker published.
 	ticketReleased testsignal.Signal[wire.Ticket]
-	// housekept signals the end of a housekeeping tick, ticketsChecked the
-	// end of a periodic ticket check.
+	// housekept signals the end of a housekeeping tick (TickInterval),
+	// ticketsChecked the end of a periodic check (TicketCheckInterval:
+	// tickets, running caps, dispatch).
 	housekept      testsignal.Signal[struct{}]
 	ticketsChecked testsignal.Signal[struct{}]
 }
@@ -34,12 +35,13 @@ type jobChange struct {
 	Rec  wire.JobRecord
 }
 
-// Init turns every signal on.
+// Init turns on the signals of single events. The periodic ones
+// (housekept, ticketsChecked) come many times a second in tests: a test
+// that waits on them Inits them itself, so that no test fills their
+// buffer unread.
 func (ts *testSignals) Init() {
 	ts.poolConsumerReady.Init()
 	ts.jobChanged.Init()
 	ts.reportApplied.Init()
 	ts.ticketReleased.Init()
-	ts.housekept.Init()
-	ts.ticketsChecked.Init()
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"github.com/atelier-run/atelier/internal/testutil"
 	"strings"
 	"testing"
 	"time"
@@ -72,10 +73,10 @@ func TestDeadTicketIsReleasedAgain(t *testing.T) {
 
 	dispatch, err := tb.js.Stream(tb.ctx, wire.StreamDispatch)
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		info, err := dispatch.Info(tb.ctx)
 		return err == nil && info.State.Msgs == 0
-	}, 10*time.Second, 20*time.Millisecond, "the dead ticket stays in DISPATCH")
+	}, "the dead ticket stays in DISPATCH")
 }
 
 // Real attempts count across tickets: a job released again keeps its
@@ -96,7 +97,7 @@ func TestDeadTicketFailsAJobOutOfAttempts(t *testing.T) {
 		require.Equal(t, wire.ClaimGo, reply.Action)
 		require.Equal(t, attempt, reply.Attempt)
 		tb.report(t, wire.Report{Kind: wire.ReportReleased, JobID: id, User: "user001", Agent: "a1", Attempt: attempt, Reason: "ComfyUI restarted"})
-		require.Eventually(t, func() bool { return tb.record(t, "user001", id).Agent == "" }, 10*time.Second, 10*time.Millisecond)
+		tb.awaitJob(t, "user001", id, "no agent", func(r wire.JobRecord) bool { return r.Agent == "" })
 		require.NoError(t, msg.Nak())
 	}
 	runAndRelease(1)
@@ -130,10 +131,10 @@ func TestDeadTicketOfAHeldJobWaitsForItsRelease(t *testing.T) {
 	st, err := tb.js.Stream(tb.ctx, StreamDeadTickets)
 	require.NoError(t, err)
 	tb.noTicket(t)
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		info, err := st.Info(tb.ctx)
 		return err == nil && info.State.Msgs == 1 // kept, not acknowledged
-	}, 10*time.Second, 20*time.Millisecond)
+	}, "the dead ticket was not kept in DEADTICKETS")
 	require.Equal(t, wire.StateRunning, tb.record(t, "user001", id).State)
 
 	// The slot gives it back: the next look at the dead ticket releases
@@ -267,10 +268,10 @@ func (tb *testBundle) loseAdvisory(t *testing.T) {
 	t.Helper()
 	deadTickets, err := tb.js.Stream(tb.ctx, StreamDeadTickets)
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
+	testutil.Eventually(t, func() bool {
 		info, err := deadTickets.Info(tb.ctx)
 		return err == nil && info.State.Msgs == 1
-	}, 10*time.Second, 20*time.Millisecond, "the server sent no max-deliveries advisory")
+	}, "the server sent no max-deliveries advisory")
 	require.NoError(t, deadTickets.Purge(tb.ctx))
 }
 
@@ -331,8 +332,7 @@ func TestDeadTicketBelowTheAckFloorIsReleasedAgain(t *testing.T) {
 	tb.stop()
 	tb.start(t)
 	tb.heartbeat(t, "a1", "boot1", 2)
-	require.Eventually(t, func() bool { return tb.record(t, "user001", dead).Releases == 2 }, 10*time.Second, 20*time.Millisecond,
-		"the dead ticket was not released again")
+	tb.awaitJob(t, "user001", dead, "its second release", func(r wire.JobRecord) bool { return r.Releases == 2 })
 	tb.requireMsgGone(t, wire.StreamDispatch, seq, "the dead ticket stays in DISPATCH")
 
 	tb.report(t, wire.Report{Kind: wire.ReportSucceeded, JobID: running, User: "user002", Agent: "a1", Attempt: 1})
