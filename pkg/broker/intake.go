@@ -18,26 +18,9 @@ import (
 // restart the ordered consumer replays SUBMIT from the start, which is how
 // the queues are rebuilt.
 func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		b.log.Error().Err(err).Msg("intake: message without metadata")
+	job, seq, ok := b.decodeSubmission(ctx, msg)
+	if !ok {
 		return
-	}
-	seq := meta.Sequence.Stream
-	var job wire.Job
-	if err := json.Unmarshal(msg.Data(), &job); err != nil {
-		b.log.Error().Err(err).Uint64("seq", seq).Msg("intake: undecodable job; removing it")
-		_ = b.res.Submit.DeleteMsg(ctx, seq)
-		return
-	}
-	user, err := wire.ParseSubmitSubject(msg.Subject())
-	if err != nil || job.User != user || wire.ValidateToken("job", job.ID) != nil {
-		b.log.Error().Str("subject", msg.Subject()).Str("job", job.ID).Msg("intake: job does not match its subject; removing it")
-		_ = b.res.Submit.DeleteMsg(ctx, seq)
-		return
-	}
-	if job.Pool == "" {
-		job.Pool = wire.DefaultPool
 	}
 	key := wire.JobKey(job.User, job.ID)
 	if e, ok := b.state.jobs[key]; ok {
@@ -49,61 +32,9 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 		}
 		return
 	}
-
-	e := &jobEntry{}
-	kve, err := b.res.Jobs.Get(ctx, key)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		e.rec = b.newRecord(job, seq)
-		data, err := json.Marshal(e.rec)
-		if err != nil {
-			b.log.Error().Err(err).Str("job", job.ID).Msg("intake: encode record")
-			return
-		}
-		e.rev, err = b.res.Jobs.Create(ctx, key, data)
-		if err != nil {
-			b.log.Error().Err(err).Str("job", job.ID).Msg("intake: create JOBS record")
-			return
-		}
-	case err != nil:
-		b.log.Error().Err(err).Str("job", job.ID).Msg("intake: read JOBS record")
+	e, ok := b.recordSubmission(ctx, job, seq)
+	if !ok {
 		return
-	default:
-		if err := json.Unmarshal(kve.Value(), &e.rec); err != nil {
-			b.log.Error().Err(err).Str("job", job.ID).Msg("intake: decode JOBS record")
-			return
-		}
-		e.rev = kve.Revision()
-		switch {
-		case seq < e.rec.SubmitSeq:
-			// Left over from an earlier run of this prompt id.
-			b.dropSubmission(ctx, job, seq, "")
-			return
-		case seq > e.rec.SubmitSeq && e.rec.State.Final():
-			// The participant queued a finished prompt id again: ComfyUI
-			// runs it again, so do we. The counters carry on, so the new
-			// run's tickets and reports never look like the old run's.
-			prev := e.rec
-			e.rec = b.newRecord(job, seq)
-			e.rec.Releases, e.rec.Attempt = prev.Releases, prev.Attempt
-			data, err := json.Marshal(e.rec)
-			if err != nil {
-				b.log.Error().Err(err).Str("job", job.ID).Msg("intake: encode record")
-				return
-			}
-			e.rev, err = b.res.Jobs.Update(ctx, key, data, kve.Revision())
-			if err != nil {
-				b.log.Error().Err(err).Str("job", job.ID).Msg("intake: record the new run of a prompt id")
-				return
-			}
-			b.log.Info().Str("job", job.ID).Str("user", job.User).Msg("finished prompt id queued again: it runs again")
-		case seq > e.rec.SubmitSeq:
-			b.dropSubmission(ctx, job, seq, "the prompt id is already queued")
-			return
-		case e.rec.State.Final():
-			b.finish(ctx, e.rec)
-			return
-		}
 	}
 	b.state.jobs[key] = e
 	b.applyUserCap(job.User)
@@ -117,6 +48,103 @@ func (b *Broker) intake(ctx context.Context, msg jetstream.Msg) {
 		// (A job dispatched at once, above, never had it read back.)
 		e.lighten()
 	}
+}
+
+// decodeSubmission reads a SUBMIT message's job and stream sequence. A
+// message that is no valid job of its subject's user is removed (ok
+// false).
+func (b *Broker) decodeSubmission(ctx context.Context, msg jetstream.Msg) (job wire.Job, seq uint64, ok bool) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		b.log.Error().Err(err).Msg("intake: message without metadata")
+		return job, 0, false
+	}
+	seq = meta.Sequence.Stream
+	if err := json.Unmarshal(msg.Data(), &job); err != nil {
+		b.log.Error().Err(err).Uint64("seq", seq).Msg("intake: undecodable job; removing it")
+		_ = b.res.Submit.DeleteMsg(ctx, seq)
+		return job, seq, false
+	}
+	user, err := wire.ParseSubmitSubject(msg.Subject())
+	if err != nil || job.User != user || wire.ValidateToken("job", job.ID) != nil {
+		b.log.Error().Str("subject", msg.Subject()).Str("job", job.ID).Msg("intake: job does not match its subject; removing it")
+		_ = b.res.Submit.DeleteMsg(ctx, seq)
+		return job, seq, false
+	}
+	if job.Pool == "" {
+		job.Pool = wire.DefaultPool
+	}
+	return job, seq, true
+}
+
+// recordSubmission finds or writes the JOBS record of a job the broker
+// does not index yet: a new job's queued record, a finished prompt id's
+// new run, or the record a restarted broker finds. It returns the entry to
+// index, or false when there is none (a leftover submission, a finished
+// job, an error; each handled or logged here).
+func (b *Broker) recordSubmission(ctx context.Context, job wire.Job, seq uint64) (*jobEntry, bool) {
+	key := wire.JobKey(job.User, job.ID)
+	e := &jobEntry{}
+	kve, err := b.res.Jobs.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		e.rec = b.newRecord(job, seq)
+		data, err := json.Marshal(e.rec)
+		if err != nil {
+			b.log.Error().Err(err).Str("job", job.ID).Msg("intake: encode record")
+			return nil, false
+		}
+		e.rev, err = b.res.Jobs.Create(ctx, key, data)
+		if err != nil {
+			b.log.Error().Err(err).Str("job", job.ID).Msg("intake: create JOBS record")
+			return nil, false
+		}
+		return e, true
+	case err != nil:
+		b.log.Error().Err(err).Str("job", job.ID).Msg("intake: read JOBS record")
+		return nil, false
+	}
+	if err := json.Unmarshal(kve.Value(), &e.rec); err != nil {
+		b.log.Error().Err(err).Str("job", job.ID).Msg("intake: decode JOBS record")
+		return nil, false
+	}
+	e.rev = kve.Revision()
+	switch {
+	case seq < e.rec.SubmitSeq:
+		// Left over from an earlier run of this prompt id.
+		b.dropSubmission(ctx, job, seq, "")
+		return nil, false
+	case seq > e.rec.SubmitSeq && e.rec.State.Final():
+		return b.runAgain(ctx, e, job, seq, kve.Revision())
+	case seq > e.rec.SubmitSeq:
+		b.dropSubmission(ctx, job, seq, "the prompt id is already queued")
+		return nil, false
+	case e.rec.State.Final():
+		b.finish(ctx, e.rec)
+		return nil, false
+	}
+	return e, true
+}
+
+// runAgain records a new run of a finished prompt id the participant
+// queued again: ComfyUI runs it again, so do we. The counters carry on,
+// so the new run's tickets and reports never look like the old run's.
+func (b *Broker) runAgain(ctx context.Context, e *jobEntry, job wire.Job, seq, rev uint64) (*jobEntry, bool) {
+	prev := e.rec
+	e.rec = b.newRecord(job, seq)
+	e.rec.Releases, e.rec.Attempt = prev.Releases, prev.Attempt
+	data, err := json.Marshal(e.rec)
+	if err != nil {
+		b.log.Error().Err(err).Str("job", job.ID).Msg("intake: encode record")
+		return nil, false
+	}
+	e.rev, err = b.res.Jobs.Update(ctx, wire.JobKey(job.User, job.ID), data, rev)
+	if err != nil {
+		b.log.Error().Err(err).Str("job", job.ID).Msg("intake: record the new run of a prompt id")
+		return nil, false
+	}
+	b.log.Info().Str("job", job.ID).Str("user", job.User).Msg("finished prompt id queued again: it runs again")
+	return e, true
 }
 
 // newRecord is the queued JOBS record of a job taken in at seq.
