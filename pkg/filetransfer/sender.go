@@ -277,147 +277,210 @@ func (s *sender) stream(ctx context.Context, start int64, chunkSize, window int)
 	}
 	defer sub.Unsubscribe()
 
-	buf := make([]byte, chunkSize)
-	next, acked := start, start
-	inflight := 0
-	s.gen++
-	timer := time.NewTimer(s.o.requestTimeout)
-	defer timer.Stop()
-	resetTimer := func() {
-		timer.Stop()
-		select {
-		case <-timer.C:
-		default:
-		}
-		timer.Reset(s.o.requestTimeout)
+	w := &chunkWindow{
+		s: s, size: size, chunkSize: chunkSize, window: window,
+		inbox: inbox, replies: replies, buf: make([]byte, chunkSize),
+		next: start, acked: start, sentMax: start,
+		timer: time.NewTimer(s.o.requestTimeout),
 	}
-	sentMax := start // highest offset ever sent, to count resends
-
-	for acked < size {
-		for inflight < window && next < size {
-			if !s.nc.IsConnected() {
-				// Publishing now would only fill the reconnect buffer.
-				return acked, s.link.connErr()
-			}
-			n := int(min(int64(chunkSize), size-next))
-			// A chunk read for the first time goes to the sha256 after
-			// it is sent (when the sum was not given), in a buffer of its
-			// own; resends use buf.
-			data := buf[:n]
-			fresh := false
-			if s.hash != nil {
-				if err := s.hash.catchUp(s.r, next); err != nil {
-					return acked, err
-				}
-				if fresh = s.hash.fresh(next); fresh {
-					data = s.hash.get(n)
-				}
-			}
-			if err := readFull(s.r, data, next); err != nil {
-				if fresh {
-					s.hash.release(data)
-				}
-				return acked, err
-			}
-			msg := nats.NewMsg(s.subj + "chunk")
-			msg.Reply = inbox
-			msg.Header.Set(HeaderTransfer, s.meta.TransferID)
-			msg.Header.Set(HeaderOffset, strconv.FormatInt(next, 10))
-			msg.Header.Set(HeaderCRC32C, strconv.FormatUint(uint64(crc32c(data)), 16))
-			msg.Header.Set(HeaderGen, strconv.FormatUint(s.gen, 10))
-			msg.Data = data
-			if s.o.testCorrupt != nil {
-				// Corrupt a copy: the data is re-read for the resend anyway.
-				cp := append([]byte(nil), data...)
-				s.o.testCorrupt(next, cp)
-				msg.Data = cp
-			}
-			// PublishMsg copies the payload into the client's buffer, so
-			// data is free for the next chunk (or the hash) when it returns.
-			err := s.nc.PublishMsg(msg)
-			if fresh {
-				// Hashed whether or not it got out: it is the file's.
-				s.hash.put(data)
-			}
-			if err != nil {
-				// A write error on the socket ("broken pipe") may come
-				// before the client noticed the connection is gone.
-				if !s.nc.IsClosed() && !errors.Is(err, nats.ErrMaxPayload) {
-					err = fmt.Errorf("%w: %w", errDisconnected, err)
-				}
-				return acked, fmt.Errorf("publish chunk: %w", err)
-			}
-			s.stats.BytesSent += int64(n)
-			if next < sentMax {
-				s.stats.Resends++
-			}
-			next += int64(n)
-			sentMax = max(sentMax, next)
-			inflight++
+	defer w.timer.Stop()
+	s.gen++
+	for w.acked < size {
+		if err := w.fill(); err != nil {
+			return w.acked, err
 		}
+		if err := w.await(ctx); err != nil {
+			return w.acked, err
+		}
+	}
+	return w.acked, nil
+}
 
+// chunkWindow is the state of one stream call: what was sent, what the
+// receiver acknowledged, and the timer that runs out when no reply of the
+// current generation comes.
+type chunkWindow struct {
+	s         *sender
+	size      int64
+	chunkSize int
+	window    int
+	inbox     string
+	replies   chan *nats.Msg
+	buf       []byte // resends are read into it
+
+	next     int64 // offset of the next chunk to send
+	acked    int64 // highest offset the receiver acknowledged
+	sentMax  int64 // highest offset ever sent, to count resends
+	inflight int   // chunks of this generation awaiting a reply
+	timer    *time.Timer
+}
+
+// fill sends chunks until window of them await a reply or the file is sent.
+func (w *chunkWindow) fill() error {
+	s := w.s
+	for w.inflight < w.window && w.next < w.size {
+		if !s.nc.IsConnected() {
+			// Publishing now would only fill the reconnect buffer.
+			return s.link.connErr()
+		}
+		n := int(min(int64(w.chunkSize), w.size-w.next))
+		if err := w.send(n); err != nil {
+			return err
+		}
+		s.stats.BytesSent += int64(n)
+		if w.next < w.sentMax {
+			s.stats.Resends++
+		}
+		w.next += int64(n)
+		w.sentMax = max(w.sentMax, w.next)
+		w.inflight++
+	}
+	return nil
+}
+
+// send reads the n bytes at w.next and publishes them as one chunk.
+//
+// A chunk read for the first time goes to the sha256 after it is sent (when
+// the sum was not given), in a buffer of its own; resends use w.buf.
+func (w *chunkWindow) send(n int) error {
+	s := w.s
+	data := w.buf[:n]
+	fresh := false
+	if s.hash != nil {
+		if err := s.hash.catchUp(s.r, w.next); err != nil {
+			return err
+		}
+		if fresh = s.hash.fresh(w.next); fresh {
+			data = s.hash.get(n)
+		}
+	}
+	if err := readFull(s.r, data, w.next); err != nil {
+		if fresh {
+			s.hash.release(data)
+		}
+		return err
+	}
+	msg := nats.NewMsg(s.subj + "chunk")
+	msg.Reply = w.inbox
+	msg.Header.Set(HeaderTransfer, s.meta.TransferID)
+	msg.Header.Set(HeaderOffset, strconv.FormatInt(w.next, 10))
+	msg.Header.Set(HeaderCRC32C, strconv.FormatUint(uint64(crc32c(data)), 16))
+	msg.Header.Set(HeaderGen, strconv.FormatUint(s.gen, 10))
+	msg.Data = data
+	if s.o.testCorrupt != nil {
+		// Corrupt a copy: the data is re-read for the resend anyway.
+		cp := append([]byte(nil), data...)
+		s.o.testCorrupt(w.next, cp)
+		msg.Data = cp
+	}
+	// PublishMsg copies the payload into the client's buffer, so data is
+	// free for the next chunk (or the hash) when it returns.
+	err := s.nc.PublishMsg(msg)
+	if fresh {
+		// Hashed whether or not it got out: it is the file's.
+		s.hash.put(data)
+	}
+	if err != nil {
+		// A write error on the socket ("broken pipe") may come before the
+		// client noticed the connection is gone.
+		if !s.nc.IsClosed() && !errors.Is(err, nats.ErrMaxPayload) {
+			err = fmt.Errorf("%w: %w", errDisconnected, err)
+		}
+		return fmt.Errorf("publish chunk: %w", err)
+	}
+	return nil
+}
+
+// await waits for one event: a reply, a change of the connection, the
+// timer, or the end of ctx.
+func (w *chunkWindow) await(ctx context.Context) error {
+	s := w.s
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-w.timer.C:
+		return fmt.Errorf("chunk acknowledgement: %w", ErrTimeout)
+	case <-s.link.status:
+		if !s.nc.IsConnected() {
+			return s.link.connErr()
+		}
+		return nil
+	case m, ok := <-w.replies:
+		if !ok {
+			return nats.ErrConnectionClosed
+		}
+		return w.reply(ctx, m)
+	}
+}
+
+// reply takes in the receiver's answer to a chunk.
+func (w *chunkWindow) reply(ctx context.Context, m *nats.Msg) error {
+	s := w.s
+	if isNoResponders(m) {
+		return nats.ErrNoResponders
+	}
+	var rep ChunkReply
+	if err := json.Unmarshal(m.Data, &rep); err != nil {
+		return fmt.Errorf("%w: chunk reply: %v", ErrBadRequest, err)
+	}
+	if rep.Error == nil && rep.Offset > w.acked {
+		w.acked = min(rep.Offset, w.size)
+		if s.o.progress != nil {
+			s.o.progress(w.acked, w.size)
+		}
+	}
+	if rep.Gen != s.gen {
+		return nil // answers a chunk from before the last go-back
+	}
+	w.resetTimer()
+	if rep.Error == nil {
+		w.inflight--
+		return nil
+	}
+	err := rep.Error.err()
+	if !errors.Is(err, ErrOffsetMismatch) && !errors.Is(err, ErrChunkChecksum) && !errors.Is(err, ErrBusy) {
+		return err
+	}
+	if err := w.goBack(ctx, rep.Offset, err); err != nil {
+		return err
+	}
+	if s.nc.IsClosed() {
+		return nats.ErrConnectionClosed
+	}
+	return nil
+}
+
+// goBack resumes sending where the receiver is (offset, or the highest
+// acknowledged offset when the receiver did not say) in a new generation;
+// a busy receiver gets a pause first.
+func (w *chunkWindow) goBack(ctx context.Context, offset int64, cause error) error {
+	s := w.s
+	if offset >= 0 {
+		w.acked = max(w.acked, offset)
+		w.next = offset
+	} else {
+		w.next = w.acked
+	}
+	s.gen++
+	w.inflight = 0
+	if errors.Is(cause, ErrBusy) {
 		select {
 		case <-ctx.Done():
-			return acked, ctx.Err()
-		case <-timer.C:
-			return acked, fmt.Errorf("chunk acknowledgement: %w", ErrTimeout)
-		case <-s.link.status:
-			if !s.nc.IsConnected() {
-				return acked, s.link.connErr()
-			}
-			continue
-		case m, ok := <-replies:
-			if !ok {
-				return acked, nats.ErrConnectionClosed
-			}
-			if isNoResponders(m) {
-				return acked, nats.ErrNoResponders
-			}
-			var rep ChunkReply
-			if err := json.Unmarshal(m.Data, &rep); err != nil {
-				return acked, fmt.Errorf("%w: chunk reply: %v", ErrBadRequest, err)
-			}
-			if rep.Error == nil && rep.Offset > acked {
-				acked = min(rep.Offset, size)
-				if s.o.progress != nil {
-					s.o.progress(acked, size)
-				}
-			}
-			if rep.Gen != s.gen {
-				continue // answers a chunk from before the last go-back
-			}
-			resetTimer()
-			if rep.Error == nil {
-				inflight--
-				continue
-			}
-			err := rep.Error.err()
-			switch {
-			case errors.Is(err, ErrOffsetMismatch), errors.Is(err, ErrChunkChecksum), errors.Is(err, ErrBusy):
-				// Go back to where the receiver is and start a new generation.
-				if rep.Offset >= 0 {
-					acked = max(acked, rep.Offset)
-					next = rep.Offset
-				} else {
-					next = acked
-				}
-				s.gen++
-				inflight = 0
-				if errors.Is(err, ErrBusy) {
-					select {
-					case <-ctx.Done():
-						return acked, ctx.Err()
-					case <-time.After(s.o.backoffMin):
-					}
-				}
-				s.log.Debug().Err(err).Int64("offset", next).Msg("going back")
-			default:
-				return acked, err
-			}
-		}
-		if s.nc.IsClosed() {
-			return acked, nats.ErrConnectionClosed
+			return ctx.Err()
+		case <-time.After(s.o.backoffMin):
 		}
 	}
-	return acked, nil
+	s.log.Debug().Err(cause).Int64("offset", w.next).Msg("going back")
+	return nil
+}
+
+// resetTimer restarts the acknowledgement timer after a reply of the
+// current generation.
+func (w *chunkWindow) resetTimer() {
+	w.timer.Stop()
+	select {
+	case <-w.timer.C:
+	default:
+	}
+	w.timer.Reset(w.s.o.requestTimeout)
 }
