@@ -167,6 +167,10 @@ type Receiver struct {
 	aligned   alignedBuffers       // for direct writes (staging.go)
 	stop      chan struct{}
 	wg        sync.WaitGroup
+
+	// signals tell tests what happened to transfers (testsignals.go);
+	// off in production.
+	signals receiverSignals
 }
 
 // NewReceiver validates cfg and returns a Receiver; Start begins serving.

@@ -10,11 +10,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/filestore"
 )
 
@@ -144,7 +144,7 @@ func TestCommitChecksTheSendersSum(t *testing.T) {
 		t.Helper()
 		body, err := json.Marshal(req)
 		require.NoError(t, err)
-		m, err := b.agent.Request(DefaultPutPrefix+"."+agent+"."+verb, body, 5*time.Second)
+		m, err := b.agent.Request(DefaultPutPrefix+"."+agent+"."+verb, body, testutil.WaitTimeout())
 		require.NoError(t, err)
 		require.NoError(t, json.Unmarshal(m.Data, reply))
 	}
@@ -156,7 +156,7 @@ func TestCommitChecksTheSendersSum(t *testing.T) {
 		msg.Header.Set(HeaderCRC32C, strconv.FormatUint(uint64(crc32c(data)), 16))
 		msg.Header.Set(HeaderGen, "1")
 		msg.Data = data
-		rep, err := b.agent.RequestMsg(msg, 5*time.Second)
+		rep, err := b.agent.RequestMsg(msg, testutil.WaitTimeout())
 		require.NoError(t, err)
 		var cr ChunkReply
 		require.NoError(t, json.Unmarshal(rep.Data, &cr))

@@ -95,7 +95,7 @@ func loadTransfer(r *Receiver, agent string, req OpenRequest) (*transfer, error)
 	if data, err := os.ReadFile(t.base + ".meta"); err == nil && json.Unmarshal(data, &prev) == nil && sameContent(prev, req) {
 		f, err := os.OpenFile(t.base+".part", os.O_RDWR, 0o600)
 		if err == nil {
-			off, err := t.resume(f)
+			off, fromState, err := t.resume(f)
 			if err == nil && prev != req {
 				// Same bytes under another name: the staged part carries
 				// over, the new name is where it will be stored.
@@ -106,6 +106,7 @@ func loadTransfer(r *Receiver, agent string, req OpenRequest) (*transfer, error)
 				t.useFile(f)
 				t.offset.Store(off)
 				r.log.Info().Str("agent", agent).Str("transfer", req.TransferID).Int64("offset", off).Msg("resuming transfer")
+				r.signals.Resumed.Signal(resumeSignal{transferSignal: t.signalOf(), FromHashState: fromState})
 				return t, nil
 			}
 			f.Close()
@@ -135,25 +136,25 @@ func loadTransfer(r *Receiver, agent string, req OpenRequest) (*transfer, error)
 
 // resume restores the hash state for the staged prefix: from the .hash file
 // saved when the transfer was closed cleanly, or by re-reading the data.
-func (t *transfer) resume(f *os.File) (int64, error) {
+func (t *transfer) resume(f *os.File) (_ int64, fromState bool, _ error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	size := min(fi.Size(), t.meta.Size)
 	if data, err := os.ReadFile(t.base + ".hash"); err == nil && len(data) > 8 {
 		if off := int64(binary.BigEndian.Uint64(data)); off == size {
 			if err := t.h.h.(encoding.BinaryUnmarshaler).UnmarshalBinary(data[8:]); err == nil {
-				return off, f.Truncate(off)
+				return off, true, f.Truncate(off)
 			}
 		}
 		t.h.h.Reset()
 	}
 	n, err := io.Copy(t.h.h, io.NewSectionReader(f, 0, size))
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return n, f.Truncate(n)
+	return n, false, f.Truncate(n)
 }
 
 func writeFileSync(path string, data []byte) error {
@@ -188,6 +189,7 @@ func (t *transfer) run() {
 		t.closeFiles()
 	}
 	t.h.stop()
+	t.r.signals.Closed.Signal(t.signalOf())
 }
 
 func (t *transfer) saveHashState() {
@@ -243,6 +245,7 @@ func (t *transfer) chunk(m *nats.Msg) {
 	// needs the data on disk, the sha256 is needed at commit.
 	t.h.write(m.Data)
 	t.offset.Store(off + int64(len(m.Data)))
+	t.r.signals.ChunkReceived.Signal(t.signalOf())
 	reply(nil)
 }
 
@@ -284,6 +287,7 @@ func (t *transfer) commit(m *nats.Msg) {
 		t.h.h.Reset()
 		t.offset.Store(0)
 		_ = os.Remove(t.base + ".hash")
+		t.r.signals.ChecksumMismatch.Signal(t.signalOf())
 		fail(fmt.Errorf("%w: sha256 %s, want %s", filestore.ErrChecksumMismatch, sum, want))
 		return
 	}
@@ -314,6 +318,7 @@ func (t *transfer) commit(m *nats.Msg) {
 		t.r.cfg.Stored(t.agent, info)
 	}
 	log.Info().Stringer("stored", info.Ref).Int64("size", info.Size).Int64("resumed_from", t.openedAt.Load()).Msg("file received")
+	t.r.signals.Committed.Signal(t.signalOf())
 	_ = respondJSON(m, *t.done)
 }
 
@@ -376,5 +381,6 @@ func (t *transfer) abort(m *nats.Msg) {
 		close(t.queue)
 	}
 	t.r.mu.Unlock()
+	t.r.signals.Aborted.Signal(t.signalOf())
 	_ = respondJSON(m, CommitReply{})
 }

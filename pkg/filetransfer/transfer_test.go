@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
+	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/datalayout"
 	"github.com/atelier-run/atelier/pkg/filestore"
 	"github.com/atelier-run/atelier/pkg/filestore/diskstore"
@@ -46,7 +48,7 @@ func startNATS(t testing.TB) *server.Server {
 	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: false, NoSigs: true, NoLog: true})
 	require.NoError(t, err)
 	go s.Start()
-	require.True(t, s.ReadyForConnections(10*time.Second))
+	require.True(t, s.ReadyForConnections(testutil.WaitTimeout()))
 	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
 	return s
 }
@@ -77,6 +79,13 @@ func (b *testBundle) sendUntilAgentDies(t *testing.T, m Meta, data []byte, part 
 
 func setup(t testing.TB, mutate ...func(*ReceiverConfig)) *testBundle {
 	t.Helper()
+	return setupWithSignals(t, nil, mutate...)
+}
+
+// setupWithSignals is setup with the receiver's test signals that signals
+// Inits turned on before it starts.
+func setupWithSignals(t testing.TB, signals func(*receiverSignals), mutate ...func(*ReceiverConfig)) *testBundle {
+	t.Helper()
 	b := &testBundle{ctx: context.Background()}
 	b.srv = startNATS(t)
 	root := t.TempDir()
@@ -93,6 +102,9 @@ func setup(t testing.TB, mutate ...func(*ReceiverConfig)) *testBundle {
 	}
 	r, err := NewReceiver(cfg)
 	require.NoError(t, err)
+	if signals != nil {
+		signals(&r.signals)
+	}
 	require.NoError(t, r.Start(b.ctx))
 	t.Cleanup(r.Stop)
 	b.receiver = r
@@ -233,6 +245,7 @@ func TestResumeAfterReceiverRestart(t *testing.T) {
 	b.receiver.Stop()
 	r2, err := NewReceiver(ReceiverConfig{Conn: b.broker, Store: b.store, StagingDir: b.staging})
 	require.NoError(t, err)
+	r2.signals.Resumed.Init()
 	require.NoError(t, r2.Start(b.ctx))
 	t.Cleanup(r2.Stop)
 
@@ -241,6 +254,12 @@ func TestResumeAfterReceiverRestart(t *testing.T) {
 	require.NoError(t, err)
 	requireSame(t, data, readStored(t, b, ref))
 	require.Greater(t, stats.StartOffset, int64(0))
+	// The first receiver saved its hash state on Stop: the second one
+	// resumed from it without reading the staged part again.
+	resumed := r2.signals.Resumed.WaitOrTimeout(t)
+	require.True(t, resumed.FromHashState, "resumed from the saved hash state")
+	require.Equal(t, stats.StartOffset, resumed.Offset)
+	r2.signals.Resumed.RequireEmpty(t)
 }
 
 func TestCorruptedChunkIsResent(t *testing.T) {
@@ -289,6 +308,9 @@ func TestCorruptedStagingDetectedAtCommit(t *testing.T) {
 
 	r2, err := NewReceiver(ReceiverConfig{Conn: b.broker, Store: b.store, StagingDir: b.staging})
 	require.NoError(t, err)
+	r2.signals.Resumed.Init()
+	r2.signals.ChecksumMismatch.Init()
+	r2.signals.Committed.Init()
 	require.NoError(t, r2.Start(b.ctx))
 	t.Cleanup(r2.Stop)
 
@@ -298,6 +320,16 @@ func TestCorruptedStagingDetectedAtCommit(t *testing.T) {
 	requireSame(t, data, readStored(t, b, ref))
 	require.Equal(t, 2, stats.Attempts)
 	require.Equal(t, int64(0), stats.StartOffset, "the second attempt started over")
+	// Without a hash state the staged part was read again, hashed wrong at
+	// commit, and the transfer committed after one full resend.
+	resumed := r2.signals.Resumed.WaitOrTimeout(t)
+	require.False(t, resumed.FromHashState, "no hash state: the staged data was read again")
+	require.Greater(t, resumed.Offset, int64(0))
+	mismatch := r2.signals.ChecksumMismatch.WaitOrTimeout(t)
+	require.Equal(t, int64(0), mismatch.Offset, "the staged data was dropped")
+	committed := r2.signals.Committed.WaitOrTimeout(t)
+	require.Equal(t, int64(len(data)), committed.Offset)
+	r2.signals.ChecksumMismatch.RequireEmpty(t)
 }
 
 func TestTraversalAndAuthorization(t *testing.T) {
@@ -317,7 +349,7 @@ func TestTraversalAndAuthorization(t *testing.T) {
 		// A hand-made request that skips the client's checks is refused by
 		// the receiver.
 		req, _ := json.Marshal(OpenRequest{TransferID: TransferID("t"), Ref: ref, Size: 1, SHA256: hexSum(data)})
-		msg, err := b.agent.Request(DefaultPutPrefix+"."+agent+".open", req, 5*time.Second)
+		msg, err := b.agent.Request(DefaultPutPrefix+"."+agent+".open", req, testutil.WaitTimeout())
 		require.NoError(t, err)
 		var rep OpenReply
 		require.NoError(t, json.Unmarshal(msg.Data, &rep))
@@ -326,7 +358,7 @@ func TestTraversalAndAuthorization(t *testing.T) {
 		_, err = Fetch(b.ctx, b.agent, DefaultGetPrefix, agent, ref, discardAt{}, "")
 		require.ErrorIs(t, err, filestore.ErrInvalidName)
 		sreq, _ := json.Marshal(StatRequest{Ref: ref})
-		msg, err = b.agent.Request(DefaultGetPrefix+"."+agent+".stat", sreq, 5*time.Second)
+		msg, err = b.agent.Request(DefaultGetPrefix+"."+agent+".stat", sreq, testutil.WaitTimeout())
 		require.NoError(t, err)
 		var srep StatReply
 		require.NoError(t, json.Unmarshal(msg.Data, &srep))
@@ -553,7 +585,8 @@ func requireSame(t testing.TB, want, got []byte) {
 // ships far more files than the receiver holds open at once.
 func TestCommittedTransfersMakeRoom(t *testing.T) {
 	t.Parallel()
-	b := setup(t, func(c *ReceiverConfig) { c.MaxTransfers = 2 })
+	b := setupWithSignals(t, func(s *receiverSignals) { s.Closed.Init() },
+		func(c *ReceiverConfig) { c.MaxTransfers = 2 })
 	for i := range 5 {
 		data := []byte(fmt.Sprintf("file %d", i))
 		name := fmt.Sprintf("f%d.png", i)
@@ -561,4 +594,109 @@ func TestCommittedTransfersMakeRoom(t *testing.T) {
 		require.NoError(t, err, "file %d", i)
 		requireSame(t, data, readStored(t, b, ref))
 	}
+	// The third open evicted the first two (committed) transfers, the
+	// fifth the next two.
+	evicted := map[string]bool{}
+	for range 4 {
+		evicted[b.receiver.signals.Closed.WaitOrTimeout(t).TransferID] = true
+	}
+	for i := range 4 {
+		require.True(t, evicted[TransferID(fmt.Sprintf("f%d.png", i))], "file %d's transfer evicted", i)
+	}
+	b.receiver.signals.Closed.RequireEmpty(t)
+}
+
+// putRequest sends a hand-made request on the upload subject verb and
+// decodes the reply.
+func (b *testBundle) putRequest(t *testing.T, verb string, req, reply any) {
+	t.Helper()
+	body, err := json.Marshal(req)
+	require.NoError(t, err)
+	m, err := b.agent.Request(DefaultPutPrefix+"."+agent+"."+verb, body, testutil.WaitTimeout())
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(m.Data, reply))
+}
+
+// putChunk sends data as the chunk at off of transfer id.
+func (b *testBundle) putChunk(t *testing.T, id string, off int64, data []byte) ChunkReply {
+	t.Helper()
+	msg := nats.NewMsg(DefaultPutPrefix + "." + agent + ".chunk")
+	msg.Header.Set(HeaderTransfer, id)
+	msg.Header.Set(HeaderOffset, strconv.FormatInt(off, 10))
+	msg.Header.Set(HeaderCRC32C, strconv.FormatUint(uint64(crc32c(data)), 16))
+	msg.Header.Set(HeaderGen, "1")
+	msg.Data = data
+	rep, err := b.agent.RequestMsg(msg, testutil.WaitTimeout())
+	require.NoError(t, err)
+	var cr ChunkReply
+	require.NoError(t, json.Unmarshal(rep.Data, &cr))
+	return cr
+}
+
+// An abort drops the staged data and the transfer: a later open starts
+// from 0.
+func TestAbortDropsStagedData(t *testing.T) {
+	t.Parallel()
+	b := setupWithSignals(t, func(s *receiverSignals) {
+		s.ChunkReceived.Init()
+		s.Aborted.Init()
+		s.Closed.Init()
+	})
+	data := randomBytes(t, 64<<10)
+	id := TransferID("aborted")
+	var open OpenReply
+	b.putRequest(t, "open", OpenRequest{TransferID: id, Ref: outRef("a.bin"), Size: 2 * int64(len(data)), SHA256: hexSum(data)}, &open)
+	require.Nil(t, open.Error)
+	require.Nil(t, b.putChunk(t, id, 0, data).Error)
+	require.Equal(t, int64(len(data)), b.receiver.signals.ChunkReceived.WaitOrTimeout(t).Offset)
+
+	var done CommitReply
+	b.putRequest(t, "abort", TransferRequest{TransferID: id}, &done)
+	require.Nil(t, done.Error)
+	aborted := b.receiver.signals.Aborted.WaitOrTimeout(t)
+	require.Equal(t, id, aborted.TransferID)
+	require.Equal(t, id, b.receiver.signals.Closed.WaitOrTimeout(t).TransferID, "the worker ended")
+	for _, ext := range []string{".part", ".meta", ".hash"} {
+		require.NoFileExists(t, filepath.Join(b.staging, agent, id+ext))
+	}
+
+	open = OpenReply{}
+	b.putRequest(t, "open", OpenRequest{TransferID: id, Ref: outRef("a.bin"), Size: 2 * int64(len(data)), SHA256: hexSum(data)}, &open)
+	require.Nil(t, open.Error)
+	require.Equal(t, int64(0), open.Offset, "nothing staged after the abort")
+}
+
+// An idle transfer is closed (its hash state saved) and a later open
+// resumes it from where it was.
+func TestIdleTransferClosedAndResumed(t *testing.T) {
+	t.Parallel()
+	b := setupWithSignals(t, func(s *receiverSignals) {
+		s.Closed.Init()
+		s.Resumed.Init()
+	}, func(c *ReceiverConfig) { c.IdleTimeout = time.Millisecond })
+	data := randomBytes(t, 64<<10)
+	id := TransferID("idle")
+	req := OpenRequest{TransferID: id, Ref: outRef("idle.bin"), Size: 2 * int64(len(data))}
+	var open OpenReply
+	for {
+		open = OpenReply{}
+		b.putRequest(t, "open", req, &open)
+		require.Nil(t, open.Error)
+		cr := b.putChunk(t, id, 0, data)
+		if cr.Error == nil {
+			break
+		}
+		// Idle for a millisecond already: closed before the chunk came.
+		require.ErrorIs(t, cr.Error.err(), ErrUnknownTransfer)
+	}
+	staged := func(s transferSignal) bool { return s.Offset == int64(len(data)) }
+	b.receiver.signals.Closed.WaitFor(t, "the idle transfer closed with the chunk staged", staged)
+
+	open = OpenReply{}
+	b.putRequest(t, "open", req, &open)
+	require.Nil(t, open.Error)
+	require.Equal(t, int64(len(data)), open.Offset)
+	resumed := b.receiver.signals.Resumed.WaitFor(t, "the resume after the chunk",
+		func(s resumeSignal) bool { return staged(s.transferSignal) })
+	require.True(t, resumed.FromHashState, "the idle close saved the hash state")
 }
