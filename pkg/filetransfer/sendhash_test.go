@@ -2,19 +2,15 @@ package filetransfer
 
 import (
 	"bytes"
-	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 
-	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
-	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/filestore"
 )
 
@@ -142,24 +138,11 @@ func TestCommitChecksTheSendersSum(t *testing.T) {
 	data := randomBytes(t, 512<<10)
 	request := func(verb string, req, reply any) {
 		t.Helper()
-		body, err := json.Marshal(req)
-		require.NoError(t, err)
-		m, err := b.agent.Request(DefaultPutPrefix+"."+agent+"."+verb, body, testutil.WaitTimeout())
-		require.NoError(t, err)
-		require.NoError(t, json.Unmarshal(m.Data, reply))
+		b.putRequest(t, verb, req, reply)
 	}
 	sendAll := func(id string) {
 		t.Helper()
-		msg := nats.NewMsg(DefaultPutPrefix + "." + agent + ".chunk")
-		msg.Header.Set(HeaderTransfer, id)
-		msg.Header.Set(HeaderOffset, "0")
-		msg.Header.Set(HeaderCRC32C, strconv.FormatUint(uint64(crc32c(data)), 16))
-		msg.Header.Set(HeaderGen, "1")
-		msg.Data = data
-		rep, err := b.agent.RequestMsg(msg, testutil.WaitTimeout())
-		require.NoError(t, err)
-		var cr ChunkReply
-		require.NoError(t, json.Unmarshal(rep.Data, &cr))
+		cr := b.putChunk(t, id, 0, data)
 		require.Nil(t, cr.Error)
 		require.Equal(t, int64(len(data)), cr.Offset)
 	}
