@@ -101,7 +101,7 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 	b.state.since = time.Now()
 	defer func() {
 		if err != nil {
-			b.shutdown()
+			_ = b.shutdown(context.Background())
 		}
 	}()
 
@@ -205,12 +205,15 @@ func (b *Broker) Stop(ctx context.Context) error {
 	if b.httpSrv != nil {
 		_ = b.httpSrv.Shutdown(ctx)
 	}
-	b.shutdown()
+	err := b.shutdown(ctx)
 	b.log.Info().Msg("broker stopped")
-	return nil
+	return err
 }
 
-func (b *Broker) shutdown() {
+// shutdown stops what Start started; it returns what did not stop within
+// ctx.
+func (b *Broker) shutdown(ctx context.Context) error {
+	var err error
 	for _, s := range b.subs {
 		_ = s.Unsubscribe()
 	}
@@ -218,7 +221,7 @@ func (b *Broker) shutdown() {
 		c.Stop()
 	}
 	if b.files != nil {
-		b.files.stop()
+		err = b.files.stop(ctx)
 	}
 	if b.cancel != nil {
 		b.cancel()
@@ -230,6 +233,7 @@ func (b *Broker) shutdown() {
 	if b.embedded != nil {
 		_ = b.embedded.Stop(context.Background())
 	}
+	return err
 }
 
 // Run starts a broker and blocks until ctx is done, then stops it.

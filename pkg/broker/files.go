@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -69,11 +70,11 @@ func newFileService(ctx context.Context, b *Broker) (*fileService, error) {
 		Logger:    &b.log,
 	})
 	if err != nil {
-		f.receiver.Stop()
+		_ = f.receiver.Stop(ctx)
 		return nil, fmt.Errorf("broker: file server: %w", err)
 	}
 	if err := f.server.Start(ctx); err != nil {
-		f.receiver.Stop()
+		_ = f.receiver.Stop(ctx)
 		return nil, fmt.Errorf("broker: file server: %w", err)
 	}
 	f.janitor, err = retention.NewJanitor(retention.JanitorConfig{
@@ -83,8 +84,8 @@ func newFileService(ctx context.Context, b *Broker) (*fileService, error) {
 		err = f.janitor.Start(context.WithoutCancel(ctx))
 	}
 	if err != nil {
-		f.server.Stop()
-		f.receiver.Stop()
+		_ = f.server.Stop(ctx)
+		_ = f.receiver.Stop(ctx)
 		return nil, fmt.Errorf("broker: retention: %w", err)
 	}
 	return f, nil
@@ -145,11 +146,9 @@ func (f *fileService) mayWrite(agent, user string) bool {
 	return f.holders[agent][user] > 0
 }
 
-func (f *fileService) stop() {
+func (f *fileService) stop(ctx context.Context) error {
 	// Cancelled first: the wait is for the file a sweep is at.
-	_ = f.janitor.Stop(context.Background())
-	f.server.Stop()
-	f.receiver.Stop()
+	return errors.Join(f.janitor.Stop(ctx), f.server.Stop(ctx), f.receiver.Stop(ctx))
 }
 
 // userQuota is a participant's own disk quota from the registry.

@@ -117,7 +117,7 @@ func TestFetchSurvivesServerRestart(t *testing.T) {
 	s, err := NewServer(ServerConfig{Conn: brokerConn, Store: store})
 	require.NoError(t, err)
 	require.NoError(t, s.Start(ctx))
-	t.Cleanup(s.Stop)
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
 
 	data := randomBytes(t, 48<<20)
 	ref := inRef("restarted.mp4")
@@ -169,7 +169,7 @@ func TestFetchFileResumesFromSavedState(t *testing.T) {
 	srv, err := NewServer(ServerConfig{Conn: connect(t, away), Store: b.store})
 	require.NoError(t, err)
 	require.NoError(t, srv.Start(b.ctx))
-	t.Cleanup(srv.Stop)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	nc := reconnecting(t, away.ClientURL())
 	var once sync.Once
 	_, err = FetchFile(b.ctx, nc, DefaultGetPrefix, agent, ref, dest, hexSum(data), WithReconnectTimeout(300*time.Millisecond),

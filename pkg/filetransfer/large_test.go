@@ -60,7 +60,7 @@ func setupBig(t *testing.T) *bigBundle {
 	r, err := filetransfer.NewReceiver(filetransfer.ReceiverConfig{Conn: nc, Store: b.store, StagingDir: b.staging})
 	require.NoError(t, err)
 	require.NoError(t, r.Start(ctx))
-	t.Cleanup(r.Stop)
+	t.Cleanup(func() { _ = r.Stop(context.Background()) })
 
 	b.view = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		ref := filestore.Ref{User: req.URL.Query().Get("user"), Kind: filestore.KindOutput,

@@ -55,7 +55,7 @@ func TestQuotaRefusesUpload(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.NoError(t, r.Start(ctx))
-	t.Cleanup(r.Stop)
+	t.Cleanup(func() { _ = r.Stop(context.Background()) })
 
 	var sendAs func(id, name string, n int) (filetransfer.Stats, error)
 	send := func(name string, n int) (filetransfer.Stats, error) { return sendAs(name, name, n) }

@@ -230,12 +230,13 @@ func (r *Receiver) Start(ctx context.Context) error {
 }
 
 // Stop unsubscribes, closes open transfers (their staged data stays for a
-// resume after restart) and waits for the goroutines to end.
-func (r *Receiver) Stop() {
+// resume after restart) and waits for the goroutines to end, or for ctx
+// (then it returns ctx's error and they end on their own).
+func (r *Receiver) Stop(ctx context.Context) error {
 	r.mu.Lock()
 	if !r.started {
 		r.mu.Unlock()
-		return
+		return nil
 	}
 	r.started = false
 	r.unsubscribeLocked()
@@ -249,7 +250,7 @@ func (r *Receiver) Stop() {
 	for _, t := range all {
 		t.close()
 	}
-	r.wg.Wait()
+	return waitGroup(ctx, &r.wg)
 }
 
 func (r *Receiver) unsubscribeLocked() {

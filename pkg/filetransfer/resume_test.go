@@ -137,7 +137,7 @@ func TestSendSurvivesServerRestart(t *testing.T) {
 	r, err := NewReceiver(ReceiverConfig{Conn: brokerConn, Store: store, StagingDir: filepath.Join(rs.root, "staging")})
 	require.NoError(t, err)
 	require.NoError(t, r.Start(ctx))
-	t.Cleanup(r.Stop)
+	t.Cleanup(func() { _ = r.Stop(context.Background()) })
 
 	data := randomBytes(t, 48<<20)
 	m := meta("restarted", outRef("restarted.bin"), data)

@@ -57,7 +57,7 @@ func TestReceiveIntoS3(t *testing.T) {
 	r, err := filetransfer.NewReceiver(filetransfer.ReceiverConfig{Conn: nc, Store: store, StagingDir: filepath.Join(t.TempDir(), "staging")})
 	require.NoError(t, err)
 	require.NoError(t, r.Start(ctx))
-	t.Cleanup(r.Stop)
+	t.Cleanup(func() { _ = r.Stop(context.Background()) })
 
 	const size = 23<<20 + 11
 	p := transfertest.NewPattern(3, size)

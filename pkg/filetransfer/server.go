@@ -141,18 +141,34 @@ func (s *Server) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop unsubscribes and waits for requests in progress.
-func (s *Server) Stop() {
+// Stop unsubscribes, cancels the requests in progress and waits for them
+// to end, or for ctx (then it returns ctx's error).
+func (s *Server) Stop(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.started {
 		s.mu.Unlock()
-		return
+		return nil
 	}
 	s.started = false
 	s.unsubscribeLocked()
 	s.mu.Unlock()
 	s.cancel()
-	s.wg.Wait()
+	return waitGroup(ctx, &s.wg)
+}
+
+// waitGroup waits for wg, or for ctx to end.
+func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("filetransfer: stop: %w", ctx.Err())
+	}
 }
 
 func (s *Server) unsubscribeLocked() {

@@ -106,13 +106,13 @@ func setupWithSignals(t testing.TB, signals func(*receiverSignals), mutate ...fu
 		signals(&r.signals)
 	}
 	require.NoError(t, r.Start(b.ctx))
-	t.Cleanup(r.Stop)
+	t.Cleanup(func() { _ = r.Stop(context.Background()) })
 	b.receiver = r
 
 	srv, err := NewServer(ServerConfig{Conn: b.broker, Store: b.store})
 	require.NoError(t, err)
 	require.NoError(t, srv.Start(b.ctx))
-	t.Cleanup(srv.Stop)
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	b.server = srv
 	return b
 }
@@ -242,12 +242,12 @@ func TestResumeAfterReceiverRestart(t *testing.T) {
 	b.sendUntilAgentDies(t, m, data, 2)
 
 	// The broker restarts: a new Receiver on the same staging dir.
-	b.receiver.Stop()
+	require.NoError(t, b.receiver.Stop(context.Background()))
 	r2, err := NewReceiver(ReceiverConfig{Conn: b.broker, Store: b.store, StagingDir: b.staging})
 	require.NoError(t, err)
 	r2.signals.Resumed.Init()
 	require.NoError(t, r2.Start(b.ctx))
-	t.Cleanup(r2.Stop)
+	t.Cleanup(func() { _ = r2.Stop(context.Background()) })
 
 	var stats Stats
 	ref, err := Send(b.ctx, b.agent, DefaultPutPrefix, agent, m, bytes.NewReader(data), WithStats(&stats))
@@ -297,7 +297,7 @@ func TestCorruptedStagingDetectedAtCommit(t *testing.T) {
 
 	// The broker crashes (no saved hash state) and the staged data is
 	// damaged on disk.
-	b.receiver.Stop()
+	require.NoError(t, b.receiver.Stop(context.Background()))
 	base := filepath.Join(b.staging, agent, m.TransferID)
 	require.NoError(t, os.Remove(base+".hash"))
 	f, err := os.OpenFile(base+".part", os.O_RDWR, 0)
@@ -312,7 +312,7 @@ func TestCorruptedStagingDetectedAtCommit(t *testing.T) {
 	r2.signals.ChecksumMismatch.Init()
 	r2.signals.Committed.Init()
 	require.NoError(t, r2.Start(b.ctx))
-	t.Cleanup(r2.Stop)
+	t.Cleanup(func() { _ = r2.Stop(context.Background()) })
 
 	var stats Stats
 	ref, err := Send(b.ctx, b.agent, DefaultPutPrefix, agent, m, bytes.NewReader(data), WithStats(&stats))

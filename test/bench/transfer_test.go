@@ -52,7 +52,7 @@ func setupTransfer(b *testing.B) *transferBench {
 	})
 	require.NoError(b, err)
 	require.NoError(b, r.Start(ctx))
-	b.Cleanup(r.Stop)
+	b.Cleanup(func() { _ = r.Stop(context.Background()) })
 	return tb
 }
 
