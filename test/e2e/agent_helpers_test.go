@@ -7,6 +7,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 	"github.com/atelier-run/atelier/internal/testport"
 	"github.com/atelier-run/atelier/internal/testutil"
 	"github.com/atelier-run/atelier/pkg/wire"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 )
 
@@ -238,35 +240,43 @@ func (s *system) queueJobs(t *testing.T, users []string, n, steps int) map[strin
 }
 
 // awaitSuccess waits until every job's history entry, read through the
-// proxy as its participant, says success. It fails when no job got one
-// for WaitTimeout: the bound is on progress, not on how many jobs there
-// are.
+// proxy as its participant, says success. It wakes on the jobs' records in
+// JOBS reaching a final state, and fails when none did for WaitTimeout: the
+// bound is on progress, not on how many jobs there are.
 func (s *system) awaitSuccess(t *testing.T, ids map[string]string) {
 	t.Helper()
 	pending, bad := map[string]string{}, map[string]string{}
 	for id, u := range ids {
 		pending[id] = u
 	}
-	progress := time.Now()
+	w, err := s.jobsKV().WatchAll(context.Background())
+	require.NoError(t, err)
+	defer func() { _ = w.Stop() }()
+	idle := time.NewTimer(testutil.WaitTimeout())
+	defer idle.Stop()
 	for len(pending) > 0 {
-		for id, u := range pending {
-			st, ok := s.historyStatus(u, id)
-			if !ok {
-				continue
-			}
-			if st != "success" {
-				bad[id] = st
-			}
-			delete(pending, id)
-			progress = time.Now()
+		var e jetstream.KeyValueEntry
+		select {
+		case e = <-w.Updates():
+		case <-idle.C:
+			t.Fatalf("no job ended for %s; without a history entry: %v", testutil.WaitTimeout(), pending)
 		}
-		if len(pending) == 0 {
-			break
+		var r wire.JobRecord
+		if e == nil || json.Unmarshal(e.Value(), &r) != nil || !r.State.Final() || pending[r.ID] == "" {
+			continue // the end of the initial values, or not one of ours yet
 		}
-		if time.Since(progress) > testutil.WaitTimeout() {
-			t.Fatalf("no job got a history entry for %s; without one: %v", testutil.WaitTimeout(), pending)
+		u := pending[r.ID]
+		var st string
+		testutil.Eventually(t, func() bool {
+			var ok bool
+			st, ok = s.historyStatus(u, r.ID)
+			return ok
+		}, "job %s ended (%s) but has no history entry", r.ID, r.State)
+		if st != "success" {
+			bad[r.ID] = st
 		}
-		time.Sleep(100 * time.Millisecond) // the poll interval
+		delete(pending, r.ID)
+		idle.Reset(testutil.WaitTimeout())
 	}
 	require.Empty(t, bad, "jobs whose history entry is not a success")
 }
