@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/atelier-run/atelier/internal/waitctx"
 	"github.com/atelier-run/atelier/pkg/broker"
 	"github.com/atelier-run/atelier/pkg/brokerapi"
 	"github.com/atelier-run/atelier/pkg/metrics"
@@ -126,17 +127,10 @@ func (d *Dashboard) Stop(ctx context.Context) error {
 	if cancel != nil {
 		cancel()
 	}
-	done := make(chan struct{})
-	go func() {
-		d.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("dashboard: stop: %w", ctx.Err())
+	if err := waitctx.Wait(ctx, d.wg.Wait); err != nil {
+		return fmt.Errorf("dashboard: stop: %w", err)
 	}
+	return nil
 }
 
 // client returns the broker API client, starting the watchers on first

@@ -250,7 +250,7 @@ func (r *Receiver) Stop(ctx context.Context) error {
 	for _, t := range all {
 		t.close()
 	}
-	return waitGroup(ctx, &r.wg)
+	return stopWait(ctx, r.wg.Wait)
 }
 
 func (r *Receiver) unsubscribeLocked() {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/waitctx"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 
@@ -153,22 +154,15 @@ func (s *Server) Stop(ctx context.Context) error {
 	s.unsubscribeLocked()
 	s.mu.Unlock()
 	s.cancel()
-	return waitGroup(ctx, &s.wg)
+	return stopWait(ctx, s.wg.Wait)
 }
 
-// waitGroup waits for wg, or for ctx to end.
-func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("filetransfer: stop: %w", ctx.Err())
+// stopWait waits for a Stop's goroutines, or for ctx to end.
+func stopWait(ctx context.Context, wait func()) error {
+	if err := waitctx.Wait(ctx, wait); err != nil {
+		return fmt.Errorf("filetransfer: stop: %w", err)
 	}
+	return nil
 }
 
 func (s *Server) unsubscribeLocked() {

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/waitctx"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -189,15 +190,8 @@ func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 // Close clients first.
 func (s *Server) Stop(ctx context.Context) error {
 	s.ns.Shutdown()
-	done := make(chan struct{})
-	go func() {
-		s.ns.WaitForShutdown()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("natsembed: stop: %w", ctx.Err())
+	if err := waitctx.Wait(ctx, s.ns.WaitForShutdown); err != nil {
+		return fmt.Errorf("natsembed: stop: %w", err)
 	}
+	return nil
 }

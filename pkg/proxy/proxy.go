@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/waitctx"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -335,12 +336,8 @@ func (p *Proxy) Stop(ctx context.Context) error {
 	}
 	p.cancel()
 	p.views.closeAll()
-	done := make(chan struct{})
-	go func() { p.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		err = errors.Join(err, fmt.Errorf("proxy: wait for background work: %w", ctx.Err()))
+	if werr := waitctx.Wait(ctx, p.wg.Wait); werr != nil {
+		err = errors.Join(err, fmt.Errorf("proxy: wait for background work: %w", werr))
 	}
 	return err
 }

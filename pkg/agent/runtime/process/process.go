@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/atelier-run/atelier/internal/waitctx"
 	"github.com/rs/zerolog"
 
 	"github.com/atelier-run/atelier/internal/backoff"
@@ -367,18 +368,10 @@ func (p *Runtime) Stop(ctx context.Context) error {
 			<-exited
 		}()
 	}
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		p.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("process runtime: stop: %w", ctx.Err())
+	if err := waitctx.Wait(ctx, func() { wg.Wait(); p.wg.Wait() }); err != nil {
+		return fmt.Errorf("process runtime: stop: %w", err)
 	}
+	return nil
 }
 
 var (
